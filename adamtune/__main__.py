@@ -1,0 +1,6 @@
+"""``python -m adamtune`` runs the command-line interface."""
+
+from adamtune.cli import main
+
+if __name__ == "__main__":
+    main()

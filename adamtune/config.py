@@ -1,0 +1,198 @@
+"""Study configuration: the study file (TOML), its validation, and the precedence of settings.
+
+Precedence is command line > environment > study file > built-in default. The command line and the
+environment are merged by click (each option declares its environment variable); this module merges
+that result over the study file through :func:`build_spec`.
+
+A study file looks like ``studies/digits.toml``::
+
+    [study]
+    task = "digits"
+    objective = "val_loss"     # or "val_accuracy"
+    n_trials = 30              # finished trials the study should hold
+    epochs = 20
+    batch_size = 64
+    sampler = "tpe"
+    pruner = "hyperband"
+
+    [space]
+    lr = { low = 1e-5, high = 1e-1 }
+    beta1 = { low = 0.5, high = 0.99 }
+
+Unknown keys are errors that name the key and the file. This module imports neither torch, optuna
+nor mlflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from adamtune.errors import ConfigError
+from adamtune.space import SearchSpace, parse_space
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+#: Objectives: the name of the validation metric and the direction that improves it.
+OBJECTIVES: dict[str, str] = {"val_loss": "minimize", "val_accuracy": "maximize"}
+#: Sampler and pruner names; their factories live in ``study.py`` (a test keeps the two in step).
+SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
+PRUNER_NAMES = ("hyperband", "median", "sha", "none")
+
+STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed")
+TOP_LEVEL_KEYS = ("study", "space")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything that defines a study. ``epochs``/``batch_size`` of ``None`` mean the task's defaults."""
+
+    task: str
+    study_name: str
+    objective: str = "val_loss"
+    n_trials: int = 30
+    epochs: int | None = None
+    batch_size: int | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int | None = None
+    space: SearchSpace = field(default_factory=SearchSpace)
+    source: str = "built-in defaults"
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVES[self.objective]
+
+    def with_task_defaults(self, epochs: int, batch_size: int) -> StudySpec:
+        """Fill ``epochs``/``batch_size`` left unset with the task's defaults."""
+        return replace(self, epochs=self.epochs or epochs, batch_size=self.batch_size or batch_size)
+
+    def stored_form(self) -> dict[str, Any]:
+        """What is saved on the Optuna study so that workers joining later train the same way."""
+        return {
+            "task": self.task,
+            "objective": self.objective,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "space": self.space.to_dict(),
+        }
+
+
+def studies_dir() -> Path:
+    """Where the built-in study files live: inside the installed package, else the source tree."""
+    packaged = resources.files("adamtune").joinpath("studies")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "studies"
+
+
+def builtin_study_file(task: str) -> Path | None:
+    """The study file shipped for a built-in task, or None (user tasks have none)."""
+    path = studies_dir() / f"{task}.toml"
+    return path if path.is_file() else None
+
+
+def read_study_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML study file, turning I/O and syntax problems into a one-line :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"study file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read study file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"study file {path} is not valid TOML: {exc}") from None
+
+
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(allowed)}")
+
+
+def _positive_int(value: Any, key: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} in {where} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...] | Mapping[str, Any], where: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} in {where} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Type- and range-check ``[study]`` values (from a file or the command line)."""
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in ("n_trials", "epochs", "batch_size"):
+            checked[key] = _positive_int(value, key, where)
+        elif key == "seed":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
+            checked[key] = value
+        elif key == "objective":
+            checked[key] = _choice(value, key, OBJECTIVES, where)
+        elif key == "sampler":
+            checked[key] = _choice(value, key, SAMPLER_NAMES, where)
+        elif key == "pruner":
+            checked[key] = _choice(value, key, PRUNER_NAMES, where)
+        elif key == "task":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"task in {where} must be a task name, got {value!r}")
+            checked[key] = value
+        else:
+            raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(STUDY_KEYS)}")
+    return checked
+
+
+def build_spec(
+    task: str | None,
+    config: Path | None = None,
+    study_name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> StudySpec:
+    """Merge command-line values over a study file over defaults into a validated :class:`StudySpec`.
+
+    Args:
+        task: the task from the command line (or environment); may be None when ``config`` names one.
+        config: a user's study file; when None, the built-in file for ``task`` is used if there is one.
+        study_name: the study's name; defaults to the task name.
+        overrides: command-line/environment values for ``[study]`` keys; None values are ignored.
+
+    Raises:
+        ConfigError: a malformed or unknown key (naming key and file), a bad value, or no task at all.
+    """
+    file_values: dict[str, Any] = {}
+    space_table: Mapping[str, Any] = {}
+    source = "built-in defaults"
+    path = config if config is not None else (builtin_study_file(task) if task else None)
+    if path is not None:
+        source = str(path)
+        raw = read_study_file(path)
+        _check_keys(raw, TOP_LEVEL_KEYS, source)
+        study_table = raw.get("study", {})
+        space_table = raw.get("space", {})
+        if not isinstance(study_table, Mapping) or not isinstance(space_table, Mapping):
+            raise ConfigError(f"[study] and [space] in {source} must be tables")
+        _check_keys(study_table, STUDY_KEYS, f"[study] of {source}")
+        file_values = validate_study_settings(study_table, f"[study] of {source}")
+    cli_values = validate_study_settings(dict(overrides or {}), "the command line")
+    merged = {**file_values, **cli_values}
+    if task:
+        merged["task"] = task
+    if "task" not in merged:
+        raise ConfigError("no task given: pass --task NAME or a study file whose [study] names a task")
+    space = parse_space(space_table, source)
+    return StudySpec(study_name=study_name or merged["task"], space=space, source=source, **merged)

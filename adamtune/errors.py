@@ -1,0 +1,51 @@
+"""Errors that reach the user as one line.
+
+Every failure a user can cause or fix (bad input, a missing dataset, an unreachable database) is raised
+as an :class:`AdamtuneError`. The message is the whole user-facing text: it names the problem and the
+fix. ``cli.py`` turns these into ``Error: <message>`` on stderr and a non-zero exit code; nothing below
+the CLI prints tracebacks for them. Each subclass carries the exit code the CLI uses for it.
+"""
+
+from __future__ import annotations
+
+
+class AdamtuneError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    exit_code: int = 1
+
+
+class ConfigError(AdamtuneError):
+    """A study file, search space, or command-line value is invalid."""
+
+    exit_code = 2
+
+
+class TaskError(AdamtuneError):
+    """A task name is unknown, or a user task cannot be imported or is malformed."""
+
+    exit_code = 2
+
+
+class StorageError(AdamtuneError):
+    """The study database URL is unusable, unreachable, or the study does not exist."""
+
+    exit_code = 3
+
+
+class DataError(AdamtuneError):
+    """A dataset is missing, corrupted, unsafe to extract, or cannot be downloaded."""
+
+    exit_code = 4
+
+
+class DeviceError(AdamtuneError):
+    """A requested device (for example ``cuda:3``) does not exist on this machine."""
+
+    exit_code = 2
+
+
+class TrackingError(AdamtuneError):
+    """The MLflow tracking store is unusable."""
+
+    exit_code = 5

@@ -1,0 +1,67 @@
+"""The live progress display of a search: trials finished, best value so far, time left.
+
+Rendered with rich on stderr. When stderr is not a terminal (CI, pipes, tests) rich prints no live
+bar, and one log line per trial remains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from adamtune.study import Counts
+
+
+class SearchProgress:
+    """A context manager showing a study's progress; call :meth:`update` whenever counts change."""
+
+    def __init__(self, study_name: str, target: int, objective: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.target = target
+        self.objective = objective
+        self.started = time.monotonic()
+        self.start_count: int | None = None
+        self._progress = Progress(
+            TextColumn(f"[bold]{study_name}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials  best {task.fields[best]}  elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("left {task.fields[left]}"),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task("search", total=target, best="-", left="-")
+
+    def __enter__(self) -> SearchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.stop()
+
+    def update(self, counts: Counts, best: float | None) -> None:
+        """Show ``counts.finished`` of the target, the best objective value, and an estimate of time left."""
+        done = counts.finished
+        if self.start_count is None:
+            self.start_count = done
+        best_text = f"{self.objective} {best:.4g}" if best is not None and math.isfinite(best) else "-"
+        self._progress.update(self._task, completed=min(done, self.target), best=best_text, left=self._left(done))
+
+    def _left(self, done: int) -> str:
+        made = done - (self.start_count or 0)
+        if made <= 0 or done >= self.target:
+            return "-"
+        seconds = (time.monotonic() - self.started) / made * (self.target - done)
+        minutes, secs = divmod(int(seconds), 60)
+        return f"{minutes}:{secs:02d}"
+
+    def log(self, message: str) -> None:
+        """Print a line above the live bar."""
+        self._progress.console.print(message, highlight=False, soft_wrap=True)
