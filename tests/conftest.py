@@ -1,0 +1,54 @@
+"""Shared fixtures: a working directory per test, a throwaway PostgreSQL database, CLI helpers.
+
+PostgreSQL tests use this machine's server (127.0.0.1:5432, trust auth). They are skipped when it is
+unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("ADAMTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test inside an empty directory, with no adamtune/MLflow environment leaking in."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("ADAMTUNE_STORAGE", "MLFLOW_TRACKING_URI", "ADAMTUNE_TASK", "ADAMTUNE_STUDY", "ADAMTUNE_N_TRIALS"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def _admin_connection():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards; yields its SQLAlchemy URL."""
+    try:
+        admin = _admin_connection()
+    except Exception as exc:  # server down or psycopg missing
+        if os.environ.get("ADAMTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required (ADAMTUNE_REQUIRE_POSTGRES=1) but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"adamtune_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def listing(path: Path) -> list[str]:
+    """Names of the files under ``path`` (to assert that nothing was written)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
