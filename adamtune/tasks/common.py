@@ -1,0 +1,108 @@
+"""Pieces the built-in dataset tasks share: the validation split, image normalisation, augmentation.
+
+All of it is batched tensor code that runs on whatever device its input lives on; nothing here loops
+over samples in Python.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from adamtune.tasks.base import Split, TaskData
+
+SPLIT_SEED = 0  # fixed: every process, every run, carves the same validation set
+VAL_FRACTION = 0.1
+VAL_MAX = 5000
+
+
+def validation_size(n_train: int, fraction: float = VAL_FRACTION, max_size: int = VAL_MAX) -> int:
+    """How many of ``n_train`` samples become validation: ``round(fraction * n)`` capped at ``max_size``.
+
+    At least one sample goes to each side when ``n_train >= 2``; 0 when ``n_train < 2``. For the full
+    datasets: CIFAR-10 50,000 -> 5,000; MNIST 60,000 -> 5,000; IMDB 25,000 -> 2,500.
+    """
+    if n_train < 2:
+        return 0
+    return min(max(1, round(fraction * n_train)), max_size, n_train - 1)
+
+
+def split_train_val(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
+) -> TaskData:
+    """Carve a validation split from the training set with :data:`SPLIT_SEED`; keep the test set apart.
+
+    Deterministic: a seeded ``randperm`` picks the validation indices (see :func:`validation_size`);
+    both parts keep the original order of their samples.
+    """
+    n = len(train_y)
+    n_val = validation_size(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_index, train_index = order[:n_val].sort().values, order[n_val:].sort().values
+    return TaskData(
+        train=Split(train_x[train_index], train_y[train_index]),
+        val=Split(train_x[val_index], train_y[val_index]),
+        test=Split(test_x, test_y),
+    )
+
+
+class Normalize:
+    """``prepare`` for uint8 images: to float32 in [0, 1], then ``(x - mean) / std`` per channel.
+
+    Input is (B, C, H, W) uint8 with ``len(mean) == C``, or (B, H, W) for one channel (a channel axis is
+    added). With ``flatten=True`` the output is (B, C*H*W), for fully connected models. The per-channel
+    constants are cached per device, so a batch costs no host-to-device copy.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *, flatten: bool = False) -> None:
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError("mean and std need one entry per channel, std > 0")
+        self.mean, self.std, self.flatten = tuple(mean), tuple(std), flatten
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._constants:
+            shape = (1, len(self.mean), 1, 1)
+            scale = torch.tensor([1 / (255 * s) for s in self.std], device=device).view(shape)
+            shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=device).view(shape)
+            self._constants[device] = scale, shift
+        return self._constants[device]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        scale, shift = self._on(x.device)
+        out = x.float().mul_(scale).sub_(shift)
+        return out.flatten(1) if self.flatten else out
+
+    def __getstate__(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "flatten": self.flatten, "_constants": {}}
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, mode: str = "reflect") -> torch.Tensor:
+    """Random crop with ``padding`` + random horizontal flip of a (B, C, H, W) float batch, batched.
+
+    Each image is padded by ``padding`` pixels (``mode``: ``"reflect"`` or ``"constant"`` for zeros),
+    a random H x W window is cut out of it (shifts uniform in ``[0, 2*padding]`` per axis, one draw per
+    image), and it is mirrored left-right with probability 1/2. This is torchvision's
+    ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``, done with one gather for the whole batch.
+    All randomness comes from ``generator`` (drawn on its device); the output has ``x``'s shape, dtype,
+    device and memory format (channels_last is kept). An empty batch is returned unchanged.
+    """
+    b, _, h, w = x.shape
+    if b == 0:
+        return x
+    draws = 2 * padding + 1
+    dy = torch.randint(0, draws, (b,), generator=generator, device=generator.device).to(x.device)
+    dx = torch.randint(0, draws, (b,), generator=generator, device=generator.device).to(x.device)
+    flip = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(x.device)
+    padded = F.pad(x, (padding,) * 4, mode=mode) if padding else x
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]  # flipped columns read right to left
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, channel, rows, cols[:, None, None, :]]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
