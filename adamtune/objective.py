@@ -4,9 +4,9 @@ What each outcome becomes (see ``study.py`` for the bookkeeping):
 
 * complete: the value is the objective metric (``val_loss`` or ``val_accuracy``) after the last epoch.
 * pruned: ``optuna.TrialPruned`` propagates; Optuna records the trial as PRUNED.
-* diverged: a non-finite loss. The trial returns the *untrained* model's validation metric (training
-  that blew up is worth no more than no training), so the sampler learns the region is bad; the
-  state ``diverged`` and the epoch are recorded on the trial and in MLflow.
+* diverged: a non-finite or exploded loss (see ``train.py``). The trial returns the *untrained*
+  model's validation metric (training that blew up is worth no more than no training), so the sampler
+  learns the region is bad; the state ``diverged`` and the epoch are recorded on the trial and in MLflow.
 * failed: any other exception, or an interruption (KeyboardInterrupt/SIGTERM), propagates after the
   MLflow run is closed as failed; Optuna records the trial as FAIL.
 
@@ -36,7 +36,7 @@ from adamtune.study import (
     STATE_ATTR,
     WORKER_ATTR,
 )
-from adamtune.train import Curves, EpochMetrics, train, untrained_metrics
+from adamtune.train import Curves, EpochMetrics, train
 
 if TYPE_CHECKING:
     from adamtune.tasks.base import Task, TaskData
@@ -120,8 +120,7 @@ class Objective:
         if curves.diverged:
             trial.set_user_attr(STATE_ATTR, "diverged")
             trial.set_user_attr(DIVERGED_EPOCH_ATTR, curves.diverged_epoch)
-            val_loss, val_accuracy = untrained_metrics(self.task, self.data, device=self.device, seed=seed)
-            value = {"val_loss": val_loss, "val_accuracy": val_accuracy}[spec.objective]
+            value = {"val_loss": curves.initial_val_loss, "val_accuracy": curves.initial_val_accuracy}[spec.objective]
             self._finish(run, "diverged", curves, trial)
             return value
         trial.set_user_attr(STATE_ATTR, "complete")

@@ -221,10 +221,12 @@ def parse_space(table: Mapping[str, Any], source: str) -> SearchSpace:
     """
     dims = _default_dimensions()
     for name, entry in table.items():
-        where = f"[space].{name} in {source}"
         if name not in DIMENSIONS:
-            raise ConfigError(f"unknown key {where}; valid keys: {', '.join(DIMENSIONS)}")
-        dims[name] = _parse_amsgrad(entry, where) if name == "amsgrad" else _parse_continuous(name, entry, where)
+            raise ConfigError(f"unknown key [space].{name} in {source}; valid keys: {', '.join(DIMENSIONS)}")
+        if name == "amsgrad":
+            dims[name] = _parse_amsgrad(entry, f"[space].amsgrad in {source}")
+        else:
+            dims[name] = _parse_continuous(name, entry, source)
     return SearchSpace(dims)
 
 
@@ -253,24 +255,27 @@ def _check_value(name: str, value: float, where: str) -> None:
         raise ConfigError(f"{where}: {name} must be > 0, got {value:g}")
 
 
-def _parse_continuous(name: str, entry: Any, where: str) -> Dimension:
+def _parse_continuous(name: str, entry: Any, source: str) -> Dimension:
+    def where(suffix: str = "") -> str:
+        return f"[space].{name}{suffix} in {source}"
+
     if not isinstance(entry, Mapping):
-        value = _number(entry, where)
-        _check_value(name, value, where)
+        value = _number(entry, where())
+        _check_value(name, value, where())
         return Dimension(name, value=value)
     unknown = set(entry) - {"low", "high"}
     if unknown or "low" not in entry or "high" not in entry:
         extra = f" (unknown: {', '.join(sorted(unknown))})" if unknown else ""
-        raise ConfigError(f"{where} must be a number or {{ low = …, high = … }}{extra}")
-    low, high = _number(entry["low"], f"{where}.low"), _number(entry["high"], f"{where}.high")
+        raise ConfigError(f"{where()} must be a number or {{ low = …, high = … }}{extra}")
+    low, high = _number(entry["low"], where(".low")), _number(entry["high"], where(".high"))
     if name in BETAS:
-        _check_value(name, low, f"{where}.low")
-        _check_value(name, high, f"{where}.high")
+        _check_value(name, low, where(".low"))
+        _check_value(name, high, where(".high"))
     elif low <= 0 or high <= 0:
         raise ConfigError(
-            f"{where}: bounds of a log-scale range must be > 0, got low={low:g} high={high:g}; "
+            f"{where()}: bounds of a log-scale range must be > 0, got low={low:g} high={high:g}; "
             "fix the value (e.g. decay = 0) to turn a dimension off"
         )
     if low >= high:
-        raise ConfigError(f"{where}: low ({low:g}) must be below high ({high:g}); use a number to fix a value")
+        raise ConfigError(f"{where()}: low ({low:g}) must be below high ({high:g}); use a number to fix a value")
     return Dimension(name, low, high)

@@ -4,9 +4,13 @@ The loop reads top to bottom and knows nothing of Optuna or MLflow. Hyperparamet
 arguments; the data arrives as tensors already on ``device`` (loaded once per worker process), and
 batches are slices of a ``randperm`` permutation: no DataLoader, no per-sample Python.
 
-Divergence: a non-finite training or validation loss at the end of an epoch stops training and is
-recorded in ``Curves.diverged_epoch``; the caller decides what a diverged run scores. The check runs
-once per epoch (one device sync), so a loss that turns NaN mid-epoch is caught at that epoch's end.
+Divergence: training stops, and ``Curves.diverged_epoch`` records the epoch, when at the end of an epoch
+the training or validation loss is non-finite, or the validation loss exceeds ``DIVERGENCE_FACTOR``
+times the untrained model's. The second rule matters: with a far too large learning rate Adam often
+blows the loss up to 1e3–1e6 without ever producing NaN, then settles in a dead network. The untrained
+model's validation metrics are measured once before training (``Curves.initial_val_loss``/
+``initial_val_accuracy``); the caller decides what a diverged run scores. The check runs once per
+epoch (one device sync), so a loss that turns NaN mid-epoch is caught at that epoch's end.
 
 ``on_epoch(metrics)`` is called after each epoch's validation; an exception it raises (for example
 Optuna's ``TrialPruned``) propagates out of :func:`train` unchanged.
@@ -27,6 +31,7 @@ from adamtune.space import AdamParams
 from adamtune.tasks.base import Split, Task, TaskData
 
 EVAL_BATCH_SIZE = 2048  # evaluation needs no gradients, so large batches are cheap
+DIVERGENCE_FACTOR = 10.0  # a validation loss 10x the untrained model's is a blow-up, not learning
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Curves:
     epochs: list[EpochMetrics] = field(default_factory=list)
     diverged_epoch: int | None = None
     seconds: float = 0.0
+    initial_val_loss: float = math.nan
+    initial_val_accuracy: float = math.nan
 
     @property
     def diverged(self) -> bool:
@@ -147,7 +154,9 @@ def train(
     generator = torch.Generator(device=device).manual_seed(seed)
     train_x, train_y = data.train.x, data.train.y
     n = len(data.train)
-    curves = Curves()
+    initial_val_loss, initial_val_accuracy = evaluate(task, model, data.val, device)
+    curves = Curves(initial_val_loss=initial_val_loss, initial_val_accuracy=initial_val_accuracy)
+    blow_up = DIVERGENCE_FACTOR * initial_val_loss if math.isfinite(initial_val_loss) else math.inf
     for epoch in range(1, epochs + 1):
         model.train()
         total_loss = torch.zeros((), device=device)
@@ -168,19 +177,10 @@ def train(
         val_loss, val_accuracy = evaluate(task, model, data.val, device)
         metrics = EpochMetrics(epoch, train_loss, val_loss, val_accuracy, scheduler.get_last_lr()[0])
         curves.epochs.append(metrics)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or val_loss > blow_up:
             curves.diverged_epoch = epoch
             break
         if on_epoch is not None:
             on_epoch(metrics)
     curves.seconds = time.perf_counter() - started
     return curves
-
-
-def untrained_metrics(task: Task, data: TaskData, *, device: torch.device | str, seed: int) -> tuple[float, float]:
-    """Validation loss and accuracy of the model as initialised with ``seed``, before any update.
-
-    This is what a diverged run scores: training that blew up is worth no more than no training.
-    """
-    device = torch.device(device)
-    return evaluate(task, build_model(task, seed, device), data.val, device)

@@ -1,0 +1,71 @@
+"""The trainer on its own: curves, seeding, divergence, and the on_epoch hook."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from adamtune.space import AdamParams
+from adamtune.tasks import resolve_task
+from adamtune.train import train
+
+TASK = resolve_task("synthetic")
+DATA = TASK.load_data(None)
+
+
+def run(params: AdamParams, epochs: int = 3, seed: int = 0, **kwargs):  # type: ignore[no-untyped-def]
+    return train(TASK, DATA, params, device="cpu", epochs=epochs, batch_size=100, seed=seed, **kwargs)
+
+
+def test_one_point_per_epoch_and_learning_happens() -> None:
+    curves = run(AdamParams(lr=1e-2), epochs=4)
+    assert [e.epoch for e in curves.epochs] == [1, 2, 3, 4]
+    assert not curves.diverged
+    assert curves.epochs[-1].val_loss < curves.initial_val_loss
+    assert curves.epochs[-1].val_accuracy > 0.5
+    assert all(len(values) == 4 for values in curves.history().values())
+
+
+def test_same_seed_same_curves_other_seed_other_curves() -> None:
+    a, b, c = run(AdamParams(), seed=1), run(AdamParams(), seed=1), run(AdamParams(), seed=2)
+    assert a.history() == b.history()
+    assert a.history() != c.history()
+
+
+def test_decay_lowers_the_learning_rate() -> None:
+    curves = run(AdamParams(lr=1e-2, decay=1e-2), epochs=2)
+    steps = 2 * math.ceil(len(DATA.train) / 100)
+    assert curves.epochs[-1].lr == pytest.approx(1e-2 / (1 + 1e-2 * steps))
+
+
+def test_lr_ten_diverges_and_stops() -> None:
+    curves = run(AdamParams(lr=10.0), epochs=5)
+    assert curves.diverged and curves.diverged_epoch == 1
+    assert len(curves.epochs) == 1
+    assert math.isfinite(curves.initial_val_loss)
+
+
+def test_on_epoch_can_stop_training() -> None:
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_epoch(metrics):  # type: ignore[no-untyped-def]
+        seen.append(metrics.epoch)
+        if metrics.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(AdamParams(), epochs=5, on_epoch=on_epoch)
+    assert seen == [1, 2]
+
+
+def test_trainer_imports_neither_optuna_nor_mlflow() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, adamtune.train, adamtune.tasks.digits; print('optuna' in sys.modules, 'mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
