@@ -131,6 +131,7 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_trained: Callable[[torch.nn.Module], None] | None = None,
 ) -> Curves:
     """Train ``task``'s model on ``data.train`` with Adam ``params``; validate on ``data.val`` each epoch.
 
@@ -143,6 +144,9 @@ def train(
         batch_size: samples per optimizer step; the last batch of an epoch may be smaller.
         seed: seeds model initialisation, shuffling and augmentation.
         on_epoch: called with each epoch's metrics; may raise to stop training (pruning).
+        on_trained: called once with the model (in eval mode) when training stops after the last epoch or
+            at divergence, before returning; not called when ``on_epoch`` raised. For callers that
+            evaluate the trained model further, e.g. on the test split (``adamtune verify``).
 
     Returns:
         The curves. ``diverged_epoch`` is set (and training stopped) when a loss became non-finite.
@@ -183,4 +187,6 @@ def train(
         if on_epoch is not None:
             on_epoch(metrics)
     curves.seconds = time.perf_counter() - started
+    if on_trained is not None:
+        on_trained(model)
     return curves
