@@ -139,6 +139,9 @@ def test_crop_flip_outputs_a_shifted_possibly_mirrored_window(mode: str) -> None
     for image, augmented in zip(x, out, strict=True):
         assert any(torch.equal(augmented, crop) for crop in _all_crops(image, 4, mode))
     assert not torch.equal(out, x)
+    # the same draws on a channels_last batch give the same images, still channels_last
+    out_cl = crop_flip(x.contiguous(memory_format=torch.channels_last), torch.Generator().manual_seed(1), mode=mode)
+    assert torch.equal(out_cl, out) and out_cl.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_crop_flip_uses_only_the_generator() -> None:

@@ -85,11 +85,11 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, 
     Each image is padded by ``padding`` pixels (``mode``: ``"reflect"`` or ``"constant"`` for zeros),
     a random H x W window is cut out of it (shifts uniform in ``[0, 2*padding]`` per axis, one draw per
     image), and it is mirrored left-right with probability 1/2. This is torchvision's
-    ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``, done with one gather for the whole batch.
+    ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``, done with one indexed copy for the whole batch.
     All randomness comes from ``generator`` (drawn on its device); the output has ``x``'s shape, dtype,
     device and memory format (channels_last is kept). An empty batch is returned unchanged.
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     if b == 0:
         return x
     draws = 2 * padding + 1
@@ -97,12 +97,12 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, 
     dx = torch.randint(0, draws, (b,), generator=generator, device=generator.device).to(x.device)
     flip = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(x.device)
     padded = F.pad(x, (padding,) * 4, mode=mode) if padding else x
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = torch.arange(w, device=x.device).expand(b, w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]  # flipped columns read right to left
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    out = padded[batch, channel, rows, cols[:, None, None, :]]
+    # Mirroring the padded image mirrors the window and its horizontal shift: the same distribution.
+    padded = torch.where(flip[:, None, None, None], padded.flip(3), padded)
+    # A strided view of every window of every image, (B, dy, dx, C, H, W); one index picks each image's.
+    s_b, s_c, s_h, s_w = padded.stride()
+    windows = padded.as_strided((b, draws, draws, c, h, w), (s_b, s_h, s_w, s_c, s_h, s_w))
+    out = windows[torch.arange(b, device=x.device), dy, dx]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     return out
