@@ -82,8 +82,6 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
         run = self._start_run(trial, params, seed, is_baseline, host)
-        if run is not None and run.run_id is not None:
-            trial.set_user_attr(RUN_ID_ATTR, run.run_id)
 
         seen: list[EpochMetrics] = []
 
@@ -91,6 +89,7 @@ class Objective:
             seen.append(metrics)
             if run is not None:
                 run.log_epoch(metrics.epoch, metrics.as_dict())
+                _note_run_id(trial, run)
             trial.report(getattr(metrics, spec.objective), metrics.epoch)
             if not is_baseline and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}")
@@ -113,20 +112,21 @@ class Objective:
             trial.set_user_attr(CURVES_ATTR, partial.history())
             self._finish(run, "pruned", partial, trial)
             raise
-        except BaseException:
-            self._finish(run, "failed", Curves(epochs=seen), trial)
+        except BaseException as exc:
+            self._finish(run, "failed", Curves(epochs=seen), trial, error=exc)
             raise
         trial.set_user_attr(CURVES_ATTR, curves.history())
         if curves.diverged:
             trial.set_user_attr(STATE_ATTR, "diverged")
             trial.set_user_attr(DIVERGED_EPOCH_ATTR, curves.diverged_epoch)
             value = {"val_loss": curves.initial_val_loss, "val_accuracy": curves.initial_val_accuracy}[spec.objective]
-            self._finish(run, "diverged", curves, trial)
+            self._finish(run, "diverged", curves, trial, value=value)
             return value
         trial.set_user_attr(STATE_ATTR, "complete")
-        self._finish(run, "complete", curves, trial)
         assert curves.last is not None
-        return float(getattr(curves.last, spec.objective))
+        value = float(getattr(curves.last, spec.objective))
+        self._finish(run, "complete", curves, trial, value=value)
+        return value
 
     def _start_run(
         self, trial: optuna.Trial, params: AdamParams, seed: int, is_baseline: bool, host: str
@@ -149,9 +149,21 @@ class Objective:
             },
         )
 
-    def _finish(self, run: TrialRun | None, state: str, curves: Curves | None, trial: optuna.Trial) -> None:
+    def _finish(
+        self,
+        run: TrialRun | None,
+        state: str,
+        curves: Curves | None,
+        trial: optuna.Trial,
+        *,
+        value: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Close the trial's MLflow run as ``state`` (while the trial still runs, so its run id can be stored)."""
         if run is None:
             return
+        run.wait_for_run_id()
+        _note_run_id(trial, run)
         last = curves.last if curves is not None else None
         final = last.as_dict() if last is not None else {}
         tags: dict[str, object] = {"adamtune.trial_number": trial.number}
@@ -161,7 +173,16 @@ class Objective:
                 tags["adamtune.diverged_epoch"] = curves.diverged_epoch
             if curves.seconds:
                 final["seconds"] = curves.seconds
-        run.finish(state, final, tags)
+        if error is not None:
+            tags["adamtune.error"] = f"{type(error).__name__}: {error}"[:500]
+        run.finish(state, final, tags, study=getattr(trial, "study", None), trial_number=trial.number, value=value)
+
+
+def _note_run_id(trial: optuna.Trial, run: TrialRun) -> None:
+    """Store the MLflow run id on the trial the first time it is known (the writer creates runs)."""
+    run_id = run.take_new_run_id()
+    if run_id is not None:
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
 
 
 def _logged_param_names(spec: StudySpec) -> set[str]:

@@ -1,35 +1,117 @@
-"""The MLflow boundary: one experiment per study, one run per trial, metrics logged in batches.
+"""The MLflow boundary: one experiment per study, a parent run per study, one child run per trial.
 
 Only :class:`~mlflow.MlflowClient` with explicit run ids is used, never the fluent "active run", so
-several trials (and threads) never share hidden state.
+trials and threads share no hidden state.
 
-Cost: per-epoch metrics are buffered in memory and sent with ``log_batch`` when the trial ends, or
-earlier once ``flush_seconds`` have passed since the last send (so long trials show live curves in
-the UI). A trial costs a handful of tracking calls whatever its number of epochs.
+Layout in MLflow
+----------------
+* Experiment ``adamtune/<study>`` (tag ``adamtune.study``).
+* A **parent run** per study (tag ``adamtune.role=study``), created by the first ``search`` or worker
+  that tracks the study and reused by every later one: its id is stored on the Optuna study as the
+  user attribute ``mlflow.parent_run_id``, which is how workers that join later find it. If that run
+  no longer exists in the tracking store in use (deleted, or another ``--tracking-uri``), a new parent
+  is made and the attribute is overwritten. Params: the study definition (task, objective, direction,
+  epochs, batch size, one ``space.<dim>`` per dimension), which ``create_or_resume`` keeps fixed; tags:
+  the settings that a later search may change (``adamtune.n_trials``, ``adamtune.sampler``,
+  ``adamtune.pruner``). Metric histories with step = trial number: ``best_<objective>`` (best complete
+  trial so far), ``trial_<objective>`` (that trial's value, complete trials only) and
+  ``trials_<state>`` (counts by outcome). When a ``search`` ends: plots and ``recommendation.json``
+  as artifacts (see :meth:`Tracker.end_search`).
+* A **child run** per trial (tag ``mlflow.parentRunId``, so the UI nests it under the parent): the
+  Adam params, ``seed``, ``epochs``, ``batch_size``; per-epoch metrics (step = epoch, from 1);
+  ``final_<metric>`` and ``objective_value`` when it ends; tags ``adamtune.study``,
+  ``adamtune.trial_number``, ``adamtune.state`` (complete/pruned/diverged/failed),
+  ``adamtune.stopped_epoch``, device, host and worker. The run id is stored on the Optuna trial as
+  ``mlflow.run_id`` whenever it is known before the trial ends (see "Failure").
 
-Failure: tracking never kills a trial. If the tracking store raises, the error is reported once per
-run through ``on_error`` and the trial goes on; the study (Optuna) stays the source of truth.
+Cost
+----
+The training loop never waits on MLflow. Per-epoch metrics are buffered in memory and handed, with
+every other call, to one background writer thread per :class:`Tracker`; a trial's metrics go out in a
+single ``log_batch`` when it ends, or earlier once ``flush_seconds`` have passed since the last one (so
+long trials show live curves). A trial costs a handful of tracking calls whatever its epochs.
+
+Failure
+-------
+A tracking store that is unreachable *during* a search never kills a trial. The writer keeps calls in
+a bounded queue (``max_queue``) in order and retries the one at its head with exponential backoff
+(0.5 s doubling to 30 s) for as long as the store answers with connection errors or 5xx/429; a call
+the store rejects (4xx: bad value, run deleted) is dropped. The user gets one warning line when the
+store becomes unreachable and one when it is back, never a traceback per trial. :meth:`Tracker.close`
+waits up to a timeout for the queue to drain and then reports how many calls were dropped; the Optuna
+study stays the source of truth either way.
+
+The run id. ``create_run`` needs the store, so a trial that starts while the store is down gets its
+run only when the writer gets through. If that happens after the trial ended, the Optuna trial cannot
+get the ``mlflow.run_id`` attribute (Optuna forbids changing finished trials); the run still carries
+``adamtune.study`` and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
+``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
+
+A store that is unreachable when a search *starts* is an error (:class:`TrackingError`, before any
+trial runs): the experiment and the parent run are made synchronously.
+
+HTTP stores: MLflow itself retries each HTTP request up to 7 times over minutes and waits 120 s for an
+answer. Since the writer retries on its own, a :class:`Tracker` for an ``http(s)://`` URI lowers those
+defaults (1 retry, 10 s timeout) unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set, so that an
+unreachable server is noticed in seconds.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
+import os
+import queue
+import shutil
 import socket
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from adamtune.config import StudySpec
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "adamtune/"
-#: MLflow's maximum number of entries in one log_batch call (metrics + params + tags).
+#: The Optuna study user attribute holding the id of the study's MLflow parent run.
+PARENT_RUN_ATTR = "mlflow.parent_run_id"
+#: MLflow's tag that nests a run under another in the UI.
+PARENT_TAG = "mlflow.parentRunId"
+#: MLflow's maximum number of metrics in one log_batch call.
 BATCH_LIMIT = 1000
 #: MLflow run status for each adamtune trial outcome.
 RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
+#: Outcomes counted on the parent run (``trials_<state>``).
+COUNTED_STATES = ("complete", "pruned", "diverged", "failed")
+#: MLflow HTTP client defaults for a Tracker on an http(s) URI (env var name -> value), see module doc.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+#: Backoff between tries of a call while the store is unreachable: doubles from the first to the last.
+INITIAL_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+#: How long closing a tracker (end of a search or worker, or interpreter exit) waits for queued calls.
+CLOSE_TIMEOUT_SECONDS = 30.0
+#: A call that failed with a 5xx answer (the server is up but fails) is dropped after this many tries.
+MAX_SERVER_ERROR_ATTEMPTS = 5
+#: How long a trial waits at its end for its run id while the store is healthy (seconds).
+RUN_ID_WAIT_SECONDS = 5.0
+#: Sampling interval of system metrics (seconds); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+SYSTEM_METRICS_INTERVAL = 2.0
 
 
 def experiment_name(study_name: str) -> str:
@@ -40,25 +122,277 @@ def experiment_name(study_name: str) -> str:
 def _quiet_mlflow_logs() -> None:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The system-metrics monitor logs a warning per failed sample when the store is down; the writer
+    # already tells the user once.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@dataclass
-class TrialRun:
-    """An MLflow run for one trial. Create it with :meth:`Tracker.start_trial`."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    tracker: Tracker
-    run_id: str | None
-    flush_seconds: float
-    _pending: list[Any] = field(default_factory=list)
-    _last_flush: float = field(default_factory=time.monotonic)
-    _failed: bool = False
+
+def describe_error(exc: BaseException) -> str:
+    """A short, one-line account of a tracking error (connection errors without urllib3's details)."""
+    text = _first_line(exc)
+    if "NewConnectionError" in text or "Connection refused" in text or "Failed to establish" in text:
+        return "connection refused"
+    if "timed out" in text.lower():
+        return "no answer (timed out)"
+    return text[:200]
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True when ``exc`` says the store is unreachable or failing (retry), False when it refused the call.
+
+    MLflow reports a refused call (bad value, unknown or deleted run) as an ``MlflowException`` whose
+    error code maps to a 4xx HTTP status; connection errors and server errors map to 5xx, and anything
+    that is not an ``MlflowException`` (OSError, requests or SQLAlchemy errors) is taken as transient.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return True
+    status = exc.get_http_status_code()
+    return not (400 <= status < 500) or status == 429
+
+
+@dataclass
+class RunHandle:
+    """A run that the writer creates; ``run_id`` is None until then (or forever, if creation was dropped)."""
+
+    name: str
+    run_id: str | None = None
+    abandoned: bool = False
+    created: threading.Event = field(default_factory=threading.Event)
+    monitor: Any = None
+
+    def resolve(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.abandoned = run_id is None
+        self.created.set()
+
+
+@dataclass
+class _Op:
+    """One queued tracking call: ``action(client, run_id)``; ``run`` None means ``run_id`` is unused."""
+
+    what: str
+    action: Callable[[Any, str | None], None]
+    run: RunHandle | None = None
+    on_drop: Callable[[], None] | None = None
+
+
+class Writer:
+    """Sends tracking calls in order from one background thread, retrying while the store is down.
+
+    :meth:`submit` never blocks: when ``max_queue`` calls are waiting, the new call is dropped and
+    counted. Notices for the user (store unreachable, back, queue full, calls refused) go to ``notify``
+    once per event, from the writer thread. A dropped call's ``on_drop`` runs (to release what it held).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        where: str,
+        notify: Callable[[str], None],
+        *,
+        max_queue: int = 10_000,
+        initial_backoff: float | None = None,
+        max_backoff: float | None = None,
+    ) -> None:
+        self.client = client
+        self.where = where
+        self.notify = notify
+        self.initial_backoff = INITIAL_BACKOFF_SECONDS if initial_backoff is None else initial_backoff
+        self.max_backoff = MAX_BACKOFF_SECONDS if max_backoff is None else max_backoff
+        self._queue: queue.Queue[_Op] = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self.accepted = 0
+        self.sent = 0
+        self.dropped = 0
+        self._accepted_dropped = 0
+        self._unreachable = False
+        self._full_reported = False
+        self._refused_reported = False
+        self._closed = False
+        self._final = False
+        self._thread = threading.Thread(target=self._loop, name="adamtune-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store is unreachable (the call at the head of the queue is being retried)."""
+        return not self._unreachable
+
+    @property
+    def pending(self) -> int:
+        """Calls accepted and neither sent nor dropped yet."""
+        with self._lock:
+            return self.accepted - self.sent - self._accepted_dropped
+
+    def submit(self, op: _Op) -> bool:
+        """Queue ``op``; False (and counted as dropped) when the queue is full or the writer is closed."""
+        with self._lock:
+            if not self._closed:
+                try:
+                    self._queue.put_nowait(op)
+                    self.accepted += 1
+                    return True
+                except queue.Full:
+                    if not self._full_reported:
+                        self._full_reported = True
+                        self.notify(
+                            f"MLflow: {self._queue.maxsize} tracking calls are waiting for {self.where}; new "
+                            "ones are dropped until it catches up (the study database keeps every trial)"
+                        )
+            self.dropped += 1
+        _release(op)
+        return False
+
+    def _done(self, op: _Op, sent: bool) -> None:
+        with self._lock:
+            if self._final:  # close() already counted it as dropped
+                return
+            if sent:
+                self.sent += 1
+            else:
+                self.dropped += 1
+                self._accepted_dropped += 1
+        if not sent:
+            _release(op)
+
+    def _loop(self) -> None:
+        while not self._abandon.is_set():
+            try:
+                op = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            self._done(op, self._run(op))
+
+    def _run(self, op: _Op) -> bool:
+        """Try ``op`` until it is sent, refused, or the writer is abandoned; True when it was sent."""
+        if op.run is not None and op.run.run_id is None:
+            return False  # its run was never created
+        from mlflow.exceptions import RestException
+
+        backoff, server_errors = self.initial_backoff, 0
+        while not self._abandon.is_set():
+            try:
+                op.action(self.client, op.run.run_id if op.run is not None else None)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    self._refused(op, exc)
+                    return False
+                if isinstance(exc, RestException):  # the server answered, with an error of its own
+                    server_errors += 1
+                    if server_errors >= MAX_SERVER_ERROR_ATTEMPTS:
+                        self._refused(op, exc)
+                        return False
+                if not self._unreachable:
+                    self._unreachable = True
+                    self.notify(
+                        f"MLflow: cannot reach {self.where} ({describe_error(exc)}); trials go on, "
+                        "and tracking calls are queued and retried"
+                    )
+                self._abandon.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if self._unreachable:
+                self._unreachable = False
+                self.notify(f"MLflow: {self.where} is reachable again; sending the queued tracking calls")
+            return True
+        return False
+
+    def _refused(self, op: _Op, exc: BaseException) -> None:
+        log.debug("MLflow refused %s: %s", op.what, exc)
+        if not self._refused_reported:
+            self._refused_reported = True
+            self.notify(f"MLflow: could not {op.what} ({describe_error(exc)}); skipping it and going on")
+
+    def close(self, timeout: float) -> int:
+        """Send what is queued, waiting at most ``timeout`` seconds; return how many calls were dropped.
+
+        Calls still waiting at the deadline are dropped (and released); so is anything submitted after
+        ``close``. Safe to call more than once.
+        """
+        with self._lock:
+            already, self._closed = self._closed, True
+        if already:
+            return self.dropped
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandon.set()
+            self._thread.join(1.0)
+        left: list[_Op] = []
+        with self._lock:
+            self._final = True
+            self.dropped += self.accepted - self.sent - self._accepted_dropped
+            while True:
+                try:
+                    left.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+        for op in left:
+            _release(op)
+        return self.dropped
+
+
+def _release(op: _Op) -> None:
+    if op.on_drop is not None:
+        with contextlib.suppress(Exception):
+            op.on_drop()
+
+
+class TrialRun:
+    """The MLflow run of one trial. Create it with :meth:`Tracker.start_trial`; methods never raise."""
+
+    def __init__(self, tracker: Tracker, handle: RunHandle, flush_seconds: float) -> None:
+        self.tracker = tracker
+        self.handle = handle
+        self.flush_seconds = flush_seconds
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+        self._noted = False
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id once the writer has created it, else None (never blocks)."""
+        return self.handle.run_id
+
+    def take_new_run_id(self) -> str | None:
+        """The run id the first time it is known and asked for, else None (to store it exactly once)."""
+        if self._noted or self.handle.run_id is None:
+            return None
+        self._noted = True
+        return self.handle.run_id
+
+    def wait_for_run_id(self, timeout: float = RUN_ID_WAIT_SECONDS) -> str | None:
+        """The run id, waiting up to ``timeout`` seconds for it only while the store is reachable."""
+        if self.handle.run_id is None and not self.handle.abandoned and self.tracker.writer.healthy:
+            self.handle.created.wait(timeout)
+        return self.handle.run_id
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Buffer one epoch's metrics (step = epoch); send them if ``flush_seconds`` have passed."""
+        """Buffer one epoch's metrics (step = epoch); hand them to the writer if ``flush_seconds`` have passed.
+
+        Non-finite values are logged as they are (MLflow stores NaN/inf), so a diverged curve shows.
+        """
         from mlflow.entities import Metric
 
         stamp = _now_ms()
@@ -67,45 +401,98 @@ class TrialRun:
             self.flush()
 
     def flush(self) -> None:
-        """Send buffered metrics in as few ``log_batch`` calls as MLflow allows."""
+        """Queue the buffered metrics in as few ``log_batch`` calls as MLflow allows."""
         self._last_flush = time.monotonic()
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), BATCH_LIMIT):
-            self._call(
-                "log metrics",
-                lambda c, chunk=pending[start : start + BATCH_LIMIT]: c.log_batch(self.run_id, metrics=chunk),
+            chunk = pending[start : start + BATCH_LIMIT]
+            self.tracker.submit(
+                "log metrics", lambda c, run_id, chunk=chunk: c.log_batch(run_id, metrics=chunk), self.handle
             )
 
-    def finish(self, state: str, final_metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
-        """Flush, log final metrics and tags, and close the run with the status matching ``state``."""
+    def finish(
+        self,
+        state: str,
+        final_metrics: Mapping[str, float | None],
+        tags: Mapping[str, Any],
+        *,
+        study: optuna.Study | None = None,
+        trial_number: int | None = None,
+        value: float | None = None,
+    ) -> None:
+        """Queue the last metrics, ``final_*`` metrics, tags, and the run's end with the status of ``state``.
+
+        With ``study`` and ``trial_number``, the study's parent run also gets its per-trial metrics
+        (best so far, counts), computed by the writer from the study with this trial taken as ``state``.
+        """
         from mlflow.entities import Metric, RunTag
 
         stamp = _now_ms()
         self._pending.extend(
             Metric(f"final_{name}", float(v), stamp, 0) for name, v in final_metrics.items() if v is not None
         )
+        if value is not None:
+            self._pending.append(Metric("objective_value", float(value), stamp, 0))
         self.flush()
         run_tags = [RunTag(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()]
-        self._call("log tags", lambda c: c.log_batch(self.run_id, tags=run_tags))
-        self._call("close run", lambda c: c.set_terminated(self.run_id, status=RUN_STATUS.get(state, "KILLED")))
+        self.tracker.submit("log tags", lambda c, run_id: c.log_batch(run_id, tags=run_tags), self.handle)
+        status = RUN_STATUS.get(state, "KILLED")
 
-    def _call(self, what: str, action: Callable[[Any], Any]) -> None:
-        if self.run_id is None or self._failed:
-            return
-        try:
-            action(self.tracker.client)
-        except Exception as exc:  # the tracking store is down or refused: keep training
-            self._failed = True
-            self.tracker.report_error(f"MLflow: could not {what} for run {self.run_id}: {_first_line(exc)}")
+        def end(client: Any, run_id: str | None) -> None:
+            self.tracker.stop_system_metrics(self.handle)
+            client.set_terminated(run_id, status=status)
+
+        self.tracker.submit("end run", end, self.handle)
+        if study is not None and trial_number is not None:
+            self.tracker.record_trial(study, trial_number, state, value)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+@dataclass(frozen=True)
+class StudyProgress:
+    """The parent run's per-trial numbers, computed from the study at one trial."""
+
+    best: float | None
+    counts: dict[str, int]
+
+
+def study_progress(
+    trials: list[optuna.trial.FrozenTrial], number: int, state: str, value: float | None, direction: str
+) -> StudyProgress:
+    """Best complete value and counts by outcome among trials numbered up to ``number``.
+
+    Trial ``number`` itself counts as ``state``/``value`` (its end may not be stored yet); running and
+    waiting trials are not counted.
+    """
+    from adamtune.study import trial_state
+
+    outcomes: list[tuple[str, float | None]] = [
+        (trial_state(t), t.value) for t in trials if t.number < number and trial_state(t) in COUNTED_STATES
+    ]
+    outcomes.append((state, value))
+    values = [v for s, v in outcomes if s == "complete" and v is not None and math.isfinite(v)]
+    best = (min(values) if direction == "minimize" else max(values)) if values else None
+    counts = {s: sum(1 for o, _ in outcomes if o == s) for s in COUNTED_STATES}
+    return StudyProgress(best, counts)
 
 
 class Tracker:
-    """Logs a study's trials to MLflow (``tracking_uri`` None means MLflow's own default store)."""
+    """Logs one study to MLflow; ``tracking_uri`` None means MLflow's own default store.
+
+    Args:
+        study_name: the Optuna study; its experiment is ``adamtune/<study_name>``.
+        tracking_uri: MLflow tracking URI.
+        flush_seconds: the longest a trial's metrics stay buffered (live curves for long trials).
+        notify: where one-line notices for the user go (default: this module's logger, as warnings).
+        system_metrics: record CPU/GPU/memory/disk/network use in each trial's run (``system/*``
+            metrics, MLflow's ``SystemMetricsMonitor``; GPU figures need ``nvidia-ml-py``).
+        close_timeout: how long :meth:`close` (also run at interpreter exit) waits for queued calls
+            (default ``CLOSE_TIMEOUT_SECONDS``).
+        max_queue: the most tracking calls kept waiting while the store is down (then new ones are dropped).
+
+    Raises:
+        TrackingError: the store cannot be reached or used now (checked by finding or making the
+            study's experiment), or the experiment was deleted.
+    """
 
     def __init__(
         self,
@@ -113,26 +500,40 @@ class Tracker:
         tracking_uri: str | None = None,
         *,
         flush_seconds: float = 15.0,
-        on_error: Callable[[str], None] | None = None,
+        notify: Callable[[str], None] | None = None,
+        system_metrics: bool = False,
+        close_timeout: float | None = None,
+        max_queue: int = 10_000,
     ) -> None:
+        if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+            for name, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
         from mlflow import MlflowClient
 
         _quiet_mlflow_logs()
         self.study_name = study_name
         self.flush_seconds = flush_seconds
-        self.on_error = on_error or (lambda message: log.warning("%s", message))
+        self.notify = notify or (lambda message: log.warning("%s", message))
+        self.system_metrics = system_metrics
+        self.close_timeout = CLOSE_TIMEOUT_SECONDS if close_timeout is None else close_timeout
         self.host = socket.gethostname()
+        self.parent_run_id: str | None = None
+        self.direction = "minimize"
+        self.objective = "val_loss"
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.tracking_uri = self.client.tracking_uri
+            self.tracking_uri = str(self.client.tracking_uri)
             self.experiment_id = self._experiment_id()
         except TrackingError:
             raise
         except Exception as exc:
             raise TrackingError(
-                f"cannot use MLflow tracking store {tracking_uri or 'default'}: {_first_line(exc)}; "
+                f"cannot use MLflow tracking store {tracking_uri or 'default'}: {describe_error(exc)}; "
                 "check --tracking-uri / MLFLOW_TRACKING_URI"
             ) from None
+        self.writer = Writer(self.client, self.tracking_uri, self.notify, max_queue=max_queue)
+        self._closed = False
+        atexit.register(self.close)
 
     def _experiment_id(self) -> str:
         name = experiment_name(self.study_name)
@@ -149,32 +550,361 @@ class Tracker:
                 raise
             return experiment.experiment_id
 
-    def report_error(self, message: str) -> None:
-        self.on_error(message)
+    # -- queue -----------------------------------------------------------------------------------
+
+    def submit(self, what: str, action: Callable[[Any, str | None], None], run: RunHandle | None = None) -> bool:
+        """Queue a tracking call ``action(client, run_id)`` (see :class:`Writer`)."""
+        return self.writer.submit(_Op(what, action, run))
+
+    # -- parent run ------------------------------------------------------------------------------
+
+    def attach(self, study: optuna.Study, *, storage_url: str | None = None, reopen: bool = False) -> str:
+        """Find or create the study's parent run and remember it for the trials that follow.
+
+        Idempotent: once attached, later calls return the same id (``reopen`` still refreshes it).
+        The parent is the run named by the study attribute ``mlflow.parent_run_id`` when it exists,
+        is not deleted, and belongs to this study's experiment in this store; otherwise a new one is
+        created and the attribute is set. ``reopen`` (a ``search`` starting) marks a reused parent
+        RUNNING again and refreshes its settings tags. Synchronous: the store was just reached.
+
+        Raises:
+            TrackingError: the store fails.
+        """
+        from adamtune.study import spec_from_study
+
+        if self.parent_run_id is not None and not reopen:
+            return self.parent_run_id
+        spec = spec_from_study(study)
+        self.direction, self.objective = spec.direction, spec.objective
+        try:
+            run_id = self._existing_parent(study)
+            created = run_id is None
+            if run_id is None:
+                run_id = self._create_parent(study, spec, storage_url)
+                study.set_user_attr(PARENT_RUN_ATTR, run_id)
+            if created or reopen:
+                self.client.log_batch(run_id, tags=_settings_tags(spec))
+            if reopen and not created:
+                self.client.update_run(run_id, status="RUNNING")
+        except Exception as exc:
+            raise TrackingError(f"cannot open the MLflow parent run of study {study.study_name!r}: {exc}") from None
+        self.parent_run_id = run_id
+        return run_id
+
+    def _existing_parent(self, study: optuna.Study) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if is_retryable(exc):
+                raise
+            return None  # not in this store
+        if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != self.experiment_id:
+            return None
+        return str(run_id)
+
+    def _create_parent(self, study: optuna.Study, spec: StudySpec, storage_url: str | None) -> str:
+        from mlflow.entities import Param
+
+        tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": self.host}
+        if storage_url:
+            tags["adamtune.storage"] = _redacted(storage_url)
+        run = self.client.create_run(self.experiment_id, run_name=study.study_name, tags=tags)
+        params = {
+            "task": spec.task,
+            "objective": spec.objective,
+            "direction": spec.direction,
+            "epochs": spec.epochs,
+            "batch_size": spec.batch_size,
+            **{f"space.{name}": dim.describe() for name, dim in spec.space.dimensions.items()},
+        }
+        self.client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
+        return str(run.info.run_id)
+
+    def record_trial(self, study: optuna.Study, number: int, state: str, value: float | None) -> None:
+        """Queue the parent run's per-trial metrics for trial ``number`` ending as ``state`` with ``value``.
+
+        The writer reads the study when it gets to the call (off the training thread); an Optuna
+        storage error there drops just this update.
+        """
+        parent = self.parent_run_id
+        if parent is None:
+            return
+        direction, objective = self.direction, self.objective
+
+        def update(client: Any, _: str | None) -> None:
+            from mlflow.entities import Metric
+
+            try:
+                trials = study.get_trials(deepcopy=False)
+            except Exception as exc:  # the Optuna storage, not MLflow: skip this update only
+                log.debug("cannot read study %s for the parent run: %s", study.study_name, exc)
+                return
+            progress = study_progress(trials, number, state, value, direction)
+            stamp = _now_ms()
+            metrics = [Metric(f"trials_{s}", float(n), stamp, number) for s, n in progress.counts.items()]
+            if progress.best is not None:
+                metrics.append(Metric(f"best_{objective}", progress.best, stamp, number))
+            if state == "complete" and value is not None and math.isfinite(value):
+                metrics.append(Metric(f"trial_{objective}", float(value), stamp, number))
+            client.log_batch(parent, metrics=metrics)
+
+        self.submit("log the study's progress", update)
+
+    def end_search(self, study: optuna.Study, *, status: str = "FINISHED", artifacts: bool = True) -> None:
+        """Queue the end of a search: plots and ``recommendation.json`` on the parent run, then its status.
+
+        The plots are drawn now (synchronously, from the study; see ``plots.py``) into a temporary
+        directory that is removed once uploaded or dropped. A plot the study cannot support yet is
+        skipped; an error while drawing is reported once and the other artifacts still go out.
+        ``artifacts=False`` (an interrupted search) only sets the status.
+        """
+        parent = self.parent_run_id
+        if parent is None:
+            return
+        if artifacts:
+            self._queue_artifacts(study, parent)
+        self.submit("end the study's parent run", lambda c, _: c.set_terminated(parent, status=status))
+
+    def _queue_artifacts(self, study: optuna.Study, parent: str) -> None:
+        import json
+
+        from adamtune import plots
+        from adamtune.report import summarize
+
+        out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
+        try:
+            summary = summarize(study).as_dict()
+            (out / "recommendation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            result = plots.write_all(study, out / "plots")
+            if result.skipped:
+                lines = "\n".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+                (out / "plots").mkdir(exist_ok=True)
+                (out / "plots" / "skipped.txt").write_text(lines + "\n")
+        except Exception as exc:  # plotting or summarising failed: report, upload what exists
+            self.notify(f"MLflow: could not make the study's plots/recommendation: {_first_line(exc)[:200]}")
+
+        def upload(client: Any, _: str | None) -> None:
+            client.log_artifacts(parent, str(out))
+            shutil.rmtree(out, ignore_errors=True)
+
+        op = _Op("upload the study's plots", upload, None, on_drop=lambda: shutil.rmtree(out, ignore_errors=True))
+        self.writer.submit(op)
+
+    # -- trials ----------------------------------------------------------------------------------
 
     def start_trial(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> TrialRun:
-        """Create the run for one trial and log its params and tags in one batch.
+        """Queue the creation of a trial's run (nested under the parent run, if any) with params and tags.
 
-        If the store fails, the error is reported and a run that logs nothing is returned.
+        Returns at once; the run id appears on the returned :class:`TrialRun` when the writer has
+        created the run (see the module docstring for a store that is down).
         """
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
-        run = TrialRun(self, None, self.flush_seconds)
+        handle = RunHandle(run_name)
+        run_tags = {"adamtune.host": self.host, "adamtune.role": "trial", **{k: str(v) for k, v in tags.items()}}
+        if self.parent_run_id is not None:
+            run_tags[PARENT_TAG] = self.parent_run_id
+        param_list = [Param(k, _param_text(v)) for k, v in params.items()]
+        experiment_id = self.experiment_id
+
+        def create(client: Any, _: str | None) -> None:
+            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+            handle.resolve(run.info.run_id)
+            if self.system_metrics:
+                self._start_system_metrics(handle)
+
+        op = _Op(f"start run {run_name!r}", create, None, on_drop=lambda: handle.resolve(None))
+        self.writer.submit(op)
+        self.submit("log params", lambda c, run_id: c.log_batch(run_id, params=param_list), handle)
+        return TrialRun(self, handle, self.flush_seconds)
+
+    def _start_system_metrics(self, handle: RunHandle) -> None:
         try:
-            created = self.client.create_run(self.experiment_id, run_name=run_name, tags={"adamtune.host": self.host})
-            run.run_id = created.info.run_id
-            self.client.log_batch(
-                run.run_id,
-                params=[Param(k, _param_text(v)) for k, v in params.items()],
-                tags=[RunTag(k, str(v)) for k, v in tags.items()],
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, tracking_uri=self.tracking_uri
             )
-        except Exception as exc:
-            self.report_error(f"MLflow: could not start run {run_name!r}: {_first_line(exc)}")
-            run._failed = True
-        return run
+            monitor.start()
+            handle.monitor = monitor
+        except Exception as exc:  # psutil missing, or the monitor cannot start: training goes on
+            self.system_metrics = False
+            self.notify(f"MLflow: system metrics are off: {_first_line(exc)[:200]}")
+
+    def stop_system_metrics(self, handle: RunHandle) -> None:
+        """Stop the run's system-metrics monitor (if any) and send its last samples."""
+        monitor, handle.monitor = handle.monitor, None
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
+
+    def end_stale_trial(
+        self, trial_number: int, run_id: str | None = None, *, study: optuna.Study | None = None
+    ) -> None:
+        """Queue the end of the run of a trial whose worker died (failed as stale by another worker).
+
+        The run (``run_id``, or else every RUNNING run of the trial found by its ``adamtune.trial_number``
+        tag) is closed FAILED with tags ``adamtune.state=failed`` and ``adamtune.stale=true``; with
+        ``study``, the parent run's counts are updated too.
+        """
+        from mlflow.entities import RunTag
+
+        experiment_id = self.experiment_id
+        tags = [RunTag("adamtune.state", "failed"), RunTag("adamtune.stale", "true")]
+
+        def end(client: Any, _: str | None) -> None:
+            ids = [run_id] if run_id else [r.info.run_id for r in self.runs_of_trial(trial_number, client=client)]
+            for found in ids:
+                run = client.get_run(found)
+                if run.info.experiment_id != experiment_id or run.info.status != "RUNNING":
+                    continue
+                client.log_batch(found, tags=tags)
+                client.set_terminated(found, status="FAILED")
+
+        self.submit(f"close the run of stale trial {trial_number}", end)
+        if study is not None:
+            self.record_trial(study, trial_number, "failed", None)
+
+    def runs_of_trial(self, trial_number: int, *, client: Any = None) -> list[Any]:
+        """The MLflow runs of trial ``trial_number`` in this study's experiment, found by tag (synchronous)."""
+        client = client or self.client
+        found = client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`adamtune.trial_number` = '{int(trial_number)}'"
+        )
+        return list(found)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> int:
+        """Send every queued call, waiting at most ``timeout`` (default ``close_timeout``) seconds.
+
+        Returns the number of tracking calls dropped over the tracker's life (0 when everything went
+        out), and tells the user when that is not 0. Idempotent; also runs at interpreter exit.
+        """
+        if self._closed:
+            return self.writer.dropped
+        self._closed = True
+        atexit.unregister(self.close)
+        waiting = self.writer.pending
+        if waiting and not self.writer.healthy:
+            self.notify(f"MLflow: waiting up to {timeout or self.close_timeout:.0f} s to send {waiting} queued calls")
+        dropped = self.writer.close(self.close_timeout if timeout is None else timeout)
+        if dropped:
+            self.notify(
+                f"MLflow: {dropped} tracking call(s) could not be sent to {self.tracking_uri} and were dropped; "
+                "the study database holds every trial (adamtune summary)"
+            )
+        return dropped
 
 
-def _param_text(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.6g}"
-    return str(value)
+def _settings_tags(spec: StudySpec) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    values = {"adamtune.n_trials": spec.n_trials, "adamtune.sampler": spec.sampler, "adamtune.pruner": spec.pruner}
+    return [RunTag(k, str(v)) for k, v in values.items()]
+
+
+def _redacted(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+@contextlib.contextmanager
+def search_tracking(tracker: Tracker | None, study: optuna.Study) -> Iterator[None]:
+    """Around a search's trials: on the way out, end the parent run and flush the tracker.
+
+    Normal end: artifacts and status FINISHED. Ctrl-C/SIGTERM: status KILLED, no plots (the user wants
+    out). Any other exception: status FAILED with artifacts. The tracker is closed in every case.
+    """
+    if tracker is None:
+        yield
+        return
+    try:
+        yield
+    except KeyboardInterrupt:
+        tracker.end_search(study, status="KILLED", artifacts=False)
+        tracker.close(timeout=min(10.0, tracker.close_timeout))
+        raise
+    except BaseException:
+        tracker.end_search(study, status="FAILED")
+        tracker.close()
+        raise
+    tracker.end_search(study)
+    tracker.close()
+
+
+@dataclass(frozen=True)
+class UiPlan:
+    """What ``adamtune ui`` does: exec ``argv`` (None: nothing to start) after printing ``message``."""
+
+    argv: list[str] | None
+    message: str
+    warning: str | None = None
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def ui_plan(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> UiPlan:
+    """How to show the MLflow UI for the store at ``tracking_uri`` (None: MLflow's default store).
+
+    * ``http(s)://`` — a tracking server already serves its UI: nothing to start, the message is its URL.
+    * a local store (``sqlite:///…``, a ``file:`` URI or a directory) — ``python -m mlflow ui`` on it,
+      bound to ``host``:``port``. The message says where to point the browser; ``warning`` is set when
+      ``host`` is not a loopback address (the UI has no login: anyone who reaches it can read and edit).
+    * another database URL (``postgresql://…``) — ``mlflow ui`` on it, unchecked.
+
+    Raises:
+        TrackingError: a local store that does not exist (nothing was tracked there yet).
+    """
+    import sys
+
+    if tracking_uri is None:
+        import mlflow
+
+        tracking_uri = mlflow.get_tracking_uri()
+    uri = str(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        return UiPlan(None, f"{uri} is an MLflow tracking server: open {uri} in a browser for its UI")
+    local = _local_store_path(uri)
+    if local is not None and not local.exists():
+        raise TrackingError(
+            f"no MLflow store at {local}: nothing was tracked there yet; run 'adamtune search' in this "
+            "directory first, or pass --tracking-uri (the URI that search used)"
+        )
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    shown = f"[{host}]" if ":" in host else host
+    message = f"MLflow UI for {uri} at http://{shown}:{port} (Ctrl-C stops it)"
+    warning = None
+    if host not in LOOPBACK_HOSTS:
+        warning = (
+            f"the MLflow UI has no login: anyone who can reach {host}:{port} can read and change these runs; "
+            "use --host 127.0.0.1 and an SSH tunnel unless the network is trusted"
+        )
+    return UiPlan(argv, message, warning)
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The file or directory of a local MLflow store URI (SQLite file, ``file:`` URI, plain path), else None."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        return Path(database) if database and database != ":memory:" else None
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return Path(uri)
+    return None

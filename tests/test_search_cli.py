@@ -125,7 +125,8 @@ def test_default_stores_in_the_working_directory(workdir: Path) -> None:
     assert {"adamtune.db", "mlflow.db"} <= set(listing(workdir))
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name(experiment_name("synthetic"))
-    assert len(client.search_runs([experiment.experiment_id])) == 2
+    roles = sorted(r.data.tags.get("adamtune.role") for r in client.search_runs([experiment.experiment_id]))
+    assert roles == ["study", "trial", "trial"]  # the study's parent run and one run per trial
 
 
 def test_seed_makes_a_one_worker_search_reproducible(tmp_path: Path) -> None:
