@@ -19,7 +19,7 @@ MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 _DATASET = "MNIST: 55,000 train / 5,000 val (seeded) / 10,000 test, 28x28 grey uint8, 10 classes"
 _EXTRA = {
-    "source": MNIST_MIRROR + "{" + ",".join(r.filename for r in MNIST_FILES.values()) + "}",
+    "source": f"{MNIST_MIRROR} ({', '.join(r.filename for r in MNIST_FILES.values())})",
     "layout": f"<data-dir>/{MNIST_RAW.as_posix()}/ or <data-dir>/: the 4 IDX files, gzipped or raw",
 }
 
