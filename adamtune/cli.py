@@ -90,6 +90,8 @@ def cli() -> None:
     \b
     adamtune search --task digits --n-trials 30   # run (or resume) a study
     adamtune summary                              # what to use, and the gain over Adam's defaults
+    adamtune recommend --task digits --format torch   # the settings as a snippet to paste
+    adamtune verify --task digits                 # recommendation vs defaults on fresh seeds, test split
     mlflow ui                                     # every trial's learning curves
     """
 
@@ -212,7 +214,11 @@ def _fmt(value: Any) -> str:
 @storage_option
 @handle_errors
 def summary(task: str | None, as_json: bool, storage: str) -> None:
-    """Recommended Adam settings per study, and their gain over Adam's defaults."""
+    """Recommended Adam settings per study: gain over Adam's defaults, trials, importance, robust ranges.
+
+    Reads only the study database (no training). The recommendation is the complete trial with the best
+    mean objective over its last 3 epochs; see 'adamtune recommend' to export it.
+    """
     from adamtune.report import summarize_storage
     from adamtune.study import open_storage
 
@@ -222,46 +228,186 @@ def summary(task: str | None, as_json: bool, storage: str) -> None:
         return
     from rich.console import Console
 
+    from adamtune.report import render_summary
+
     console = Console()
     for row in rows:
         console.print(render_summary(row))
 
 
-def render_summary(row: Any) -> Any:
-    """A rich table for one study summary."""
-    from rich.table import Table
+def study_options(command: F) -> F:
+    """``--task`` and ``--study``: which study a command is about (see ``report.find_study``)."""
+    command = click.option(
+        "--study", "study_name", envvar="ADAMTUNE_STUDY", help="Study name; default: the study of --task."
+    )(command)
+    return click.option(
+        "--task", envvar="ADAMTUNE_TASK", help="Task whose study to use (the study named like it, or its only one)."
+    )(command)
 
-    counts = row.counts
-    caption = (
-        f"trials: {counts.complete} complete, {counts.pruned} pruned, "
-        f"{counts.diverged} diverged, {counts.failed} failed"
-    )
-    table = Table(title=f"{row.study} (task {row.task})", title_justify="left", caption=caption, caption_justify="left")
-    table.add_column("setting")
-    table.add_column("recommended", justify="right")
-    table.add_column("Adam default", justify="right")
-    from adamtune.space import BASELINE
 
-    if row.recommended is None:
-        table.add_row("(no complete trial yet)", "-", "-")
-        return table
-    for key in ("lr", "beta1", "beta2", "epsilon", "decay", *row.extra_dimensions):
-        table.add_row(key, _fmt(getattr(row.recommended, key)), _fmt(getattr(BASELINE, key)))
-    table.add_section()
-    baseline = f"{row.baseline_value:.4g}" if row.baseline_value is not None else "-"
-    table.add_row(f"{row.objective} (trial {row.recommended_trial})", f"{row.value:.4g}", baseline)
-    if row.gain is not None:
-        relative = f" ({row.relative_gain:+.1%})" if row.relative_gain is not None else ""
-        verdict = "better" if row.gain > 0 else "not better"
-        table.add_row("gain over default", f"{row.gain:+.4g}{relative}", verdict)
-    return table
+def _find_study(storage: str, task: str | None, study_name: str | None) -> Any:
+    from adamtune.report import find_study
+    from adamtune.study import open_storage
+
+    return find_study(open_storage(storage, create=False), task, study_name)
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@study_options
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    metavar="FORMAT",
+    help="table, json (settings as data), toml, torch or keras (a snippet to paste).",
+)
+@storage_option
+@handle_errors
+def recommend(task: str | None, study_name: str | None, fmt: str, storage: str) -> None:
+    """Print a study's recommended Adam settings as a table, data (json, toml) or code (torch, keras).
+
+    \b
+    adamtune recommend --task digits --format torch   # needs `model`; defines optimizer, scheduler
+    adamtune recommend --task digits --format json > adam.json
+    """
+    from adamtune.report import FORMATTERS, check_format, recommendation
+
+    fmt = check_format(fmt)
+    row = recommendation(_find_study(storage, task, study_name))
+    if fmt != "table":
+        click.echo(FORMATTERS[fmt](row), nl=False)
+        return
+    from rich.console import Console
+
+    from adamtune.report import render_recommendation
+
+    Console().print(render_recommendation(row))
+
+
+@cli.command()
+@study_options
+@click.option("--seeds", default=5, show_default=True, metavar="N", help="Fresh seeds per setting (at least 2).")
+@click.option("--device", default="auto", show_default=True, help="auto (first CUDA GPU, else cpu), cpu, cuda:N, mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (shape documented in the README).")
+@click.option("--tracking/--no-tracking", default=True, show_default=True, help="Log a 'verify' run to MLflow.")
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    metavar="URI",
+    help="MLflow tracking URI [env MLFLOW_TRACKING_URI]; default: MLflow's own default store.",
+)
+@storage_option
+@data_dir_option
+@handle_errors
+def verify(
+    task: str | None,
+    study_name: str | None,
+    seeds: int,
+    device: str,
+    as_json: bool,
+    storage: str,
+    tracking: bool,
+    tracking_uri: str | None,
+    data_dir: Path | None,
+) -> None:
+    """Train the recommendation and Adam's defaults on fresh seeds; compare them on the test split.
+
+    Full epochs of the study, no pruning. Reports mean ± std of each, the paired and Welch t-tests, and a
+    verdict; stores the result on the study (shown by 'adamtune summary') and logs an MLflow run 'verify'.
+    """
+    from adamtune.verify import check_seeds
+
+    check_seeds(seeds)
+    from adamtune.verify import run_verify
+
+    study = _find_study(storage, task, study_name)
+
+    def on_run(which: str, run: Any) -> None:
+        note = " (diverged)" if run.diverged else ""
+        click.echo(
+            f"seed {run.seed} {which}: test_loss {run.test_loss:.4g}, test_accuracy {run.test_accuracy:.2%}{note}",
+            err=True,
+        )
+
+    def on_tracking_error(message: str) -> None:
+        click.echo(f"Warning: {message}; the result is stored on the study", err=True)
+
+    result = run_verify(
+        study,
+        seeds=seeds,
+        device=device,
+        data_dir=data_dir,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        on_run=on_run,
+        on_tracking_error=on_tracking_error,
+    )
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    from adamtune.verify import render_result
+
+    click.echo(render_result(result))
+
+
+@cli.command()
+@study_options
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for index.html and the plots (created if missing; files of the same names are replaced).",
+)
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Trials in the learning curves.")
+@storage_option
+@handle_errors
+def report(task: str | None, study_name: str | None, out_dir: Path, top: int, storage: str) -> None:
+    """Write a study's plots (PNG + interactive HTML) and one index.html page into --out."""
+    from adamtune.report import write_report
+
+    files = write_report(_find_study(storage, task, study_name), out_dir, top=top)
+    for name, reason in files.skipped.items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+    click.echo(str(files.index))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
+@storage_option
+@handle_errors
+def studies(as_json: bool, storage: str) -> None:
+    """List the studies in the storage with their task and trial counts."""
+    from adamtune.report import list_studies
+    from adamtune.study import open_storage
+
+    rows = list_studies(open_storage(storage, create=False))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no study in this storage; run 'adamtune search --task TASK' first")
+    for row in rows:
+        counts = row["trials"]
+        best = f", best score {row['best_score']:.4g}" if row["best_score"] is not None else ""
+        what = f"task {row['task']}, {row['objective']}" if row["adamtune"] else "not an adamtune study"
+        verified = ", verified" if row["verified"] else ""
+        click.echo(
+            f"{row['study']}: {what}; {counts['complete']} complete, {counts['pruned']} pruned, "
+            f"{counts['diverged']} diverged, {counts['failed']} failed{best}{verified}"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
 @handle_errors
 def tasks(as_json: bool) -> None:
-    """List the built-in tasks: dataset, model, sizes and default epochs."""
+    """List the built-in tasks: dataset, model, sizes and default epochs.
+
+    JSON rows: name, description, dataset, model, default_epochs, default_batch_size, and extra (an object
+    of task-specific notes, e.g. where the data comes from).
+    """
     from adamtune.tasks import resolve_task
 
     described = []
@@ -275,7 +421,7 @@ def tasks(as_json: bool) -> None:
                 "model": task.model,
                 "default_epochs": task.default_epochs,
                 "default_batch_size": task.default_batch_size,
-                **task.extra,
+                "extra": dict(task.extra),
             }
         )
     if as_json:
@@ -283,8 +429,8 @@ def tasks(as_json: bool) -> None:
         return
     for entry in described:
         click.echo(f"{entry['name']}: {entry['description']}")
-        for key, value in entry.items():
-            if key not in ("name", "description"):
+        for key, value in {**entry, **entry["extra"]}.items():
+            if key not in ("name", "description", "extra"):
                 click.echo(f"    {key}: {value}")
 
 

@@ -1,26 +1,55 @@
-"""Summaries of studies: the recommended settings and their gain over Adam's defaults.
+"""Which settings to use: study summaries, the robust recommendation, export formats and the HTML report.
 
-Reads only the study database (no training, no MLflow). The recommendation is the best *complete*
-trial (diverged and pruned trials are never recommended); the baseline is the trial marked as Adam's
-defaults. Gains are signed so that positive means "better than the baseline" in both directions:
-for a minimised objective ``gain = baseline - best``, for a maximised one ``gain = best - baseline``;
-the relative gain divides by ``|baseline|``.
+Reads only the study database. Nothing here trains (``verify.py`` does), and nothing here imports torch
+or MLflow, so ``adamtune summary`` and ``adamtune recommend`` start fast and work on a machine that only
+holds the study file.
+
+The recommendation rule
+-----------------------
+1. Candidates are the trials adamtune records as ``complete``: trained for every epoch of the study with
+   finite losses throughout. Pruned, diverged, failed, running and waiting trials are never recommended.
+   The baseline trial (Adam's defaults) is a candidate like any other.
+2. A candidate's *score* is the mean of its objective over its last :data:`LATE_EPOCHS` (3) epochs, read
+   from the per-epoch curve the objective stores on the trial (user attribute ``adamtune.curves``;
+   Optuna's intermediate values when that is missing). A study with fewer epochs averages all of them.
+   A trial with no curve, or with a non-finite value among those epochs, is not a candidate.
+3. Candidates are ranked by score: lowest first for ``val_loss``, highest first for ``val_accuracy``.
+   Ties go to the better final value (Optuna's value), then to the lower trial number. The first is the
+   recommendation.
+
+Averaging the late epochs ranks runs by where their curve settled rather than by one noisy last point,
+so a trial whose final epoch happened to dip is not preferred over one that is consistently good.
+``adamtune verify`` then checks the winner against Adam's defaults on fresh seeds and the test split.
+
+Gains compare the recommendation's score with the baseline trial's score (same rule, same epochs) and are
+signed so that positive means "better than Adam's defaults" in both directions: for a minimised objective
+``gain = baseline - recommended``, for a maximised one ``gain = recommended - baseline``; the relative
+gain divides by ``|baseline|`` (None when the baseline score is 0 or missing).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import math
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.errors import StorageError
-from adamtune.space import AdamParams, params_from_optuna
+from adamtune.config import StudySpec
+from adamtune.errors import ConfigError, StorageError
+from adamtune.space import BASELINE, BETAS, AdamParams, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
+    CURVES_ATTR,
+    DEVICE_ATTR,
     PARAMS_ATTR,
+    SETTINGS_ATTR,
     SPEC_ATTR,
     Counts,
     count_trials,
@@ -28,6 +57,207 @@ from adamtune.study import (
     study_names,
     trial_state,
 )
+
+#: Epochs at the end of each run whose objective values are averaged into the ranking score.
+LATE_EPOCHS = 3
+#: The robust range spans the best TOP_FRACTION of candidates, and at least MIN_TOP_TRIALS of them.
+TOP_FRACTION = 0.1
+MIN_TOP_TRIALS = 3
+#: Parameter importance needs this many Optuna-COMPLETE trials; below it, summaries say so instead.
+MIN_IMPORTANCE_TRIALS = 6
+#: Study user attribute holding the latest ``adamtune verify`` result (see ``verify.py``).
+VERIFY_ATTR = "adamtune.verify"
+#: The five settings every recommendation names, in display order.
+CORE_SETTINGS = ("lr", "beta1", "beta2", "epsilon", "decay")
+#: ``adamtune recommend --format`` values.
+FORMATS = ("table", "json", "toml", "torch", "keras")
+
+
+# --------------------------------------------------------------------------- scoring and ranking
+
+
+def objective_curve(trial: FrozenTrial, objective: str) -> list[float | None]:
+    """The per-epoch values of ``objective`` for ``trial`` (None where a value was not finite).
+
+    Read from the ``adamtune.curves`` user attribute; when absent (trials made by other tools), from
+    Optuna's intermediate values in step order. Empty when the trial reported nothing.
+    """
+    curves = trial.user_attrs.get(CURVES_ATTR) or {}
+    values = curves.get(objective)
+    if values:
+        return [v if v is not None and math.isfinite(v) else None for v in values]
+    steps = sorted(trial.intermediate_values)
+    return [_finite_or_none(trial.intermediate_values[s]) for s in steps]
+
+
+def late_score(trial: FrozenTrial, objective: str, late_epochs: int = LATE_EPOCHS) -> float | None:
+    """Mean of ``objective`` over the trial's last ``late_epochs`` epochs (all of them if fewer).
+
+    Returns None when the trial has no curve or one of those values is missing or not finite.
+    """
+    tail = objective_curve(trial, objective)[-late_epochs:]
+    if not tail or any(v is None for v in tail):
+        return None
+    return math.fsum(v for v in tail if v is not None) / len(tail)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def trial_params(trial: FrozenTrial, spec: StudySpec) -> AdamParams:
+    """The exact settings a trial trained with (recorded by the objective; rebuilt from params if absent)."""
+    recorded = trial.user_attrs.get(PARAMS_ATTR)
+    if recorded:
+        return AdamParams.from_dict(recorded)
+    return params_from_optuna(trial.params, spec.space)
+
+
+def settings_dict(params: AdamParams, extras: Iterable[str] = ()) -> dict[str, Any]:
+    """``lr, beta1, beta2, epsilon, decay`` and the extra dimensions a space turns on, as plain values."""
+    return {key: getattr(params, key) for key in (*CORE_SETTINGS, *extras)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One rankable trial: its settings, late-epoch score and final value."""
+
+    trial: int
+    params: AdamParams
+    score: float
+    value: float
+    baseline: bool = False
+
+    def as_dict(self, extras: Iterable[str] = ()) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "params": settings_dict(self.params, extras),
+            "score": self.score,
+            "value": self.value,
+        }
+
+
+def rank_trials(trials: Iterable[FrozenTrial], spec: StudySpec) -> list[Candidate]:
+    """Every candidate of the recommendation rule (module docstring), best first."""
+    candidates = []
+    for trial in trials:
+        if trial.state != TrialState.COMPLETE or trial_state(trial) != "complete":
+            continue
+        value, score = _finite_or_none(trial.value), late_score(trial, spec.objective)
+        if value is None or score is None:
+            continue
+        baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        candidates.append(Candidate(trial.number, trial_params(trial, spec), score, value, baseline))
+    sign = 1.0 if spec.direction == "minimize" else -1.0
+    return sorted(candidates, key=lambda c: (sign * c.score, sign * c.value, c.trial))
+
+
+def baseline_candidate(trials: Iterable[FrozenTrial], spec: StudySpec) -> Candidate | None:
+    """The baseline trial (Adam's defaults) scored by the same rule; None if it has no finite score yet."""
+    for trial in trials:
+        if trial.user_attrs.get(BASELINE_ATTR):
+            ranked = rank_trials([trial], spec)
+            return ranked[0] if ranked else None
+    return None
+
+
+def signed_gain(recommended: float, baseline: float, direction: str) -> float:
+    """``recommended`` minus ``baseline``, signed so that positive means better (see module docstring)."""
+    return baseline - recommended if direction == "minimize" else recommended - baseline
+
+
+# --------------------------------------------------------------------------- importance and ranges
+
+
+def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[dict[str, float] | None, str | None]:
+    """PED-ANOVA importance of each sampled setting for reaching the study's best trials.
+
+    Uses :class:`optuna.importance.PedAnovaImportanceEvaluator` (Optuna's default evaluator) on the
+    Optuna-COMPLETE trials, which include diverged ones at their (bad) untrained score, with
+    ``target_quantile = max(0.1, 3 / n)`` so that the "top" group holds at least 3 trials. Importances are
+    normalised to sum to 1 and keyed by setting name (``beta1``, not ``one_minus_beta1``).
+
+    Returns:
+        ``(importances, None)``, or ``(None, reason)`` when the study has fewer than
+        :data:`MIN_IMPORTANCE_TRIALS` complete trials, samples no setting, or the evaluator fails.
+    """
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite_or_none(t.value) is not None]
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return None, f"needs at least {MIN_IMPORTANCE_TRIALS} complete trials, the study has {len(complete)}"
+    names = sorted({name for t in complete for name in t.params})
+    if not names:
+        return None, "no setting is sampled in this study"
+    quantile = max(TOP_FRACTION, MIN_TOP_TRIALS / len(complete))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=names)
+    except Exception as exc:  # the evaluator rejects an unusual study: say why, keep the summary
+        return None, f"importance could not be computed: {type(exc).__name__}: {exc}"
+    return {_setting_name(name): float(value) for name, value in raw.items()}, None
+
+
+def _setting_name(optuna_name: str) -> str:
+    prefix = "one_minus_"
+    if optuna_name.startswith(prefix) and optuna_name[len(prefix) :] in BETAS:
+        return optuna_name[len(prefix) :]
+    return optuna_name
+
+
+@dataclass(frozen=True)
+class RobustRange:
+    """The span of each sampled setting over the best-scoring candidates (how sensitive the task is)."""
+
+    trials: tuple[int, ...]
+    best_score: float
+    worst_score: float
+    params: dict[str, dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trials": list(self.trials),
+            "score": {"best": self.best_score, "worst": self.worst_score},
+            "params": self.params,
+        }
+
+
+def robust_range(ranked: list[Candidate], spec: StudySpec) -> RobustRange | None:
+    """The range of every sampled setting over the top ``max(3, ceil(10% of candidates))`` candidates.
+
+    Continuous settings give ``{"low": min, "high": max}``; a sampled ``amsgrad`` gives
+    ``{"values": [...]}``. Returns None with fewer than :data:`MIN_TOP_TRIALS` candidates.
+    """
+    if len(ranked) < MIN_TOP_TRIALS:
+        return None
+    top = ranked[: max(MIN_TOP_TRIALS, math.ceil(TOP_FRACTION * len(ranked)))]
+    params: dict[str, dict[str, Any]] = {}
+    for dim in spec.space.sampled():
+        values = [getattr(c.params, dim.name) for c in top]
+        if dim.choices:
+            params[dim.name] = {"values": sorted(set(values))}
+        else:
+            params[dim.name] = {"low": min(values), "high": max(values)}
+    return RobustRange(tuple(c.trial for c in top), top[0].score, top[-1].score, params)
+
+
+def device_counts(trials: Iterable[FrozenTrial]) -> dict[str, dict[str, int]]:
+    """Trial outcomes per device (the ``adamtune.device`` attribute); trials that never started are left out.
+
+    A trial that ran without recording its device (made by another tool) counts under ``"unknown"``.
+    """
+    by_device: dict[str, list[FrozenTrial]] = {}
+    for trial in trials:
+        if trial.state == TrialState.WAITING:
+            continue
+        by_device.setdefault(str(trial.user_attrs.get(DEVICE_ATTR, "unknown")), []).append(trial)
+    return {device: count_trials(group).as_dict() for device, group in sorted(by_device.items())}
+
+
+# --------------------------------------------------------------------------- the summary of one study
 
 
 @dataclass(frozen=True)
@@ -38,114 +268,623 @@ class StudySummary:
     task: str
     objective: str
     direction: str
+    epochs: int
+    batch_size: int
     counts: Counts
-    recommended: AdamParams | None
-    recommended_trial: int | None
-    value: float | None
-    baseline_value: float | None
+    recommended: Candidate | None
+    baseline: Candidate | None
     extra_dimensions: tuple[str, ...] = ()
+    devices: dict[str, dict[str, int]] = field(default_factory=dict)
+    importance: dict[str, float] | None = None
+    importance_note: str | None = None
+    robust: RobustRange | None = None
+    verify: dict[str, Any] | None = None
 
     @property
     def gain(self) -> float | None:
-        if self.value is None or self.baseline_value is None:
+        if self.recommended is None or self.baseline is None:
             return None
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        return sign * (self.baseline_value - self.value)
+        return signed_gain(self.recommended.score, self.baseline.score, self.direction)
 
     @property
     def relative_gain(self) -> float | None:
-        if self.gain is None or not self.baseline_value:
+        if self.gain is None or self.baseline is None or not self.baseline.score:
             return None
-        return self.gain / abs(self.baseline_value)
+        return self.gain / abs(self.baseline.score)
+
+    @property
+    def verify_is_current(self) -> bool:
+        """True when the stored verification tested the trial that is recommended now."""
+        return bool(self.verify and self.recommended and self.verify.get("trial") == self.recommended.trial)
 
     def as_dict(self) -> dict[str, Any]:
-        """The documented JSON shape of one summary row."""
+        """The documented JSON shape of one ``adamtune summary --json`` row (see the README).
+
+        ``recommended`` is the settings as a flat object (null when nothing is recommendable yet);
+        ``score``/``baseline_score`` are late-epoch means (the ranking rule), ``value``/``baseline_value``
+        the final-epoch objective; ``gain``/``relative_gain`` compare the scores.
+        """
+        rec, base = self.recommended, self.baseline
+        verify = None
+        if self.verify is not None:
+            verify = {**self.verify, "current": self.verify_is_current}
         return {
             "study": self.study,
             "task": self.task,
             "objective": self.objective,
             "direction": self.direction,
-            "recommended": _recommended_dict(self.recommended, self.extra_dimensions),
-            "recommended_trial": self.recommended_trial,
-            "value": self.value,
-            "baseline_value": self.baseline_value,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "score_rule": f"mean {self.objective} over the last {LATE_EPOCHS} epochs of a complete trial",
+            "recommended": settings_dict(rec.params, self.extra_dimensions) if rec else None,
+            "recommended_trial": rec.trial if rec else None,
+            "score": rec.score if rec else None,
+            "value": rec.value if rec else None,
+            "baseline_trial": base.trial if base else None,
+            "baseline_score": base.score if base else None,
+            "baseline_value": base.value if base else None,
             "gain": self.gain,
             "relative_gain": self.relative_gain,
             "trials": self.counts.as_dict(),
+            "devices": self.devices,
+            "importance": self.importance,
+            "importance_note": self.importance_note,
+            "robust_range": self.robust.as_dict() if self.robust else None,
+            "verify": verify,
         }
 
 
-def _recommended_dict(params: AdamParams | None, extras: tuple[str, ...]) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    keys = ("lr", "beta1", "beta2", "epsilon", "decay", *extras)
-    return {key: getattr(params, key) for key in keys}
-
-
-def trial_params(trial: FrozenTrial, study: optuna.Study) -> AdamParams:
-    """The exact settings a trial trained with (recorded by the objective; rebuilt from params if absent)."""
-    recorded = trial.user_attrs.get(PARAMS_ATTR)
-    if recorded:
-        return AdamParams.from_dict(recorded)
-    return params_from_optuna(trial.params, spec_from_study(study).space)
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    for trial in trials:
-        if trial.user_attrs.get(BASELINE_ATTR) and trial.state == TrialState.COMPLETE:
-            return trial
-    return None
-
-
-def best_complete_trial(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
-    """The best complete (not diverged, not pruned) trial with a finite value."""
-    candidates = [t for t in trials if trial_state(t) == "complete" and _finite(t.value)]
-    if not candidates:
-        return None
-    key = (lambda t: t.value) if direction == "minimize" else (lambda t: -t.value)  # type: ignore[operator]
-    return min(candidates, key=key)
+def is_adamtune_study(study: optuna.Study) -> bool:
+    return SPEC_ATTR in study.user_attrs and SETTINGS_ATTR in study.user_attrs
 
 
 def summarize(study: optuna.Study) -> StudySummary:
-    """Summarise one adamtune study."""
+    """Summarise one adamtune study (reads the study only; see the module docstring for the rule)."""
     spec = spec_from_study(study)
     trials = study.get_trials(deepcopy=False)
-    best = best_complete_trial(trials, spec.direction)
-    baseline = baseline_trial(trials)
-    baseline_value = baseline.value if baseline is not None and trial_state(baseline) == "complete" else None
+    ranked = rank_trials(trials, spec)
+    importance, note = param_importance(study, trials)
     return StudySummary(
         study=study.study_name,
         task=spec.task,
         objective=spec.objective,
         direction=spec.direction,
+        epochs=int(spec.epochs or 0),
+        batch_size=int(spec.batch_size or 0),
         counts=count_trials(trials),
-        recommended=trial_params(best, study) if best is not None else None,
-        recommended_trial=best.number if best is not None else None,
-        value=best.value if best is not None else None,
-        baseline_value=baseline_value,
+        recommended=ranked[0] if ranked else None,
+        baseline=baseline_candidate(trials, spec),
         extra_dimensions=tuple(spec.space.extra_dimensions()),
+        devices=device_counts(trials),
+        importance=importance,
+        importance_note=note,
+        robust=robust_range(ranked, spec),
+        verify=study.user_attrs.get(VERIFY_ATTR),
     )
 
 
+def _load(name: str, storage: Any) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception as exc:
+        raise StorageError(f"cannot load study {name!r}: {exc}") from None
+
+
 def summarize_storage(storage: Any, task: str | None = None) -> list[StudySummary]:
-    """Summaries of every adamtune study in ``storage`` (only those of ``task`` when given).
+    """Summaries of every adamtune study in ``storage``, by study name (only those of ``task`` when given).
+
+    ``task`` matches a study's task or its name. Studies not made by adamtune are skipped.
 
     Raises:
         StorageError: the storage holds no adamtune study (for ``task``, when given).
     """
     rows = []
     for name in study_names(storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        if SPEC_ATTR not in study.user_attrs:
+        study = _load(name, storage)
+        if not is_adamtune_study(study):
             continue
         if task is not None and study.user_attrs[SPEC_ATTR]["task"] != task and name != task:
             continue
         rows.append(summarize(study))
     if not rows:
         what = f"for task {task!r}" if task else "yet"
-        raise StorageError(f"no adamtune study {what} in this storage; run 'adamtune search --task TASK' first")
+        hint = f"'adamtune search --task {task}'" if task else "'adamtune search --task TASK'"
+        raise StorageError(f"no adamtune study {what} in this storage; run {hint} first")
     return rows
+
+
+def find_study(storage: Any, task: str | None = None, study_name: str | None = None) -> optuna.Study:
+    """The one adamtune study a command is about.
+
+    ``study_name`` wins when given. Otherwise, with ``task``: the study named like the task, else the
+    only study of that task. With neither: the only adamtune study in the storage.
+
+    Raises:
+        StorageError: no such study, a study not made by adamtune, or several studies match (the message
+            lists them and asks for ``--study``).
+    """
+    names = study_names(storage)
+    if study_name is not None:
+        if study_name not in names:
+            listing = ", ".join(names) or "none"
+            raise StorageError(f"no study named {study_name!r} in this storage (studies: {listing})")
+        study = _load(study_name, storage)
+        if not is_adamtune_study(study):
+            raise StorageError(f"study {study_name!r} was not created by adamtune")
+        return study
+    if task is not None and task in names:
+        study = _load(task, storage)
+        if is_adamtune_study(study):
+            return study
+    studies = [s for s in (_load(n, storage) for n in names) if is_adamtune_study(s)]
+    if task is not None:
+        studies = [s for s in studies if s.user_attrs[SPEC_ATTR]["task"] == task]
+    if len(studies) == 1:
+        return studies[0]
+    if not studies:
+        what = f"for task {task!r} " if task else ""
+        hint = task or "TASK"
+        raise StorageError(f"no adamtune study {what}in this storage; run 'adamtune search --task {hint}' first")
+    listing = ", ".join(s.study_name for s in studies)
+    need = "" if task else "pass --task or "
+    raise StorageError(f"several studies match ({listing}); {need}pass --study NAME")
+
+
+def recommendation(study: optuna.Study) -> StudySummary:
+    """The summary of ``study`` for commands that need a recommendation (no importance computed).
+
+    Raises:
+        StorageError: the study has no complete trial with a full, finite curve yet.
+    """
+    spec = spec_from_study(study)
+    trials = study.get_trials(deepcopy=False)
+    ranked = rank_trials(trials, spec)
+    if not ranked:
+        counts = count_trials(trials)
+        raise StorageError(
+            f"study {study.study_name!r} has no complete trial yet ({counts.finished} finished: "
+            f"{counts.pruned} pruned, {counts.diverged} diverged); run 'adamtune search' to add trials"
+        )
+    return StudySummary(
+        study=study.study_name,
+        task=spec.task,
+        objective=spec.objective,
+        direction=spec.direction,
+        epochs=int(spec.epochs or 0),
+        batch_size=int(spec.batch_size or 0),
+        counts=count_trials(trials),
+        recommended=ranked[0],
+        baseline=baseline_candidate(trials, spec),
+        extra_dimensions=tuple(spec.space.extra_dimensions()),
+        robust=robust_range(ranked, spec),
+        verify=study.user_attrs.get(VERIFY_ATTR),
+    )
+
+
+# --------------------------------------------------------------------------- listing studies
+
+
+def list_studies(storage: Any) -> list[dict[str, Any]]:
+    """Every study in ``storage`` with its trial counts: the documented ``adamtune studies --json`` rows.
+
+    Studies not made by adamtune are listed too, with ``"adamtune": false`` and null task/objective.
+    """
+    rows = []
+    for name in study_names(storage):
+        study = _load(name, storage)
+        trials = study.get_trials(deepcopy=False)
+        spec = study.user_attrs.get(SPEC_ATTR) or {}
+        settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+        ranked = rank_trials(trials, spec_from_study(study)) if is_adamtune_study(study) else []
+        rows.append(
+            {
+                "study": name,
+                "adamtune": is_adamtune_study(study),
+                "task": spec.get("task"),
+                "objective": spec.get("objective"),
+                "direction": study.direction.name.lower(),
+                "epochs": spec.get("epochs"),
+                "n_trials": settings.get("n_trials"),
+                "trials": count_trials(trials).as_dict(),
+                "best_score": ranked[0].score if ranked else None,
+                "verified": VERIFY_ATTR in study.user_attrs,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- export formats
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` lower-cased if it is one of :data:`FORMATS`.
+
+    Raises:
+        ConfigError: an unknown format (the message lists the valid ones).
+    """
+    if fmt.lower() not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return fmt.lower()
+
+
+def _num(value: float) -> str:
+    """A float as a Python/Keras literal with 8 significant digits (enough for betas like 0.99990001)."""
+    return f"{float(value):.8g}"
+
+
+def _header(summary: StudySummary) -> list[str]:
+    rec = summary.recommended
+    assert rec is not None
+    lines = [
+        f"# Adam settings recommended by adamtune for study {summary.study!r} (task {summary.task}): "
+        f"trial {rec.trial},",
+        f"# {summary.objective} {rec.score:.4g} (mean of the last {LATE_EPOCHS} of {summary.epochs} epochs, "
+        f"batch size {summary.batch_size})",
+    ]
+    if summary.baseline is not None and summary.gain is not None:
+        lines[-1] += f" vs {summary.baseline.score:.4g} with Adam's defaults."
+    return lines
+
+
+def format_json(summary: StudySummary) -> str:
+    """The recommended settings as a flat JSON object: lr, beta1, beta2, epsilon, decay (+ extras)."""
+    assert summary.recommended is not None
+    return json.dumps(settings_dict(summary.recommended.params, summary.extra_dimensions), indent=2) + "\n"
+
+
+def format_toml(summary: StudySummary) -> str:
+    """The recommended settings as flat TOML keys (exact values), with a comment naming the source."""
+    assert summary.recommended is not None
+    lines = _header(summary)
+    for key, value in settings_dict(summary.recommended.params, summary.extra_dimensions).items():
+        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(float(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def format_torch(summary: StudySummary) -> str:
+    """A paste-able PyTorch snippet defining ``optimizer`` and ``scheduler`` for an existing ``model``.
+
+    ``torch.optim.Adam`` (``AdamW`` when weight_decay > 0) and a ``LambdaLR`` applying the decay
+    ``lr / (1 + decay * step)``; ``scheduler.step()`` must follow every ``optimizer.step()``.
+    """
+    assert summary.recommended is not None
+    p = summary.recommended.params
+    lines = [
+        *_header(summary),
+        "# Needs `model` (your torch.nn.Module). Call scheduler.step() after every optimizer.step(): the",
+        "# learning rate of update t (from 0) is lr / (1 + decay * t), the Keras-style decay adamtune tunes.",
+        "import torch",
+        "",
+    ]
+    cls = "AdamW" if p.weight_decay > 0 else "Adam"
+    kwargs = f"lr={_num(p.lr)}, betas=({_num(p.beta1)}, {_num(p.beta2)}), eps={_num(p.epsilon)}"
+    if p.weight_decay > 0:
+        kwargs += f", weight_decay={_num(p.weight_decay)}"
+    if p.amsgrad:
+        kwargs += ", amsgrad=True"
+    lines.append(f"optimizer = torch.optim.{cls}(model.parameters(), {kwargs})")
+    lines.append(
+        f"scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + {_num(p.decay)} * step))"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def format_keras(summary: StudySummary) -> str:
+    """A paste-able Keras 3 snippet defining ``optimizer`` (with an ``InverseTimeDecay`` schedule)."""
+    assert summary.recommended is not None
+    p = summary.recommended.params
+    cls = "AdamW" if p.weight_decay > 0 else "Adam"
+    extra = f", weight_decay={_num(p.weight_decay)}" if p.weight_decay > 0 else ""
+    extra += ", amsgrad=True" if p.amsgrad else ""
+    lines = [
+        *_header(summary),
+        "# Keras applies epsilon slightly differently from PyTorch, where adamtune tuned it: Keras adds it to",
+        '# sqrt(v) before bias correction (the "epsilon hat" of Kingma & Ba, 2015, section 2), PyTorch after.',
+        "# The same number therefore acts like PyTorch's eps / sqrt(1 - beta_2**t): larger during the first",
+        "# ~1 / (1 - beta_2) steps, the same afterwards.",
+        "import keras",
+        "",
+        "learning_rate = keras.optimizers.schedules.InverseTimeDecay(",
+        f"    initial_learning_rate={_num(p.lr)}, decay_steps=1, decay_rate={_num(p.decay)}",
+        ")",
+        f"optimizer = keras.optimizers.{cls}(",
+        f"    learning_rate=learning_rate, beta_1={_num(p.beta1)}, beta_2={_num(p.beta2)}, "
+        f"epsilon={_num(p.epsilon)}{extra}",
+        ")",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+FORMATTERS: dict[str, Callable[[StudySummary], str]] = {
+    "json": format_json,
+    "toml": format_toml,
+    "torch": format_torch,
+    "keras": format_keras,
+}
+
+
+# --------------------------------------------------------------------------- terminal rendering
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _range_text(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    if "values" in entry:
+        return ", ".join(_fmt(v) for v in entry["values"])
+    return f"{entry['low']:.3g}–{entry['high']:.3g}"
+
+
+def render_summary(row: StudySummary) -> Any:
+    """A rich table for one study: settings, range, importance, scores, trial counts and verification."""
+    from rich.table import Table
+
+    counts = row.counts
+    caption = []
+    if row.gain is not None:
+        relative = f" ({row.relative_gain:+.1%})" if row.relative_gain is not None else ""
+        verdict = "better" if row.gain > 0 else ("the same" if row.gain == 0 else "worse")
+        caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict} than Adam's defaults")
+    caption += [
+        f"trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
+        f"{counts.failed} failed"
+        + (f", {counts.running} running" if counts.running else "")
+        + (f", {counts.waiting} waiting" if counts.waiting else ""),
+    ]
+    if row.devices:
+        per_device = ", ".join(f"{d} {sum(c.values())}" for d, c in row.devices.items())
+        caption.append(f"trials per device: {per_device}")
+    caption.append(
+        f"score: mean {row.objective} over the last {LATE_EPOCHS} epochs of a complete trial; "
+        f"recommended: the best score, trial {row.recommended.trial if row.recommended else '-'}"
+    )
+    if row.robust is not None:
+        caption.append(f"top-trial range: the {len(row.robust.trials)} best-scoring trials (top 10%, at least 3)")
+    caption.append(
+        "importance: PED-ANOVA (Optuna)" if row.importance is not None else f"importance: {row.importance_note}"
+    )
+    caption.extend(verify_lines(row))
+    from rich import box
+
+    table = Table(
+        title=f"{row.study} (task {row.task}, {row.objective}, {row.epochs} epochs)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="\n".join(caption),
+        caption_justify="left",
+    )
+    table.add_column("setting", no_wrap=True)
+    table.add_column("recommended", justify="right", no_wrap=True)
+    table.add_column("default", justify="right", no_wrap=True)
+    table.add_column("top-trial range", justify="right", no_wrap=True)
+    table.add_column("importance", justify="right", no_wrap=True)
+    if row.recommended is None:
+        table.add_row("(no complete trial yet)", "-", "-", "-", "-")
+        return table
+    ranges = row.robust.params if row.robust else {}
+    for key in (*CORE_SETTINGS, *row.extra_dimensions):
+        weight = row.importance.get(key) if row.importance else None
+        table.add_row(
+            key,
+            _fmt(getattr(row.recommended.params, key)),
+            _fmt(getattr(BASELINE, key)),
+            _range_text(ranges.get(key)),
+            f"{weight:.2f}" if weight is not None else "-",
+        )
+    table.add_section()
+    baseline = _fmt(row.baseline.score) if row.baseline is not None else "-"
+    spread = f"{row.robust.best_score:.4g}–{row.robust.worst_score:.4g}" if row.robust else "-"
+    table.add_row(f"score (#{row.recommended.trial})", _fmt(row.recommended.score), baseline, spread, "")
+    return table
+
+
+def verify_lines(row: StudySummary) -> list[str]:
+    """One or two caption lines describing the stored ``adamtune verify`` result, if any."""
+    if row.verify is None:
+        return ["verify: not run yet (adamtune verify --task " + row.task + ")"]
+    lines = [f"verify: {row.verify.get('verdict', '?')}"]
+    if not row.verify_is_current:
+        lines.append(f"  (verified trial {row.verify.get('trial')}; the recommendation is now another trial)")
+    return lines
+
+
+def render_recommendation(summary: StudySummary) -> Any:
+    """A rich table of the recommended settings next to Adam's defaults (``recommend --format table``)."""
+    from rich.table import Table
+
+    rec = summary.recommended
+    assert rec is not None
+    table = Table(
+        title=f"{summary.study} (task {summary.task}): trial {rec.trial}",
+        title_justify="left",
+        caption=_header(summary)[-1].lstrip("# "),
+        caption_justify="left",
+    )
+    for name in ("setting", "recommended", "Adam default"):
+        table.add_column(name, justify="left" if name == "setting" else "right")
+    for key, value in settings_dict(rec.params, summary.extra_dimensions).items():
+        table.add_row(key, _fmt(value), _fmt(getattr(BASELINE, key)))
+    return table
+
+
+# --------------------------------------------------------------------------- the HTML report
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` produced: the page, each plot's files, and the plots it had to skip."""
+
+    index: Path
+    plots: dict[str, list[Path]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+#: Optuna's names for the sampled betas (see ``space.py``).
+BETA1, BETA2 = "one_minus_beta1", "one_minus_beta2"
+#: The report's plots, in page order, with their captions.
+REPORT_PLOTS = {
+    "optimization_history": "Objective of every complete trial, with the best so far.",
+    "param_importances": "Importance of each setting for the objective (fANOVA, from adamtune.plots).",
+    "contour_lr_beta1": "Objective over learning rate × (1 − β1), both on log scales.",
+    "contour_lr_beta2": "Objective over learning rate × (1 − β2), both on log scales.",
+    "slice": "Objective against each sampled setting, one panel per setting.",
+    "learning_curves": "Per-epoch objective of the best trials against Adam's defaults (dashed).",
+}
+
+
+def _save_png(axes_or_figure: Any, path: Path, width: float = 10.0) -> None:
+    """Save the figure of a matplotlib Axes (or array of them) as PNG, ``width`` inches wide, and close it."""
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    figure = axes_or_figure.flat[0] if isinstance(axes_or_figure, np.ndarray) else axes_or_figure
+    figure = getattr(figure, "figure", figure)
+    figure.set_size_inches(width, 5.5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _optuna_plot(study: optuna.Study, out_dir: Path, name: str, plot: str, params: list[str]) -> list[Path]:
+    """Write Optuna's ``plot_<plot>`` for ``params`` as HTML (plotly) and PNG (matplotlib)."""
+    import optuna.visualization as vis
+    import optuna.visualization.matplotlib as vis_mpl
+
+    from adamtune.plots import PlotUnavailable
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params]
+    sampled = {p for t in complete for p in t.params}
+    missing = [p for p in params if p not in sampled]
+    if missing:
+        raise PlotUnavailable(f"{', '.join(missing)} not sampled in this study")
+    if len(complete) < 2:
+        raise PlotUnavailable(f"needs at least 2 complete trials, the study has {len(complete)}")
+    target = study.user_attrs.get(SPEC_ATTR, {}).get("objective", "Objective Value")
+    html_path, png_path = out_dir / f"{name}.html", out_dir / f"{name}.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        getattr(vis, f"plot_{plot}")(study, params=params, target_name=target).write_html(
+            html_path, include_plotlyjs="directory"
+        )
+        width = max(10.0, 3.6 * len(params) + 1.5) if plot == "slice" else 10.0
+        _save_png(getattr(vis_mpl, f"plot_{plot}")(study, params=params, target_name=target), png_path, width)
+    return [html_path, png_path]
+
+
+def write_report(study: optuna.Study, out_dir: Path, *, top: int = 5) -> ReportFiles:
+    """Write the plots of :data:`REPORT_PLOTS` (PNG and interactive HTML) and ``index.html`` into ``out_dir``.
+
+    ``index.html`` shows the summary table, the PNGs and links to the interactive versions, which share one
+    ``plotly.min.js`` in ``out_dir`` (so the folder works offline). Plots the study cannot support yet (too
+    few trials, a setting not sampled) are listed on the page with the reason instead. Existing files of
+    the same names are overwritten; nothing else in ``out_dir`` is touched.
+
+    Raises:
+        StorageError: the study has no complete trial yet (nothing to report).
+        ConfigError: ``out_dir`` exists and is not a directory, or cannot be created.
+    """
+    from adamtune import plots
+
+    summary = summarize(study)
+    if summary.recommended is None:
+        recommendation(study)  # raises the one-line "no complete trial yet" error
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out_dir} exists and is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create --out {out_dir}: {exc.strerror}") from None
+    sampled = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
+    producers: dict[str, Callable[[], list[Path]]] = {
+        "optimization_history": lambda: plots.optimization_history(study, out_dir, plotlyjs="directory"),
+        "param_importances": lambda: plots.importance(study, out_dir, plotlyjs="directory"),
+        "contour_lr_beta1": lambda: _optuna_plot(study, out_dir, "contour_lr_beta1", "contour", ["lr", BETA1]),
+        "contour_lr_beta2": lambda: _optuna_plot(study, out_dir, "contour_lr_beta2", "contour", ["lr", BETA2]),
+        "slice": lambda: _optuna_plot(study, out_dir, "slice", "slice", sampled),
+        "learning_curves": lambda: plots.learning_curves(study, out_dir, top=top, plotlyjs="directory"),
+    }
+    files = ReportFiles(index=out_dir / "index.html")
+    for name, produce in producers.items():
+        try:
+            files.plots[name] = produce()
+        except plots.PlotUnavailable as exc:
+            files.skipped[name] = str(exc)
+        except Exception as exc:  # one broken plot must not cost the whole report; the page says why
+            files.skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    files.index.write_text(_report_page(summary, files), encoding="utf-8")
+    return files
+
+
+def _report_page(summary: StudySummary, files: ReportFiles) -> str:
+    """The ``index.html`` of a report: the summary as a table, then every plot (PNG, linked to its HTML)."""
+    esc = html.escape
+    rec = summary.recommended
+    assert rec is not None
+
+    def tr(*cells: str, cls: str = "") -> str:
+        row = "".join(f"<td>{esc(cell)}</td>" for cell in cells)
+        return f"<tr class='{cls}'>{row}</tr>" if cls else f"<tr>{row}</tr>"
+
+    rows = []
+    ranges = summary.robust.params if summary.robust else {}
+    for key in (*CORE_SETTINGS, *summary.extra_dimensions):
+        weight = summary.importance.get(key) if summary.importance else None
+        rows.append(
+            tr(
+                key,
+                _fmt(getattr(rec.params, key)),
+                _fmt(getattr(BASELINE, key)),
+                _range_text(ranges.get(key)),
+                "-" if weight is None else f"{weight:.2f}",
+            )
+        )
+    baseline = _fmt(summary.baseline.score) if summary.baseline else "-"
+    rows.append(tr(f"score (trial {rec.trial})", _fmt(rec.score), baseline, "", "", cls="sep"))
+    if summary.gain is not None:
+        relative = f" ({summary.relative_gain:+.1%})" if summary.relative_gain is not None else ""
+        rows.append(tr("gain over default", f"{summary.gain:+.4g}{relative}", "", "", ""))
+    counts = summary.counts
+    notes = [
+        f"Trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
+        f"{counts.failed} failed.",
+        f"Score: mean {summary.objective} over the last {LATE_EPOCHS} epochs of a complete trial "
+        "(the recommendation rule); range: the best-scoring 10% of complete trials, at least 3.",
+        "Importance column: PED-ANOVA (Optuna's default evaluator)."
+        if summary.importance is not None
+        else f"Importance: {summary.importance_note}.",
+        *verify_lines(summary),
+    ]
+    figures = []
+    for name, caption in REPORT_PLOTS.items():
+        if name in files.plots:
+            html_file, png_file = (p.name for p in files.plots[name])
+            figures.append(
+                f"<figure><a href='{esc(html_file)}'><img src='{esc(png_file)}' alt='{esc(name)}'></a>"
+                f"<figcaption>{esc(caption)} <a href='{esc(html_file)}'>interactive</a></figcaption></figure>"
+            )
+        else:
+            figures.append(f"<p class='skipped'>{esc(name)}: not drawn ({esc(files.skipped.get(name, '?'))}).</p>")
+    title = f"adamtune report: {summary.study} (task {summary.task})"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; }}
+td:not(:first-child) {{ text-align: right; font-variant-numeric: tabular-nums; }}
+tr.sep td {{ border-top: 2px solid #888; }} img {{ max-width: 100%; }} .skipped {{ color: #888; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<p>{esc(summary.objective)} ({esc(summary.direction)}d), {summary.epochs} epochs, batch size {summary.batch_size}.</p>
+<table><tr><th>setting</th><th>recommended</th><th>Adam default</th><th>range (top trials)</th><th>importance</th></tr>
+{chr(10).join(rows)}
+</table>
+<ul>{"".join(f"<li>{esc(n)}</li>" for n in notes)}</ul>
+{chr(10).join(figures)}
+</body></html>
+"""
