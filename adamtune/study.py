@@ -18,18 +18,23 @@ The number of *finished* trials (complete + pruned + diverged) is what ``--n-tri
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import sqlite3
 import tempfile
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
@@ -55,8 +60,17 @@ HOST_ATTR = "adamtune.host"
 WORKER_ATTR = "adamtune.worker"
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
+#: Environment overrides of the two above (whole seconds), e.g. 1 and 3 in tests.
+HEARTBEAT_ENV = "ADAMTUNE_HEARTBEAT_SECONDS"
+GRACE_ENV = "ADAMTUNE_GRACE_SECONDS"
 MAX_RETRIES = 2
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
+#: How long a worker keeps retrying a database that went away before giving up (env override).
+DB_RETRY_SECONDS = 120.0
+DB_RETRY_ENV = "ADAMTUNE_DB_RETRY_SECONDS"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAMPLERS: dict[str, Callable[[int | None], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
@@ -108,14 +122,18 @@ def engine_kwargs_for(url: str) -> dict[str, Any]:
     """SQLAlchemy engine options per backend (busy timeout for SQLite, liveness checks for servers)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
-    return {"pool_pre_ping": True, "pool_recycle": 300}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 300}
+    if url.startswith("postgres"):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
+    return kwargs
 
 
 def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     """Open (and, for SQLite with ``create``, create) the study database at ``url``.
 
     Heartbeats are on: a trial whose worker stops beating for ``GRACE_SECONDS`` is failed by the next
-    worker that starts a trial and re-queued up to ``MAX_RETRIES`` times.
+    worker that starts a trial and re-queued up to ``MAX_RETRIES`` times (see :class:`RetryStaleTrial`);
+    both periods can be changed with ``ADAMTUNE_HEARTBEAT_SECONDS``/``ADAMTUNE_GRACE_SECONDS``.
 
     Raises:
         StorageError: an unparsable URL, a missing driver, a SQLite file that cannot be created, or a
@@ -137,31 +155,247 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     except ImportError as exc:
         hint = "pip install 'adamtune[postgres]'" if parsed.drivername.startswith("postgres") else "install it"
         raise StorageError(f"the database driver for {url!r} is not installed ({exc.name}); {hint}") from None
+    heartbeat, grace = heartbeat_settings()
     if parsed.drivername.startswith("sqlite"):
         if not create and not (parsed.database and Path(parsed.database).is_file()):
             raise StorageError(f"study database {parsed.database} does not exist; run 'adamtune search' first")
         _check_sqlite_target(url, parsed.database)
         if create:
             _enable_wal(parsed.database)
+    elif not create:
+        _check_server_has_studies(url, parsed)
     try:
         return RDBStorage(
             url,
             engine_kwargs=engine_kwargs_for(url),
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRIES),
         )
     except Exception as exc:  # SQLAlchemy/driver errors: unreachable host, bad credentials, ...
         raise StorageError(f"cannot open study database {_redact(parsed)}: {_first_line(exc)}") from None
+
+
+def _check_server_has_studies(url: str, parsed: Any) -> None:
+    """For ``create=False`` on a server: the database must be reachable and already hold Optuna's tables.
+
+    ``RDBStorage`` would otherwise create its tables in whatever database the URL names, so a typo in
+    the database name of ``adamtune worker`` would write a schema there. Only the schema is inspected.
+    """
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs_for(url))
+    try:
+        has_studies = sqlalchemy.inspect(engine).has_table("studies")
+    except Exception as exc:
+        raise StorageError(f"cannot open study database {_redact(parsed)}: {_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+    if not has_studies:
+        raise StorageError(
+            f"database {_redact(parsed)} holds no studies; start one there with 'adamtune search --storage ...'"
+        )
 
 
 def _redact(parsed: Any) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password masked, safe to print or log; unparsable URLs are returned unchanged."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return _redact(make_url(url))
+    except (ArgumentError, ValueError):
+        return url
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """The heartbeat interval and grace period in seconds: ``HEARTBEAT_SECONDS``/``GRACE_SECONDS``, or the
+    whole numbers in ``ADAMTUNE_HEARTBEAT_SECONDS``/``ADAMTUNE_GRACE_SECONDS``.
+
+    Every worker of a study should use the same values: a worker with a shorter grace period than another's
+    heartbeat interval would fail that worker's live trials as stale.
+
+    Raises:
+        ConfigError: a value is not a whole number >= 1, or the grace period is not longer than the interval.
+    """
+    values = []
+    for env, default in ((HEARTBEAT_ENV, HEARTBEAT_SECONDS), (GRACE_ENV, GRACE_SECONDS)):
+        text = os.environ.get(env, "").strip()
+        if not text:
+            values.append(default)
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"{env} must be a whole number of seconds >= 1, got {text!r}")
+        values.append(int(text))
+    heartbeat, grace = values
+    if grace <= heartbeat:
+        raise ConfigError(
+            f"the grace period ({grace}s, {GRACE_ENV}) must be longer than the heartbeat interval "
+            f"({heartbeat}s, {HEARTBEAT_ENV})"
+        )
+    return heartbeat, grace
+
+
+class RetryStaleTrial:
+    """Heartbeat-stale trial callback: re-queue the trial of a dead worker with the same settings.
+
+    Called (through ``optuna.storages.fail_stale_trials``) by whichever live worker notices that a trial has
+    not beaten for the grace period, after Optuna marked it FAIL. The retry is a new WAITING trial that the
+    next worker to start a trial picks up first.
+
+    Unlike Optuna's ``RetryHeartbeatStaleTrialCallback`` (which copies *every* user attribute, so a retry
+    would carry the dead run's MLflow id, host and partial curves), this copies the params and their
+    distributions (the same Adam settings are tried again), Optuna's system attributes (``fixed_params`` of
+    an enqueued trial, and ``failed_trial``/``retry_history`` in Optuna's format so
+    ``RetryHeartbeatStaleTrialCallback.retried_trial_number`` works), and of the user attributes only
+    ``adamtune.baseline``: a retried baseline must still train with Adam's defaults and never be pruned.
+
+    A trial is retried at most ``max_retry`` times (None: always). Every stale trial this process failed is
+    also kept until :meth:`drain` so that the worker can close its MLflow run.
+    """
+
+    def __init__(self, max_retry: int | None = MAX_RETRIES) -> None:
+        self.max_retry = max_retry
+        self._stale: list[FrozenTrial] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with self._lock:
+            self._stale.append(trial)
+        system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        if self.max_retry is not None and len(system_attrs["retry_history"]) > self.max_retry:
+            log.warning("trial %d was stale (its worker died) and has been retried enough; not retrying", trial.number)
+            return
+        user_attrs = {BASELINE_ATTR: True} if trial.user_attrs.get(BASELINE_ATTR) else {}
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=user_attrs,
+                system_attrs=system_attrs,
+            )
+        )
+        log.warning("trial %d was stale (its worker stopped beating): failed it and queued a retry", trial.number)
+
+    def drain(self) -> list[FrozenTrial]:
+        """The stale trials failed by this process since the last call."""
+        with self._lock:
+            stale, self._stale = self._stale, []
+        return stale
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """True for errors of a database that is unreachable or busy for a while (worth retrying).
+
+    SQLAlchemy raises ``OperationalError`` for a lost connection, a server restart or a locked SQLite file;
+    Optuna wraps errors raised during a commit in ``StorageInternalError`` with the original as its cause.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, optuna.exceptions.StorageInternalError) and isinstance(exc.__cause__, OperationalError)
+
+
+def db_retry_seconds() -> float:
+    """How long :func:`with_db_retry` keeps trying: ``ADAMTUNE_DB_RETRY_SECONDS`` or ``DB_RETRY_SECONDS``."""
+    text = os.environ.get(DB_RETRY_ENV, "").strip()
+    try:
+        return float(text) if text else DB_RETRY_SECONDS
+    except ValueError:
+        raise ConfigError(f"{DB_RETRY_ENV} must be a number of seconds, got {text!r}") from None
+
+
+def with_db_retry(action: Callable[[], T], what: str, *, budget_seconds: float | None = None) -> T:
+    """Run ``action``; while it fails with a transient database error, retry with exponential backoff.
+
+    A database that goes away for a few seconds (a restart, a network blip, a long write lock) costs a
+    warning per attempt, not the worker. Other exceptions propagate at once.
+
+    Contract for callers: ``action`` may run more than once, so it must be safe to repeat (a read, a
+    ``tell`` with ``skip_if_finished``); an action that had committed before the connection broke is
+    repeated too.
+
+    Raises:
+        StorageError: the database kept failing for ``budget_seconds`` (default :func:`db_retry_seconds`).
+    """
+    budget = db_retry_seconds() if budget_seconds is None else budget_seconds
+    deadline = time.monotonic() + budget
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(
+                    f"the study database failed for {budget:.0f}s while {what}: {_first_line(exc)}"
+                ) from None
+            wait = min(delay, left)
+            log.warning("study database error while %s (%s); retrying in %.1fs", what, _first_line(exc), wait)
+            time.sleep(wait)
+            delay = min(delay * 2, 10.0)
+
+
+@contextlib.contextmanager
+def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
+    """Hold the study-wide lock under which a worker counts trials and starts one (see ``worker.py``).
+
+    Counting finished + running trials and then creating a trial is a check-then-act race between
+    workers; doing both under this lock makes ``n_trials`` exact. The lock is held for milliseconds (a
+    count and ``study.ask``), never during training, and dies with its holder:
+
+    * SQLite: an exclusive ``flock`` on ``<database>.lock`` next to the database file (all workers of a
+      SQLite study share one machine).
+    * PostgreSQL: a transaction-level advisory lock keyed by the study name, on its own connection.
+    * Other servers: no lock; counts are then exact only up to one trial per concurrently starting worker.
+
+    ``storage`` is an ``RDBStorage`` or the cache Optuna wraps around it (``study._storage``).
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the lock's database connection failed (transient; retry it).
+    """
+    from sqlalchemy import text
+
+    storage = getattr(storage, "_backend", storage)  # optuna.Study wraps RDBStorage in a _CachedStorage
+    dialect = storage.engine.dialect.name
+    if dialect == "sqlite":
+        database = storage.engine.url.database
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; fall through unlocked
+            yield
+            return
+        with open(f"{database}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"adamtune:{study_name}".encode()).digest()[:8], "big", signed=True)
+        with storage.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.rollback()  # ends the transaction, which releases the lock
+        return
+    yield
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:

@@ -1,45 +1,98 @@
-"""Workers: load a task's data once, then loop ask → train → tell until the study has its trials.
+"""Workers: load a task's data once, then loop admit → train → tell until the study has its trials.
 
-A worker is one process on one device. It joins a study by name, so any number of workers on any
-number of machines can share one study database; ``n_trials`` (stored on the study by the latest
-``search``) is a study-wide total of finished trials, and a worker starts a trial only while
-``finished + running < n_trials``.
+A worker is one process on one device. It joins a study by name, so any number of workers on any number
+of machines can share one study database. ``n_trials`` (stored on the study by the latest ``search``, and
+re-read before every trial) is a study-wide total of *finished* trials (complete + pruned + diverged).
 
-Interruptions: SIGTERM is turned into ``KeyboardInterrupt``; either one fails the running trial in
-Optuna (never left RUNNING), closes its MLflow run as failed, and propagates so the process exits.
+Exact counts. Before each trial a worker takes the study's admission lock (``study.admission_lock``:
+a file lock for SQLite, an advisory lock for PostgreSQL), fails stale trials of dead workers, counts
+finished and running trials, and creates its trial with ``study.ask()`` only while
+``finished + running < n_trials``; the new trial is RUNNING (and has a heartbeat) before the lock is
+released, so the next worker counts it. Hence the study never holds more than ``n_trials`` finished
+trials. When ``finished < n_trials <= finished + running`` the worker does not exit but waits: if one of
+the running trials fails (an error, or its worker dies and the heartbeat marks it stale and re-queues
+it), a place opens and a live worker takes it, so the study still reaches its count.
+
+Why not ``study.optimize``: it asks for a trial without such a lock, and its heartbeat thread dies on the
+first database error. This module runs the same ask → objective → tell steps itself, with a heartbeat
+thread that survives database outages and bounded retries (``study.with_db_retry``) around every storage
+call outside the objective.
+
+Interruptions: SIGTERM (and SIGINT, where the worker owns the terminal) become ``KeyboardInterrupt``,
+deferred while a trial is being created or told, so no trial is ever left RUNNING: the running trial is
+told FAIL, its MLflow run is closed as failed by the objective, and the interrupt propagates (exit 130).
+A second signal while stopping is ignored. A SIGKILL leaves the trial RUNNING until its heartbeat is
+``GRACE_SECONDS`` old; then the next worker to start a trial fails it, re-queues it and closes its run.
+
+Several local workers: :func:`run_pool` starts N processes with the ``spawn`` start method (never fork
+after torch has started threads), each on one device with its share of the CPU cores.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import multiprocessing
 import os
 import signal
+import socket
+import sys
 import threading
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import AdamtuneError, DeviceError
-from adamtune.study import count_trials, load_study, open_storage, spec_from_study
+from adamtune.study import (
+    RUN_ID_ATTR,
+    SETTINGS_ATTR,
+    RetryStaleTrial,
+    admission_lock,
+    count_trials,
+    is_transient_db_error,
+    load_study,
+    open_storage,
+    spec_from_study,
+    with_db_retry,
+)
 
 if TYPE_CHECKING:
     from adamtune.objective import Objective
+    from adamtune.study import Counts
     from adamtune.tasks.base import Task, TaskData
     from adamtune.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
+# Optuna warns when a trial is asked for outside Study.optimize on a storage with heartbeats; this module
+# records the heartbeats itself (see Heartbeat), so the warning does not apply.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
 MAX_CONSECUTIVE_FAILURES = 3
+#: Longest pause between two looks at the study while waiting for other workers' last trials.
+WAIT_POLL_SECONDS = 5.0
+#: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
+INTERRUPTED_EXIT = 130
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How one worker runs. ``tracking_uri`` None means MLflow's default store."""
+    """How one worker runs.
+
+    ``name`` is recorded on every trial and MLflow run (``adamtune.worker``), ``label`` prefixes the
+    worker's log lines; ``index`` offsets the sampler's seed so that workers of one seeded search do not
+    draw identical settings; ``threads`` (None: torch's default) caps torch's CPU threads.
+    ``tracking_uri`` None means MLflow's default store.
+    """
 
     storage_url: str
     study_name: str
@@ -50,10 +103,17 @@ class WorkerOptions:
     seed: int | None = None
     name: str = "worker-0"
     threads: int | None = None
+    label: str = "w0"
+    index: int = 0
+    system_metrics: bool = False
 
 
 class TooManyFailures(AdamtuneError):
     """Every recent trial failed with an exception: the task or its data is broken, not the settings."""
+
+
+class WorkerFailed(AdamtuneError):
+    """A worker process of a multi-worker search exited with an error or was killed."""
 
 
 def resolve_device(device: str) -> str:
@@ -79,72 +139,321 @@ def resolve_device(device: str) -> str:
         raise DeviceError(f"device {device!r} is not available on this machine; use --devices cpu")
     if parsed.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps")
-    return parsed.type if parsed.type != "cuda" else f"cuda:{index}"
+    return parsed.type
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def resolve_devices(devices: str, workers: int) -> list[str]:
+    """The device of each of ``workers`` workers, assigned round-robin from ``devices``.
 
+    ``devices`` is ``auto`` (every CUDA GPU, else the CPU) or a comma-separated list such as
+    ``cuda:0,cuda:1`` or ``cpu``; each entry is checked with :func:`resolve_device`. More workers than
+    devices share them (``--devices cuda:0,cuda:1 --workers 8``: four per GPU); fewer leave the last ones
+    unused.
 
-def install_sigterm_handler() -> None:
-    """Make SIGTERM behave like Ctrl-C (only possible from the main thread)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
-
-def should_start_trial(study: optuna.Study, n_trials: int) -> bool:
-    """True while the study holds fewer than ``n_trials`` finished plus running trials.
-
-    Stale trials of dead workers are failed (and re-queued) first, so they do not hold places.
+    Raises:
+        DeviceError: an entry is malformed or not present on this machine, or the list is empty.
+        ConfigError: ``workers`` < 1.
     """
-    optuna.storages.fail_stale_trials(study)
-    counts = count_trials(study.get_trials(deepcopy=False))
-    return counts.finished + counts.running < n_trials
+    from adamtune.errors import ConfigError
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    text = devices.strip()
+    if text == "auto":
+        import torch
+
+        available = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    else:
+        entries = [entry.strip() for entry in text.split(",")]
+        if not text or any(not entry for entry in entries):
+            raise DeviceError(f"--devices {devices!r} has an empty entry; use auto, cpu or e.g. cuda:0,cuda:1")
+        available = [resolve_device(entry) for entry in entries]
+    return [available[i % len(available)] for i in range(workers)]
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def plan_workers(base: WorkerOptions, devices: list[str], cores: int | None = None) -> list[WorkerOptions]:
+    """Options for each worker process of a local multi-worker search, one per entry of ``devices``.
+
+    Workers are named ``<host>-w<i>`` (label ``w<i>``). CPU workers split the cores:
+    ``max(1, cores // cpu_workers)`` torch threads each, so that they do not oversubscribe; GPU workers
+    get ``max(1, cores // workers)`` for their host-side work.
+    """
+    cores = cores or cpu_cores()
+    host = socket.gethostname()
+    cpu_workers = sum(1 for device in devices if device == "cpu")
+    plans = []
+    for index, device in enumerate(devices):
+        share = cpu_workers if device == "cpu" else len(devices)
+        plans.append(
+            replace(
+                base,
+                device=device,
+                name=f"{host}-w{index}",
+                label=f"w{index}",
+                index=index,
+                threads=max(1, cores // share),
+            )
+        )
+    return plans
+
+
+class Interrupts:
+    """Turns SIGTERM (and optionally SIGINT) into ``KeyboardInterrupt``, deferred out of critical sections.
+
+    Use as a context manager in the main thread; outside the main thread it installs nothing. Inside
+    :meth:`critical` a signal only marks the interrupt as pending; :meth:`raise_pending` raises it at a
+    point where the caller can clean up. After the first signal, further ones are ignored so that the
+    clean-up (failing the trial, closing the MLflow run) is not itself interrupted.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signals = signals
+        self.received: int | None = None
+        self._pending = False
+        self._depth = 0
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """A block that a signal must not cut in two (creating or telling a trial)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def raise_pending(self) -> None:
+        """Raise the ``KeyboardInterrupt`` of a signal that arrived inside a critical block."""
+        if self._pending and not self._depth:
+            self._pending = False
+            raise KeyboardInterrupt(f"signal {self.received}")
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat every ``interval`` seconds in a thread, surviving DB errors.
+
+    Optuna's own heartbeat thread ends at the first database error, after which live trials would be
+    failed as stale; this one logs a warning and keeps trying until stopped.
+    """
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        failing = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("could not record the heartbeat of the running trial (%s); retrying", exc)
+                failing = True
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the admission step decided: a trial to run, or wait (``trial`` None), or stop (``done``)."""
+
+    counts: Counts
+    target: int
+    trial: optuna.Trial | None = None
+    done: bool = False
 
 
 @dataclass
 class Worker:
-    """Runs trials of one study on one device, with the task's data already loaded there."""
+    """Runs trials of one study on one device, with the task's data already loaded there.
+
+    ``n_trials`` is the target when the study stores none; the study's stored target (``SETTINGS_ATTR``),
+    re-read before each trial, wins.
+    """
 
     study: optuna.Study
     objective: Objective
     n_trials: int
+    wait_poll_seconds: float = WAIT_POLL_SECONDS
+    handle_sigint: bool = True
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
-        """Run trials until the study holds ``n_trials`` finished ones.
+        """Run trials until the study holds its target number of finished ones.
+
+        Waits (polling the study) while the remaining places are taken by other workers' running trials,
+        in case one of them fails and must be replaced.
 
         Args:
-            on_trial: called with the study and each trial this worker ran (any state), e.g. for progress.
+            on_trial: called with the study and each trial this worker ran (any final state).
 
         Returns:
             The number of trials this worker ran.
 
         Raises:
-            TooManyFailures: ``MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions.
-            KeyboardInterrupt: Ctrl-C or SIGTERM, after the running trial was recorded as failed.
+            TooManyFailures: ``MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions (database
+                outages excluded).
+            StorageError: the database stayed unreachable for longer than the retry budget.
+            KeyboardInterrupt: SIGTERM (or Ctrl-C), after the running trial was recorded as FAIL.
         """
-        install_sigterm_handler()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        signals = (signal.SIGTERM, signal.SIGINT) if self.handle_sigint else (signal.SIGTERM,)
         ran, consecutive_failures = 0, 0
-        finished: list[FrozenTrial] = []
-        while should_start_trial(self.study, self.n_trials):
-            self.study.optimize(
-                self.objective, n_trials=1, catch=(Exception,), callbacks=[lambda _, t: finished.append(t)]
-            )
-            trial = finished[-1]
-            ran += 1
-            if on_trial is not None:
-                on_trial(self.study, trial)
-            if trial.state != TrialState.FAIL:
-                consecutive_failures = 0
-                continue
-            consecutive_failures += 1
-            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                raise TooManyFailures(
-                    f"{consecutive_failures} trials in a row failed with errors (see the log above); "
-                    f"check task {self.objective.spec.task!r} and its data"
-                )
-        return ran
+        waiting_since: int | None = None
+        poll = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
+        with Interrupts(signals) as interrupts:
+            while True:
+                interrupts.raise_pending()
+                admission = with_db_retry(lambda: self._admit(interrupts), "starting a trial")
+                self._close_stale_runs()
+                if admission.done:
+                    return ran
+                if admission.trial is None:
+                    if waiting_since != admission.counts.finished:
+                        waiting_since = admission.counts.finished
+                        log.info(
+                            "%d of %d trials finished; waiting for %d running trial(s) of other workers",
+                            admission.counts.finished,
+                            admission.target,
+                            admission.counts.running,
+                        )
+                    interrupts.raise_pending()
+                    time.sleep(poll)
+                    continue
+                waiting_since = None
+                trial, error = self._run_trial(admission.trial, interrupts)
+                ran += 1
+                if on_trial is not None:
+                    on_trial(self.study, trial)
+                if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
+                    consecutive_failures = 0
+                    continue
+                consecutive_failures += 1
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise TooManyFailures(
+                        f"{consecutive_failures} trials in a row failed with errors (see the log above); "
+                        f"check task {self.objective.spec.task!r} and its data"
+                    )
+
+    def _target(self) -> int:
+        settings = self.study.user_attrs.get(SETTINGS_ATTR) or {}
+        return int(settings.get("n_trials") or self.n_trials)
+
+    def _admit(self, interrupts: Interrupts) -> Admission:
+        """Under the admission lock: fail stale trials, count, and create a trial if a place is free."""
+        storage = self.study._storage
+        with interrupts.critical(), admission_lock(storage, self.study.study_name):
+            optuna.storages.fail_stale_trials(self.study)
+            target = self._target()
+            trials = self.study.get_trials(deepcopy=False)
+            counts = count_trials(trials)
+            if counts.finished >= target:
+                return Admission(counts, target, done=True)
+            if counts.finished + counts.running >= target:
+                return Admission(counts, target)
+            running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+            try:
+                trial = self.study.ask()
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
+                raise
+            # Retried on its own: repeating the whole admission would create a second trial.
+            with_db_retry(lambda: storage.record_heartbeat(trial._trial_id), "recording a heartbeat")
+            return Admission(counts, target, trial)
+
+    def _hand_back(self, running_before: set[int]) -> None:
+        """Return to the queue (WAITING) trials that a failed ``ask`` made RUNNING before it broke.
+
+        ``ask`` creates (or pops) the trial, then lets the sampler read the study; if the database fails
+        in between, the trial would stay RUNNING with no heartbeat and nobody to finish it. Under the
+        admission lock no other worker starts trials, so the RUNNING trials that were not running before
+        are ours. WAITING is the state of a queued trial: the next ``ask`` picks it up again, with its
+        fixed params if it had any (a re-queued baseline stays the baseline).
+        """
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in running_before:
+                self.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                log.warning("trial %d: handed back to the queue after a database error while creating it", trial.number)
+
+    def _run_trial(self, trial: optuna.Trial, interrupts: Interrupts) -> tuple[FrozenTrial, Exception | None]:
+        """Run the objective on ``trial`` under a heartbeat and tell the outcome (FAIL on any error)."""
+        interval = self.study._storage.get_heartbeat_interval() or 10
+        state, value, error = TrialState.FAIL, None, None
+        with Heartbeat(self.study._storage, trial._trial_id, interval):
+            try:
+                interrupts.raise_pending()
+                value = self.objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except KeyboardInterrupt:
+                with interrupts.critical():
+                    self._tell(trial, TrialState.FAIL, None)
+                log.warning("trial %d: interrupted; recorded as failed", trial.number)
+                raise
+            except Exception as exc:
+                error = exc
+                log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
+            with interrupts.critical():
+                frozen = self._tell(trial, state, value)
+        if state != TrialState.FAIL and frozen.state == TrialState.FAIL:
+            log.warning("trial %d was failed as stale by another worker while it ran; its result is lost", trial.number)
+        return frozen, error
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None) -> FrozenTrial:
+        def tell() -> FrozenTrial:
+            if state == TrialState.COMPLETE:
+                return self.study.tell(trial, value, skip_if_finished=True)
+            return self.study.tell(trial, state=state, skip_if_finished=True)
+
+        return with_db_retry(tell, f"recording trial {trial.number}")
+
+    def _close_stale_runs(self) -> None:
+        """Close the MLflow runs of trials this worker just failed as stale (their workers died)."""
+        callback = self.study._storage.get_heartbeat_stale_trial_callback()
+        if not isinstance(callback, RetryStaleTrial):
+            return
+        tracker = self.objective.tracker
+        for trial in callback.drain():
+            if tracker is not None:
+                tracker.end_stale_trial(trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
 
 
 def open_tracker(study_name: str, options: WorkerOptions) -> Tracker | None:
@@ -157,7 +466,7 @@ def open_tracker(study_name: str, options: WorkerOptions) -> Tracker | None:
         return None
     from adamtune.tracking import Tracker
 
-    return Tracker(study_name, options.tracking_uri)
+    return Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics)
 
 
 def make_worker(
@@ -175,12 +484,16 @@ def make_worker(
         import torch
 
         torch.set_num_threads(options.threads)
+    if tracker is not None:
+        tracker.attach(study, storage_url=options.storage_url)  # the study's MLflow parent run
     objective = Objective(spec, task, data.to(options.device), options.device, tracker, options.seed, options.name)
     return Worker(study, objective, spec.n_trials)
 
 
 def join_study(options: WorkerOptions) -> Worker:
     """A worker for an existing study, found by name in ``options.storage_url`` (``adamtune worker``).
+
+    The sampler is seeded with ``options.seed + options.index`` when a seed is given.
 
     Raises:
         StorageError, DeviceError, TaskError, DataError, TrackingError: before any trial starts.
@@ -189,7 +502,8 @@ def join_study(options: WorkerOptions) -> Worker:
 
     options = replace(options, device=resolve_device(options.device))
     storage = open_storage(options.storage_url, create=False)
-    study = load_study(options.study_name, storage, seed=options.seed)
+    sampler_seed = None if options.seed is None else options.seed + options.index
+    study = load_study(options.study_name, storage, seed=sampler_seed)
     spec = spec_from_study(study)
     task = resolve_task(spec.task)
     data = task.load_data(options.data_dir or default_data_dir())
@@ -204,3 +518,173 @@ def default_data_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("adamtune")) / "data"
+
+
+def worker_label(trial: FrozenTrial) -> str:
+    """``[w1 cuda:0]``-style prefix for a trial's log line, from its worker and device attributes.
+
+    The local host name is left out of the worker's name; workers on other machines keep theirs.
+    """
+    from adamtune.study import DEVICE_ATTR, WORKER_ATTR
+
+    worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+    device = str(trial.user_attrs.get(DEVICE_ATTR, ""))
+    host = socket.gethostname()
+    if worker.startswith(f"{host}-"):
+        worker = worker[len(host) + 1 :]
+    return f"[{' '.join(part for part in (worker, device) if part)}]" if worker or device else ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local worker processes
+
+
+def _process_main(options: WorkerOptions, log_queue: Any) -> None:
+    """Entry point of a spawned worker process: join the study, run, exit with a meaningful code.
+
+    Log records go to ``log_queue`` (the parent prints them above its progress display). SIGINT is
+    ignored (inherited from the parent, which forwards SIGTERM on Ctrl-C). Exit codes: 0 done, an
+    ``AdamtuneError``'s code, 130 interrupted, 1 anything else.
+    """
+    handler = logging.handlers.QueueHandler(log_queue)
+    handler.setFormatter(logging.Formatter(f"[{options.label} {options.device}] %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("adamtune").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    code = 0
+    worker: Worker | None = None
+    try:
+        worker = join_study(options)
+        worker.handle_sigint = False
+        worker.run()
+    except AdamtuneError as exc:
+        log.error("%s", exc)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = INTERRUPTED_EXIT
+    except BaseException:
+        log.exception("worker crashed")
+        code = 1
+    finally:
+        if worker is not None and worker.objective.tracker is not None:
+            worker.objective.tracker.close()  # send the MLflow calls still queued
+    logging.shutdown()
+    sys.exit(code)
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    """Exit codes of a pool's workers, in the order of their plans."""
+
+    plans: list[WorkerOptions]
+    exit_codes: list[int | None]
+
+    def failures(self) -> list[str]:
+        """One description per worker that did not exit 0."""
+        return [
+            f"worker {plan.label} ({plan.device}) "
+            + (f"exited with code {code}" if code >= 0 else f"killed by signal {-code}")
+            for plan, code in zip(self.plans, self.exit_codes, strict=True)
+            if code is not None and code != 0
+        ]
+
+
+def run_pool(
+    plans: list[WorkerOptions],
+    on_poll: Callable[[], None] | None = None,
+    on_log: Callable[[str], None] | None = None,
+    poll_seconds: float = 1.0,
+    stop_seconds: float = 120.0,
+) -> PoolResult:
+    """Start one spawned process per plan, call ``on_poll`` about every ``poll_seconds`` until all exit.
+
+    Args:
+        plans: the options of each worker (see :func:`plan_workers`); the study must already exist.
+        on_poll: called in this process between waits, e.g. to update a progress display from the
+            storage; its exceptions are logged and ignored.
+        on_log: receives each log line of the workers (default: printed to stderr).
+        stop_seconds: after a Ctrl-C, how long to wait for the workers to finish failing their trials
+            before killing them.
+
+    Returns:
+        The workers' exit codes (a negative code: killed by that signal).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C or SIGTERM here; SIGTERM was forwarded to every worker and they have
+            exited (their running trials are FAIL, their MLflow runs closed). A second Ctrl-C kills them
+            at once; their trials are then failed by the heartbeat check of the next worker.
+    """
+    from multiprocessing.connection import wait
+
+    emit = on_log or (lambda line: print(line, file=sys.stderr))
+    context = multiprocessing.get_context("spawn")
+    log_queue = context.Queue()
+    processes = [
+        context.Process(target=_process_main, args=(plan, log_queue), name=f"adamtune-{plan.label}", daemon=False)
+        for plan in plans
+    ]
+
+    def drain() -> None:
+        while True:
+            try:
+                record = log_queue.get_nowait()
+            except Exception:  # queue.Empty, or a closed queue
+                return
+            emit(record.getMessage())
+
+    def poll() -> None:
+        drain()
+        if on_poll is None:
+            return
+        try:
+            on_poll()
+        except Exception as exc:  # the display must never stop the search
+            log.warning("progress update failed: %s", exc)
+
+    with Interrupts((signal.SIGTERM,)):
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit "ignore SIGINT"
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        try:
+            while any(process.is_alive() for process in processes):
+                wait([process.sentinel for process in processes if process.is_alive()], timeout=poll_seconds)
+                poll()
+        except KeyboardInterrupt:
+            _stop(processes, drain, stop_seconds)
+            raise
+        finally:
+            poll()
+            log_queue.close()
+    return PoolResult(plans, [process.exitcode for process in processes])
+
+
+def _stop(processes: list[Any], drain: Callable[[], None], stop_seconds: float) -> None:
+    """SIGTERM every live worker and wait for them to exit; a second Ctrl-C (or the deadline) kills them."""
+    from multiprocessing.connection import wait
+
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + stop_seconds
+    try:
+        while any(process.is_alive() for process in processes) and time.monotonic() < deadline:
+            wait([process.sentinel for process in processes if process.is_alive()], timeout=1.0)
+            drain()
+    except KeyboardInterrupt:
+        pass
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def counts_and_target(study: optuna.Study) -> tuple[Counts, int]:
+    """The study's trial counts and its stored target (for progress displays)."""
+    trials = study.get_trials(deepcopy=False)
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    return count_trials(trials), int(settings.get("n_trials") or 0)
