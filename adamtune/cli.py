@@ -62,6 +62,12 @@ def storage_option(command: F) -> F:
 
 
 def tracking_options(command: F) -> F:
+    """``--tracking/--no-tracking``, ``--tracking-uri`` and ``--system-metrics`` (keyword ``system_metrics``)."""
+    command = click.option(
+        "--system-metrics",
+        is_flag=True,
+        help="Record CPU/GPU/memory use in each trial's MLflow run (system/* metrics; GPU needs nvidia-ml-py).",
+    )(command)
     command = click.option(
         "--tracking/--no-tracking", default=True, show_default=True, help="Log every trial to MLflow."
     )(command)
@@ -113,7 +119,21 @@ def cli() -> None:
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help="Optuna sampler (default tpe).")
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
-@click.option("--device", default="cpu", show_default=True, help="Where to train: cpu, cuda, cuda:N, mps.")
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes; 1 runs in this process. Each loads the data once and trains one trial at a time.",
+)
+@click.option(
+    "--devices",
+    "--device",
+    "devices",
+    default="auto",
+    show_default=True,
+    help="auto (every CUDA GPU, else the CPU) or a list such as cuda:0,cuda:1 or cpu; workers take them in turn.",
+)
 @storage_option
 @tracking_options
 @data_dir_option
@@ -129,13 +149,22 @@ def search(
     sampler: str | None,
     pruner: str | None,
     seed: int | None,
-    device: str,
+    workers: int,
+    devices: str,
     storage: str,
     tracking: bool,
     tracking_uri: str | None,
+    system_metrics: bool,
     data_dir: Path | None,
 ) -> None:
-    """Create or resume a study and run trials until it holds --n-trials finished ones."""
+    """Create or resume a study and run trials until it holds --n-trials finished ones.
+
+    \b
+    adamtune search --task digits --workers 2 --devices cpu
+    adamtune search --task cifar10 --workers 8 --devices cuda:0,cuda:1   # 4 trials at a time per GPU
+    """
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}", 2)
     if task is not None:
         check_task_name(task)
     overrides = {
@@ -152,15 +181,15 @@ def search(
 
     from adamtune.progress import SearchProgress
     from adamtune.search import best_value, run_search
-    from adamtune.study import count_trials
+    from adamtune.study import count_trials, redact_url
     from adamtune.worker import WorkerOptions
 
     options = WorkerOptions(
         storage_url=storage,
         study_name=spec.study_name,
-        device=device,
         tracking=tracking,
         tracking_uri=tracking_uri,
+        system_metrics=system_metrics,
         data_dir=data_dir,
         seed=seed,
     )
@@ -169,7 +198,8 @@ def search(
     def on_start(final_spec: Any, already: int) -> None:
         click.echo(
             f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
-            f"{final_spec.sampler}/{final_spec.pruner}) in {storage}: {already} of {final_spec.n_trials} trials done",
+            f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
+            f"{already} of {final_spec.n_trials} trials done",
             err=True,
         )
         display["bar"] = SearchProgress(final_spec.study_name, final_spec.n_trials, final_spec.objective).__enter__()
@@ -180,7 +210,15 @@ def search(
         display["bar"].update(count_trials(trials), best_value(trials, spec.direction))
 
     try:
-        outcome = run_search(spec, options, on_trial=on_trial, on_start=on_start)
+        outcome = run_search(
+            spec,
+            options,
+            on_trial=on_trial,
+            on_start=on_start,
+            workers=workers,
+            devices=devices,
+            on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
+        )
     finally:
         if "bar" in display:
             display["bar"].__exit__(None, None, None)
@@ -192,16 +230,127 @@ def search(
     )
 
 
+@cli.command()
+@click.option("--study", "study_name", envvar="ADAMTUNE_STUDY", required=True, help="Name of the study to join.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (the first CUDA GPU, else the CPU), cpu, cuda:N or mps."
+)
+@click.option("--name", "worker_name", help="Name recorded on its trials and MLflow runs; default <host>-p<pid>.")
+@storage_option
+@tracking_options
+@data_dir_option
+@handle_errors
+def worker(
+    study_name: str,
+    device: str,
+    worker_name: str | None,
+    storage: str,
+    tracking: bool,
+    tracking_uri: str | None,
+    system_metrics: bool,
+    data_dir: Path | None,
+) -> None:
+    """Join an existing study from this machine and run its trials until it holds its --n-trials.
+
+    \b
+    adamtune worker --study cifar10 --storage postgresql+psycopg://user@db/adamtune --device cuda:0
+
+    Start the study with 'adamtune search' first; this worker uses its task, space and target.
+    """
+    import logging
+    import os
+    import socket
+
+    from adamtune.study import count_trials, redact_url
+    from adamtune.worker import WorkerOptions, join_study, resolve_devices
+
+    resolved = resolve_devices(device, 1)[0]
+    name = worker_name or f"{socket.gethostname()}-p{os.getpid()}"
+    label = name.removeprefix(f"{socket.gethostname()}-")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[{label} {resolved}] %(message)s"))
+    logging.getLogger("adamtune").addHandler(handler)
+    logging.getLogger("adamtune").setLevel(logging.INFO)
+    options = WorkerOptions(
+        storage_url=storage,
+        study_name=study_name,
+        device=resolved,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        system_metrics=system_metrics,
+        data_dir=data_dir,
+        name=name,
+        label=label,
+    )
+    runner = join_study(options)
+    counts = count_trials(runner.study.get_trials(deepcopy=False))
+    click.echo(
+        f"worker {name} on {resolved} joined study {study_name!r} in {redact_url(storage)}: "
+        f"{counts.finished} of {runner.n_trials} trials done",
+        err=True,
+    )
+    try:
+        ran = runner.run(on_trial=lambda _study, trial: click.echo(describe_trial(trial), err=True))
+    finally:
+        if runner.objective.tracker is not None:
+            runner.objective.tracker.close()  # send what is queued for MLflow, or say what was dropped
+    counts = count_trials(runner.study.get_trials(deepcopy=False))
+    click.echo(f"worker {name}: ran {ran} trial(s); the study holds {counts.finished} finished trials", err=True)
+
+
+@cli.command()
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    metavar="URI",
+    help="The store your searches logged to [env MLFLOW_TRACKING_URI]; default: MLflow's default (./mlflow.db).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. The UI has no login: bind beyond localhost only on a trusted network.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@handle_errors
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on your studies' tracking store (replaces this process with 'mlflow ui').
+
+    \b
+    adamtune ui                                        # the default store, ./mlflow.db
+    adamtune ui --tracking-uri sqlite:///runs/mlflow.db --port 5001
+    adamtune ui --tracking-uri http://127.0.0.1:5000   # a tracking server: prints its URL
+
+    Each study is an experiment adamtune/<study>; its trials are nested under the study's parent run.
+    """
+    import os
+
+    from adamtune.tracking import ui_plan
+
+    plan = ui_plan(tracking_uri, host, port)
+    if plan.argv is None:
+        click.echo(plan.message)
+        return
+    if plan.warning:
+        click.echo(f"Warning: {plan.warning}", err=True)
+    click.echo(plan.message, err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(plan.argv[0], plan.argv)
+
+
 def describe_trial(trial: Any) -> str:
-    """One log line for a finished trial: number, outcome, value and settings."""
+    """One log line for a finished trial: worker and device, number, outcome, value and settings."""
     from adamtune.study import PARAMS_ATTR, trial_state
+    from adamtune.worker import worker_label
 
     state = trial_state(trial)
     params = trial.user_attrs.get(PARAMS_ATTR, {})
     settings = " ".join(f"{k}={_fmt(params[k])}" for k in ("lr", "beta1", "beta2", "epsilon", "decay") if k in params)
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
     baseline = " (baseline)" if trial.user_attrs.get("adamtune.baseline") else ""
-    return f"trial {trial.number}{baseline}: {state}{value}  {settings}"
+    prefix = worker_label(trial)
+    return f"{prefix + ' ' if prefix else ''}trial {trial.number}{baseline}: {state}{value}  {settings}"
 
 
 def _fmt(value: Any) -> str:

@@ -64,4 +64,4 @@ class SearchProgress:
 
     def log(self, message: str) -> None:
         """Print a line above the live bar."""
-        self._progress.console.print(message, highlight=False, soft_wrap=True)
+        self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)

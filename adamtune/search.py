@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,8 +18,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
-from adamtune.study import count_trials, create_or_resume, open_storage, trial_state
-from adamtune.worker import WorkerOptions, default_data_dir, make_worker, open_tracker, resolve_device
+from adamtune.study import count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
+from adamtune.tracking import search_tracking
+from adamtune.worker import WorkerFailed, WorkerOptions, default_data_dir, make_worker, open_tracker
 
 
 @dataclass(frozen=True)
@@ -37,36 +39,106 @@ def run_search(
     options: WorkerOptions,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     on_start: Callable[[StudySpec, int], None] | None = None,
+    *,
+    workers: int = 1,
+    devices: str | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> SearchOutcome:
-    """Create or resume ``spec``'s study in ``options.storage_url`` and run a worker in this process.
+    """Create or resume ``spec``'s study in ``options.storage_url`` and run ``workers`` workers on it.
+
+    Everything (task, devices, data, storage URL, tracking store, heartbeat settings) is checked before
+    the study database is created, so bad input writes nothing. With one worker, it runs in this process
+    (Ctrl-C interrupts the running trial directly). With more, each runs in its own spawned process
+    (:func:`~adamtune.worker.run_pool`) that joins the study by name and loads the data once; this
+    process polls the storage about once a second and calls ``on_trial`` for every trial that finished
+    since, whichever worker (or machine) ran it.
 
     Args:
         spec: the study; epochs and batch size left unset take the task's defaults.
-        options: storage, device, tracking and data settings of the worker.
-        on_trial: called after each trial with the study and the frozen trial.
+        options: storage, tracking and data settings of the workers (``options.device`` is used when
+            ``devices`` is None).
+        on_trial: called with the study and each newly finished trial (any final state).
         on_start: called once the study is open, with the final spec and the number of trials
             already finished (a resumed study may already be complete).
+        workers: number of workers, >= 1.
+        devices: ``auto`` or a comma-separated device list, assigned round-robin (see
+            :func:`~adamtune.worker.resolve_devices`).
+        on_log: receives the log lines of worker processes (default: stderr).
+
+    Raises:
+        ConfigError, DeviceError, TaskError, DataError, StorageError, TrackingError: bad input, before
+            anything is written.
+        WorkerFailed: a worker process exited with an error or was killed (the others ran on).
+        KeyboardInterrupt: Ctrl-C or SIGTERM; running trials were recorded as failed.
     """
     from adamtune.tasks import resolve_task
+    from adamtune.worker import plan_workers, resolve_devices, run_pool
 
     task = resolve_task(spec.task)
     spec = spec.with_task_defaults(task.default_epochs, task.default_batch_size)
-    options = replace(options, device=resolve_device(options.device), study_name=spec.study_name)
+    device_list = resolve_devices(devices if devices is not None else options.device, workers)
+    heartbeat_settings()
+    options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")
     data = task.load_data(options.data_dir or default_data_dir())
     options = replace(options, seed=spec.seed if spec.seed is not None else options.seed)
     with removed_if_new(sqlite_files(options.storage_url)):
         storage = open_storage(options.storage_url)
         tracker = open_tracker(spec.study_name, options)
     study = create_or_resume(spec, storage, seed=options.seed)
-    worker = make_worker(study, spec, task, data, options, tracker)
+    if tracker is not None:  # the study's MLflow parent run, before any worker looks for it
+        tracker.attach(study, storage_url=options.storage_url, reopen=True)
     already = count_trials(study.get_trials(deepcopy=False)).finished
-    if on_start is not None:
-        on_start(spec, already)
-    ran = worker.run(on_trial)
+    with search_tracking(tracker, study):  # ends the parent run (plots, status) and flushes MLflow
+        if workers == 1:
+            worker = make_worker(study, spec, task, data, options, tracker)
+            if on_start is not None:
+                on_start(spec, already)
+            ran = worker.run(on_trial)
+        else:
+            del data  # each worker process loads its own copy once
+            if on_start is not None:
+                on_start(spec, already)
+            watcher = FinishedTrialWatcher(study, on_trial)
+            result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
+            ran = watcher.seen_since_start
+            failures = result.failures()
+            if failures:
+                counts = count_trials(study.get_trials(deepcopy=False))
+                raise WorkerFailed(
+                    f"{'; '.join(failures)} (see its messages above); the study holds {counts.finished} of "
+                    f"{spec.n_trials} finished trials, and running the same command resumes it"
+                )
     trials = study.get_trials(deepcopy=False)
     return SearchOutcome(
         spec.study_name, ran, count_trials(trials).finished, spec.n_trials, best_value(trials, spec.direction)
     )
+
+
+class FinishedTrialWatcher:
+    """Calls ``on_trial`` once for each trial that has finished since the watcher was made (by polling).
+
+    Trials finished before are not reported; those finished since are reported in number order.
+    """
+
+    def __init__(
+        self, study: optuna.Study, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None
+    ) -> None:
+        self.study = study
+        self.on_trial = on_trial
+        self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._before = len(self._seen)
+
+    @property
+    def seen_since_start(self) -> int:
+        return len(self._seen) - self._before
+
+    def poll(self) -> None:
+        """Report newly finished trials (reads the storage once)."""
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in self._seen:
+                self._seen.add(trial.number)
+                if self.on_trial is not None:
+                    self.on_trial(self.study, trial)
 
 
 def best_value(trials: list[FrozenTrial], direction: str) -> float | None:

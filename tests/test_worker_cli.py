@@ -1,0 +1,221 @@
+"""Fast checks of the parallel-search plumbing: bad input, device lists, retries, stale-trial re-queueing.
+
+Real components throughout (SQLite files, the PostgreSQL server, click's CliRunner). The only stand-in
+is ``torch.cuda.device_count`` in the device-list tests: this machine has no GPU, so a two-GPU machine
+is simulated there (and said so in each test).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from click.testing import CliRunner, Result
+
+from adamtune.cli import cli
+from adamtune.config import build_spec
+from adamtune.errors import ConfigError, DeviceError, StorageError
+from adamtune.space import suggest
+from adamtune.study import (
+    BASELINE_ATTR,
+    RUN_ID_ATTR,
+    RetryStaleTrial,
+    create_or_resume,
+    heartbeat_settings,
+    open_storage,
+    with_db_retry,
+)
+from adamtune.worker import WorkerOptions, plan_workers, resolve_devices
+from tests.conftest import listing
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def one_line_error(result: Result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
+
+
+def make_study(storage_url: str, n_trials: int = 4) -> optuna.Study:
+    spec = build_spec("synthetic", None, None, {"n_trials": n_trials, "epochs": 2}).with_task_defaults(5, 100)
+    return create_or_resume(spec, open_storage(storage_url))
+
+
+# --- bad input: one line, an exit code, nothing written --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["search", "--task", "synthetic", "--workers", "0"], 2, "--workers must be at least 1, got 0"),
+        (["search", "--task", "synthetic", "--devices", "cuda:3"], 2, "device 'cuda:3' is not available"),
+        (["search", "--task", "synthetic", "--devices", "cpu,,cpu"], 2, "has an empty entry"),
+        (["search", "--task", "synthetic", "--devices", "tpu"], 2, "unknown device 'tpu'"),
+        (["search", "--task", "synthetic", "--storage", "not a url"], 3, "is not a database URL"),
+        (
+            ["search", "--task", "synthetic", "--workers", "2", "--storage", "postgresql+psycopg://u@127.0.0.1:1/x"],
+            3,
+            "cannot open study database",
+        ),
+        (["worker", "--study", "synthetic"], 3, "does not exist; run 'adamtune search' first"),
+        (["worker", "--study", "synthetic", "--device", "cuda:3"], 2, "device 'cuda:3' is not available"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(workdir: Path, args: list[str], code: int, message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    assert message in one_line_error(result)
+    assert listing(workdir) == []
+
+
+def test_bad_heartbeat_settings_are_rejected_before_anything_is_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADAMTUNE_HEARTBEAT_SECONDS", "5")
+    monkeypatch.setenv("ADAMTUNE_GRACE_SECONDS", "5")
+    result = invoke("search", "--task", "synthetic", "--no-tracking")
+    assert result.exit_code == 2
+    assert "must be longer than the heartbeat interval" in one_line_error(result)
+    assert listing(workdir) == []
+    monkeypatch.setenv("ADAMTUNE_GRACE_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="whole number of seconds"):
+        heartbeat_settings()
+
+
+def test_worker_for_an_unknown_study_lists_the_existing_ones_and_changes_nothing(workdir: Path) -> None:
+    make_study("sqlite:///adamtune.db")
+    before = (workdir / "adamtune.db").read_bytes()
+    result = invoke("worker", "--study", "cifar10", "--no-tracking")
+    assert result.exit_code == 3
+    assert "no study named 'cifar10' in this storage (studies: synthetic)" in one_line_error(result)
+    assert (workdir / "adamtune.db").read_bytes() == before
+    assert "mlflow.db" not in listing(workdir)
+
+
+@pytest.mark.postgres
+def test_worker_on_a_database_without_studies_creates_no_tables(workdir: Path, postgres_url: str) -> None:
+    result = invoke("worker", "--study", "synthetic", "--storage", postgres_url, "--no-tracking")
+    assert result.exit_code == 3
+    assert "holds no studies" in one_line_error(result)
+    assert sqlalchemy.inspect(sqlalchemy.create_engine(postgres_url)).get_table_names() == []
+
+
+def test_worker_joins_an_existing_study_and_stops_at_its_target(workdir: Path) -> None:
+    make_study("sqlite:///adamtune.db", n_trials=3)
+    result = invoke("worker", "--study", "synthetic", "--no-tracking", "--name", "solo", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "[solo cpu] trial 0 (baseline):" in result.stderr
+    study = optuna.load_study(study_name="synthetic", storage="sqlite:///adamtune.db")
+    assert sum(t.state.is_finished() for t in study.trials) == 3
+    assert {t.user_attrs["adamtune.worker"] for t in study.trials} == {"solo"}
+
+
+# --- devices and CPU threads ---------------------------------------------------------------------------
+
+
+def test_devices_are_assigned_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU can exist on this machine: simulate one with two CUDA devices (device_count only).
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert resolve_devices("auto", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert resolve_devices("cuda:0,cuda:1", 8) == ["cuda:0", "cuda:1"] * 4
+    assert resolve_devices("cuda", 1) == ["cuda:0"]
+    with pytest.raises(DeviceError, match="this machine has 2 CUDA device"):
+        resolve_devices("cuda:0,cuda:3", 2)
+
+
+def test_auto_without_a_gpu_means_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulates a machine without CUDA explicitly, so the test means the same on a GPU runner.
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert resolve_devices("auto", 2) == ["cpu", "cpu"]
+
+
+def test_cpu_workers_split_the_cores_and_get_distinct_names() -> None:
+    base = WorkerOptions(storage_url="sqlite:///x.db", study_name="s", seed=7)
+    plans = plan_workers(base, ["cpu", "cpu", "cpu", "cpu"], cores=8)
+    assert [p.threads for p in plans] == [2, 2, 2, 2]
+    assert [p.label for p in plans] == ["w0", "w1", "w2", "w3"]
+    assert len({p.name for p in plans}) == 4 and all(p.name.endswith(p.label) for p in plans)
+    assert [p.index for p in plans] == [0, 1, 2, 3]
+    assert [p.threads for p in plan_workers(base, ["cpu"] * 3, cores=2)] == [1, 1, 1]
+    mixed = plan_workers(base, ["cuda:0", "cpu"], cores=16)
+    assert [p.threads for p in mixed] == [8, 16]
+
+
+# --- storage: retries and stale trials -----------------------------------------------------------------
+
+
+def test_a_locked_database_is_retried_until_it_is_free(tmp_path: Path) -> None:
+    """A real SQLite write lock held for ~1 s by another connection: the write is retried, then succeeds."""
+    path = tmp_path / "locked.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    holder = sqlalchemy.create_engine(f"sqlite:///{path}").raw_connection()
+    holder.execute("BEGIN EXCLUSIVE")
+    timer = threading.Timer(1.0, holder.rollback)
+    timer.start()
+    attempts: list[int] = []
+
+    def write() -> None:
+        attempts.append(1)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+    try:
+        with_db_retry(write, "writing", budget_seconds=30)
+    finally:
+        timer.join()
+    assert len(attempts) > 1
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+
+
+def test_a_database_that_stays_down_ends_in_a_storage_error(tmp_path: Path) -> None:
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/missing-dir/x.db")  # cannot be opened
+    with pytest.raises(StorageError, match="failed for 1s while reading"):
+        with_db_retry(lambda: engine.connect().close(), "reading", budget_seconds=1)
+
+
+def test_other_errors_are_not_retried() -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError):
+        with_db_retry(broken, "anything", budget_seconds=30)
+    assert calls == [1]
+
+
+def test_a_stale_baseline_is_retried_as_the_baseline(workdir: Path) -> None:
+    """The retry keeps params and the baseline mark, and drops what belonged to the dead run."""
+    study = make_study("sqlite:///adamtune.db")
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    trial = study.ask()
+    assert trial.number == waiting.number and trial.user_attrs[BASELINE_ATTR] is True
+    suggest(trial, build_spec("synthetic").space)  # as the objective does: the fixed baseline values
+    trial.set_user_attr(RUN_ID_ATTR, "dead-run")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    failed = study.trials[trial.number]
+
+    callback = RetryStaleTrial(max_retry=1)
+    callback(study, failed)
+    retry = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    assert retry.params == failed.params and retry.params
+    assert retry.user_attrs == {BASELINE_ATTR: True}
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
+    assert callback.drain() == [failed] and callback.drain() == []
+
+    # A retry that goes stale again is not retried beyond max_retry.
+    again = study.ask()
+    study.tell(again, state=optuna.trial.TrialState.FAIL)
+    callback(study, study.trials[again.number])
+    assert study.get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
