@@ -606,18 +606,28 @@ FORMATTERS: dict[str, Callable[[StudySummary], str]] = {
 # --------------------------------------------------------------------------- terminal rendering
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, name: str = "", digits: int = 4) -> str:
+    """A value for display: ``digits`` significant digits; a beta with ``digits`` significant digits of 1 - beta.
+
+    So 0.9995 shows as 0.9995 (not 1) and 0.99990123 as 0.9999012.
+    """
     if isinstance(value, bool):
         return str(value).lower()
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    if name in BETAS and 0.0 < value < 1.0:
+        decimals = max(digits - 1, math.ceil(-math.log10(1.0 - value)) + digits - 1)
+        text = f"{value:.{decimals}f}".rstrip("0")
+        return text + "0" if text.endswith(".") else text
+    return f"{value:.{digits}g}"
 
 
-def _range_text(entry: dict[str, Any] | None) -> str:
+def _range_text(entry: dict[str, Any] | None, name: str = "") -> str:
     if entry is None:
         return "-"
     if "values" in entry:
         return ", ".join(_fmt(v) for v in entry["values"])
-    return f"{entry['low']:.3g}–{entry['high']:.3g}"
+    return f"{_fmt(entry['low'], name, 3)}–{_fmt(entry['high'], name, 3)}"
 
 
 def render_summary(row: StudySummary) -> Any:
@@ -671,9 +681,9 @@ def render_summary(row: StudySummary) -> Any:
         weight = row.importance.get(key) if row.importance else None
         table.add_row(
             key,
-            _fmt(getattr(row.recommended.params, key)),
-            _fmt(getattr(BASELINE, key)),
-            _range_text(ranges.get(key)),
+            _fmt(getattr(row.recommended.params, key), key),
+            _fmt(getattr(BASELINE, key), key),
+            _range_text(ranges.get(key), key),
             f"{weight:.2f}" if weight is not None else "-",
         )
     table.add_section()
@@ -708,7 +718,7 @@ def render_recommendation(summary: StudySummary) -> Any:
     for name in ("setting", "recommended", "Adam default"):
         table.add_column(name, justify="left" if name == "setting" else "right")
     for key, value in settings_dict(rec.params, summary.extra_dimensions).items():
-        table.add_row(key, _fmt(value), _fmt(getattr(BASELINE, key)))
+        table.add_row(key, _fmt(value, key), _fmt(getattr(BASELINE, key), key))
     return table
 
 
@@ -838,9 +848,9 @@ def _report_page(summary: StudySummary, files: ReportFiles) -> str:
         rows.append(
             tr(
                 key,
-                _fmt(getattr(rec.params, key)),
-                _fmt(getattr(BASELINE, key)),
-                _range_text(ranges.get(key)),
+                _fmt(getattr(rec.params, key), key),
+                _fmt(getattr(BASELINE, key), key),
+                _range_text(ranges.get(key), key),
                 "-" if weight is None else f"{weight:.2f}",
             )
         )

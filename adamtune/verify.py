@@ -49,6 +49,8 @@ ALPHA = 0.05
 FIRST_SEED = 7_000_000
 #: Fewest seeds: a t-test needs at least two runs of each setting.
 MIN_SEEDS = 2
+#: MLflow's maximum number of metrics in one log_batch call.
+MLFLOW_BATCH = 1000
 #: The test metric compared for each study objective.
 TEST_METRIC = {"val_loss": "test_loss", "val_accuracy": "test_accuracy"}
 
@@ -279,7 +281,10 @@ def run_verify(
                 on_run(name, run)
     study.set_user_attr(VERIFY_ATTR, result.as_dict())
     if tracker is not None:
-        log_to_mlflow(tracker, result, on_error=on_tracking_error)
+        try:
+            log_to_mlflow(tracker, result, on_error=on_tracking_error)
+        finally:
+            tracker.close()
     return result
 
 
@@ -313,11 +318,15 @@ def train_and_test(
 def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], None] | None = None) -> str | None:
     """Log ``result`` as a finished run named ``verify`` in the study's experiment; return its run id.
 
-    Metrics: ``{recommended,default}_{test_loss,test_accuracy}_{mean,std}``, ``difference_mean``,
-    ``difference_std``, ``p_paired``, ``p_welch`` (undefined p-values are left out), and per-seed values
-    ``{recommended,default}_<metric>`` with step = the seed's index. Params: the verified settings,
-    seeds, epochs, batch size, device. Errors are reported through ``on_error`` (or the tracker's) and
-    return None: the result is already stored on the study.
+    ``tracker`` is an :class:`adamtune.tracking.Tracker` (it finds or makes the study's experiment); the
+    run is written synchronously through its ``client``, so it is complete when this returns.
+
+    Metrics: ``{recommended,default}_{test_loss,test_accuracy}_{mean,std}``, ``{recommended,default}_diverged``,
+    ``difference_mean``, ``difference_std``, ``p_paired``, ``p_welch`` (undefined p-values are left out),
+    and per-seed values ``{recommended,default}_<metric>`` with step = the seed's index. Params: the
+    verified settings, trial, seeds, epochs, batch size, device, metric. Tags: ``adamtune.kind = verify``,
+    the outcome, and the verdict as the run's description. Errors are reported through ``on_error`` (or
+    the tracker's ``notify``) and return None: the result is already stored on the study.
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -352,14 +361,17 @@ def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], 
         RunTag("adamtune.outcome", record["outcome"]),
         RunTag("mlflow.note.content", record["verdict"]),
     ]
-    report = on_error or tracker.report_error
+    report = on_error or tracker.notify
     try:
         client = tracker.client
         run_id = client.create_run(tracker.experiment_id, run_name="verify").info.run_id
-        client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        client.log_batch(run_id, params=params, tags=tags)
+        for start in range(0, len(metrics), MLFLOW_BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + MLFLOW_BATCH])
         client.set_terminated(run_id, status="FINISHED")
     except Exception as exc:  # the study holds the result; tracking is a copy
-        report(f"MLflow: could not log the verify run: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
+        text = str(exc).strip()
+        report(f"MLflow: could not log the verify run: {text.splitlines()[0] if text else type(exc).__name__}")
         return None
     return run_id
 
