@@ -145,13 +145,16 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     try:
         parsed = make_url(url)
         parsed.get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError: catch it first
+        raise StorageError(
+            f"storage URL {url!r} names an unknown database dialect {parsed.drivername!r}; "
+            "use sqlite:///FILE or postgresql+psycopg://user@host/db"
+        ) from None
     except (ArgumentError, ValueError):
         raise StorageError(
             f"storage URL {url!r} is not a database URL; use e.g. sqlite:///adamtune.db "
             "or postgresql+psycopg://user@host/db"
         ) from None
-    except NoSuchModuleError:
-        raise StorageError(f"storage URL {url!r} names an unknown database dialect {parsed.drivername!r}") from None
     except ImportError as exc:
         hint = "pip install 'adamtune[postgres]'" if parsed.drivername.startswith("postgres") else "install it"
         raise StorageError(f"the database driver for {url!r} is not installed ({exc.name}); {hint}") from None
