@@ -384,8 +384,9 @@ class TrialRun:
 
     def wait_for_run_id(self, timeout: float = RUN_ID_WAIT_SECONDS) -> str | None:
         """The run id, waiting up to ``timeout`` seconds for it only while the store is reachable."""
-        if self.handle.run_id is None and not self.handle.abandoned and self.tracker.writer.healthy:
-            self.handle.created.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not self.handle.created.is_set() and self.tracker.writer.healthy and time.monotonic() < deadline:
+            self.handle.created.wait(0.05)
         return self.handle.run_id
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
