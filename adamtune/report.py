@@ -335,7 +335,8 @@ class StudySummary:
 
 
 def is_adamtune_study(study: optuna.Study) -> bool:
-    return SPEC_ATTR in study.user_attrs and SETTINGS_ATTR in study.user_attrs
+    """True for studies made by ``adamtune search`` (they carry the stored study definition)."""
+    return SPEC_ATTR in study.user_attrs
 
 
 def summarize(study: optuna.Study) -> StudySummary:
