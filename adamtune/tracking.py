@@ -27,9 +27,12 @@ Layout in MLflow
 Cost
 ----
 The training loop never waits on MLflow. Per-epoch metrics are buffered in memory and handed, with
-every other call, to one background writer thread per :class:`Tracker`; a trial's metrics go out in a
-single ``log_batch`` when it ends, or earlier once ``flush_seconds`` have passed since the last one (so
-long trials show live curves). A trial costs a handful of tracking calls whatever its epochs.
+every other call, to one background writer thread per :class:`Tracker`. A trial costs three calls
+whatever its epochs: ``create_run`` (with its tags), one ``log_batch`` with its params, metrics, final
+metrics and end tags when it ends (a long trial also sends its buffer every ``flush_seconds``, so the
+UI shows live curves, params from the first), and ``set_terminated``. The parent run's progress
+metrics are coalesced: one call per ``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured
+cost: ``bench/tracking.py``.
 
 Failure
 -------
@@ -89,8 +92,10 @@ EXPERIMENT_PREFIX = "adamtune/"
 PARENT_RUN_ATTR = "mlflow.parent_run_id"
 #: MLflow's tag that nests a run under another in the UI.
 PARENT_TAG = "mlflow.parentRunId"
-#: MLflow's maximum number of metrics in one log_batch call.
+#: MLflow's limits for one log_batch call: entries in all, params, tags.
 BATCH_LIMIT = 1000
+PARAM_LIMIT = 100
+TAG_LIMIT = 100
 #: MLflow run status for each adamtune trial outcome.
 RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 #: Outcomes counted on the parent run (``trials_<state>``).
@@ -110,6 +115,8 @@ CLOSE_TIMEOUT_SECONDS = 30.0
 MAX_SERVER_ERROR_ATTEMPTS = 5
 #: How long a trial waits at its end for its run id while the store is healthy (seconds).
 RUN_ID_WAIT_SECONDS = 5.0
+#: The parent run's progress metrics are sent at most this often (seconds), and at the end.
+PROGRESS_SECONDS = 10.0
 #: Sampling interval of system metrics (seconds); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
 SYSTEM_METRICS_INTERVAL = 2.0
 
@@ -362,10 +369,13 @@ def _release(op: _Op) -> None:
 class TrialRun:
     """The MLflow run of one trial. Create it with :meth:`Tracker.start_trial`; methods never raise."""
 
-    def __init__(self, tracker: Tracker, handle: RunHandle, flush_seconds: float) -> None:
+    def __init__(
+        self, tracker: Tracker, handle: RunHandle, flush_seconds: float, params: list[Any] | None = None
+    ) -> None:
         self.tracker = tracker
         self.handle = handle
         self.flush_seconds = flush_seconds
+        self._params: list[Any] = list(params or [])  # sent with the first batch
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._noted = False
@@ -401,15 +411,29 @@ class TrialRun:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def flush(self) -> None:
-        """Queue the buffered metrics in as few ``log_batch`` calls as MLflow allows."""
+    def flush(self, tags: list[Any] | None = None) -> None:
+        """Queue the buffered metrics, with the params not sent yet and ``tags``, in as few ``log_batch``
+        calls as MLflow allows (at most 1000 entries a call, 100 of them params and 100 tags)."""
         self._last_flush = time.monotonic()
         pending, self._pending = self._pending, []
-        for start in range(0, len(pending), BATCH_LIMIT):
-            chunk = pending[start : start + BATCH_LIMIT]
-            self.tracker.submit(
-                "log metrics", lambda c, run_id, chunk=chunk: c.log_batch(run_id, metrics=chunk), self.handle
-            )
+        params, self._params = self._params, []
+        extra_tags = list(tags or [])
+        while pending or params or extra_tags:
+            head_params, params = params[:PARAM_LIMIT], params[PARAM_LIMIT:]
+            head_tags, extra_tags = extra_tags[:TAG_LIMIT], extra_tags[TAG_LIMIT:]
+            room = BATCH_LIMIT - len(head_params) - len(head_tags)
+            chunk, pending = pending[:room], pending[room:]
+
+            def send(
+                client: Any,
+                run_id: str | None,
+                m: list[Any] = chunk,
+                p: list[Any] = head_params,
+                t: list[Any] = head_tags,
+            ) -> None:
+                client.log_batch(run_id, metrics=m, params=p, tags=t)
+
+            self.tracker.submit("log metrics", send, self.handle)
 
     def finish(
         self,
@@ -434,9 +458,7 @@ class TrialRun:
         )
         if value is not None:
             self._pending.append(Metric("objective_value", float(value), stamp, 0))
-        self.flush()
-        run_tags = [RunTag(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()]
-        self.tracker.submit("log tags", lambda c, run_id: c.log_batch(run_id, tags=run_tags), self.handle)
+        self.flush(tags=[RunTag(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()])
         status = RUN_STATUS.get(state, "KILLED")
 
         def end(client: Any, run_id: str | None) -> None:
@@ -519,6 +541,9 @@ class Tracker:
         self.close_timeout = CLOSE_TIMEOUT_SECONDS if close_timeout is None else close_timeout
         self.host = socket.gethostname()
         self.parent_run_id: str | None = None
+        self._progress: list[tuple[Any, int, str, float | None]] = []
+        self._progress_lock = threading.Lock()
+        self._progress_sent = -math.inf
         self.direction = "minimize"
         self.objective = "val_loss"
         try:
@@ -627,32 +652,54 @@ class Tracker:
         return str(run.info.run_id)
 
     def record_trial(self, study: optuna.Study, number: int, state: str, value: float | None) -> None:
-        """Queue the parent run's per-trial metrics for trial ``number`` ending as ``state`` with ``value``.
+        """Note trial ``number`` ending as ``state`` with ``value``, for the parent run's progress metrics.
 
-        The writer reads the study when it gets to the call (off the training thread); an Optuna
-        storage error there drops just this update.
+        Updates are coalesced to save tracking calls on short trials: one queued call, at most every
+        ``PROGRESS_SECONDS``, reads the study once and logs the metrics of every trial noted since (each
+        at its own step); :meth:`flush_progress` (run by :meth:`end_search` and :meth:`close`) sends the
+        rest. The writer reads the study off the training thread; an Optuna storage error there drops
+        those updates only.
         """
-        parent = self.parent_run_id
-        if parent is None:
+        if self.parent_run_id is None:
             return
+        with self._progress_lock:
+            self._progress.append((study, number, state, value))
+            due = time.monotonic() - self._progress_sent >= PROGRESS_SECONDS
+        if due:
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        """Queue one call that logs the parent run's metrics for every trial noted and not yet logged."""
+        parent = self.parent_run_id
+        with self._progress_lock:
+            if parent is None or not self._progress:
+                return
+            self._progress_sent = time.monotonic()
         direction, objective = self.direction, self.objective
 
         def update(client: Any, _: str | None) -> None:
             from mlflow.entities import Metric
 
+            with self._progress_lock:
+                noted, self._progress = self._progress, []
+            if not noted:
+                return  # an earlier call took them
             try:
-                trials = study.get_trials(deepcopy=False)
-            except Exception as exc:  # the Optuna storage, not MLflow: skip this update only
-                log.debug("cannot read study %s for the parent run: %s", study.study_name, exc)
+                trials = noted[0][0].get_trials(deepcopy=False)
+            except Exception as exc:  # the Optuna storage, not MLflow: skip these updates only
+                log.debug("cannot read the study for the parent run: %s", exc)
                 return
-            progress = study_progress(trials, number, state, value, direction)
             stamp = _now_ms()
-            metrics = [Metric(f"trials_{s}", float(n), stamp, number) for s, n in progress.counts.items()]
-            if progress.best is not None:
-                metrics.append(Metric(f"best_{objective}", progress.best, stamp, number))
-            if state == "complete" and value is not None and math.isfinite(value):
-                metrics.append(Metric(f"trial_{objective}", float(value), stamp, number))
-            client.log_batch(parent, metrics=metrics)
+            metrics = []
+            for _study, number, state, value in noted:
+                progress = study_progress(trials, number, state, value, direction)
+                metrics.extend(Metric(f"trials_{s}", float(n), stamp, number) for s, n in progress.counts.items())
+                if progress.best is not None:
+                    metrics.append(Metric(f"best_{objective}", progress.best, stamp, number))
+                if state == "complete" and value is not None and math.isfinite(value):
+                    metrics.append(Metric(f"trial_{objective}", float(value), stamp, number))
+            for start in range(0, len(metrics), BATCH_LIMIT):
+                client.log_batch(parent, metrics=metrics[start : start + BATCH_LIMIT])
 
         self.submit("log the study's progress", update)
 
@@ -667,6 +714,7 @@ class Tracker:
         parent = self.parent_run_id
         if parent is None:
             return
+        self.flush_progress()
         if artifacts:
             self._queue_artifacts(study, parent)
         self.submit("end the study's parent run", lambda c, _: c.set_terminated(parent, status=status))
@@ -699,10 +747,11 @@ class Tracker:
     # -- trials ----------------------------------------------------------------------------------
 
     def start_trial(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> TrialRun:
-        """Queue the creation of a trial's run (nested under the parent run, if any) with params and tags.
+        """Queue the creation of a trial's run (nested under the parent run, if any) with ``tags``.
 
         Returns at once; the run id appears on the returned :class:`TrialRun` when the writer has
-        created the run (see the module docstring for a store that is down).
+        created the run (see the module docstring for a store that is down). ``params`` go out with
+        the run's first metrics batch (at its first flush, or when it ends), to save a call.
         """
         from mlflow.entities import Param
 
@@ -721,8 +770,7 @@ class Tracker:
 
         op = _Op(f"start run {run_name!r}", create, None, on_drop=lambda: handle.resolve(None))
         self.writer.submit(op)
-        self.submit("log params", lambda c, run_id: c.log_batch(run_id, params=param_list), handle)
-        return TrialRun(self, handle, self.flush_seconds)
+        return TrialRun(self, handle, self.flush_seconds, param_list)
 
     def _start_system_metrics(self, handle: RunHandle) -> None:
         try:
@@ -789,6 +837,7 @@ class Tracker:
         """
         if self._closed:
             return self.writer.dropped
+        self.flush_progress()
         self._closed = True
         atexit.unregister(self.close)
         waiting = self.writer.pending
