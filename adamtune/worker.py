@@ -78,7 +78,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 MAX_CONSECUTIVE_FAILURES = 3
-#: Longest pause between two looks at the study while waiting for other workers' last trials.
+#: Pauses between two looks at the study while waiting for other workers' last trials: the first, and the
+#: longest (the pause grows by half while nothing changes, so that many idle workers load the database little).
+WAIT_FIRST_POLL_SECONDS = 0.25
 WAIT_POLL_SECONDS = 5.0
 #: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
 INTERRUPTED_EXIT = 130
@@ -336,7 +338,8 @@ class Worker:
         signals = (signal.SIGTERM, signal.SIGINT) if self.handle_sigint else (signal.SIGTERM,)
         ran, consecutive_failures = 0, 0
         waiting_since: int | None = None
-        poll = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
+        longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
+        poll = WAIT_FIRST_POLL_SECONDS
         with Interrupts(signals) as interrupts:
             while True:
                 interrupts.raise_pending()
@@ -345,8 +348,9 @@ class Worker:
                 if admission.done:
                     return ran
                 if admission.trial is None:
+                    poll = min(longest, poll * 1.5)
                     if waiting_since != admission.counts.finished:
-                        waiting_since = admission.counts.finished
+                        waiting_since, poll = admission.counts.finished, WAIT_FIRST_POLL_SECONDS
                         log.info(
                             "%d of %d trials finished; waiting for %d running trial(s) of other workers",
                             admission.counts.finished,
@@ -356,7 +360,7 @@ class Worker:
                     interrupts.raise_pending()
                     time.sleep(poll)
                     continue
-                waiting_since = None
+                waiting_since, poll = None, WAIT_FIRST_POLL_SECONDS
                 trial, error = self._run_trial(admission.trial, interrupts)
                 ran += 1
                 if on_trial is not None:

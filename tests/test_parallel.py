@@ -142,7 +142,9 @@ def test_four_workers_finish_exactly_the_target(backend: str, workdir: Path, req
 
 def test_a_killed_worker_s_trial_is_failed_retried_and_its_run_closed(workdir: Path) -> None:
     """SIGKILL a worker in the middle of the baseline trial; a second worker retries it and finishes."""
-    storage, tracking = "sqlite:///adamtune.db", "sqlite:///mlflow.db"
+    # Absolute URIs: MLflow caches its store per URI in this process, so a relative one would be reused
+    # across tests (and their directories).
+    storage, tracking = f"sqlite:///{workdir}/adamtune.db", f"sqlite:///{workdir}/mlflow.db"
     create_study(storage, n_trials=5, epochs=8)
     common = ("--study", "synthetic", "--storage", storage, "--tracking-uri", tracking, "--device", "cpu")
     victim = start("worker", *common, "--name", "victim", cwd=workdir)
@@ -186,7 +188,9 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_its_run_closed(workdir: P
 
 def test_ctrl_c_stops_all_workers_and_leaves_nothing_running(workdir: Path) -> None:
     """Ctrl-C in the parent: SIGTERM reaches each worker, whose running trial ends FAIL and MLflow run FAILED."""
-    storage, tracking = "sqlite:///adamtune.db", "sqlite:///mlflow.db"
+    # Absolute URIs: MLflow caches its store per URI in this process, so a relative one would be reused
+    # across tests (and their directories).
+    storage, tracking = f"sqlite:///{workdir}/adamtune.db", f"sqlite:///{workdir}/mlflow.db"
     args = ("search", "--task", "synthetic", "--n-trials", "30", "--epochs", "30", "--pruner", "none")
     process = start(*args, "--workers", "2", "--devices", "cpu", "--tracking-uri", tracking, cwd=workdir)
     wait_for(
