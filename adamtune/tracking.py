@@ -786,11 +786,21 @@ class Tracker:
             self.notify(f"MLflow: system metrics are off: {_first_line(exc)[:200]}")
 
     def stop_system_metrics(self, handle: RunHandle) -> None:
-        """Stop the run's system-metrics monitor (if any) and send its last samples."""
+        """Stop the run's system-metrics monitor (if any) and send its last samples.
+
+        MLflow's monitor logs only after a full sampling interval; for a shorter trial, the samples it
+        took are logged here (step 0), so every trial has its ``system/*`` metrics.
+        """
         monitor, handle.monitor = handle.monitor, None
-        if monitor is not None:
-            with contextlib.suppress(Exception):
-                monitor.finish()
+        if monitor is None:
+            return
+        with contextlib.suppress(Exception):
+            monitor.finish()
+            if getattr(monitor, "_logging_step", 1) == 0:  # a trial shorter than one sampling interval
+                metrics = monitor.aggregate_metrics()  # what was sampled so far, logged at step 0
+                if metrics:
+                    monitor.publish_metrics(metrics)
+                    monitor.mlflow_logger.flush()
 
     def end_stale_trial(
         self, trial_number: int, run_id: str | None = None, *, study: optuna.Study | None = None

@@ -328,13 +328,13 @@ def test_a_stale_trial_run_is_found_by_its_tags_and_closed(local: dict[str, Any]
     assert closed.data.tags["adamtune.stale"] == "true" and closed.data.tags["adamtune.state"] == "failed"
 
 
-def test_system_metrics_are_recorded_in_the_trial_run(local: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking, "SYSTEM_METRICS_INTERVAL", 0.1)
+def test_system_metrics_are_recorded_in_the_trial_run(local: dict[str, Any]) -> None:
+    """Even a trial shorter than the sampling interval gets its samples (logged when it ends)."""
     tracker = Tracker("sys", local["uri"], system_metrics=True)
     run = tracker.start_trial("trial-0", {}, {"adamtune.trial_number": 0})
     run_id = run.wait_for_run_id()
     wait_for(lambda: run.handle.monitor is not None)
-    time.sleep(0.5)  # let the monitor take a few samples
+    time.sleep(0.2)
     run.finish("complete", {}, {})
     assert tracker.close() == 0
 
