@@ -57,7 +57,8 @@ HTTP stores: MLflow itself retries each HTTP request up to 7 times over minutes 
 answer. Since the writer retries on its own, a :class:`Tracker` for an ``http(s)://`` URI lowers those
 defaults (1 retry, 10 s timeout) unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set, so that an
-unreachable server is noticed in seconds.
+unreachable server is noticed in seconds; it also sets ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``
+(unless set), or MLflow would print two "View run" lines per trial.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # set_terminated would print two "View run/experiment at" lines per trial and fetch the run for them
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 #: Backoff between tries of a call while the store is unreachable: doubles from the first to the last.
 INITIAL_BACKOFF_SECONDS = 0.5

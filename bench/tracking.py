@@ -14,9 +14,10 @@ the end and reported separately (``flush at the end``). The modes alternate (off
 spread drift evenly.
 
 Prints the total trial time per mode and their ratio (goal: tracking on / off <= 1.01), the median of
-the per-setting ratios (less sensitive to a burst of load), and an account of the tracking work itself,
-which does not depend on the load: the wall time the training thread spent in tracking calls, and the
-CPU time of the writer thread, per trial.
+the per-setting ratios (less sensitive to a burst of load), the ratio of the process's CPU time (all
+threads, the writer's included) during the trials, and an account of the tracking work itself, which
+depends little on the load: the wall time the training thread spent in tracking calls, and the CPU
+time of the writer thread, per trial.
 
 Usage: ``python bench/tracking.py [--configs 8] [--tracking-uri URI]``. Run it on an otherwise idle
 machine: a busy one makes the noise larger than the effect.
@@ -132,16 +133,18 @@ def main() -> None:
             studies[mode] = study
 
         seconds: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, float] = {"off": 0.0, "on": 0.0}
         account = Account()
         account.install()
 
         def timed(mode: str):  # type: ignore[no-untyped-def]
             def call(trial: optuna.Trial) -> float:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 try:
                     return objectives[mode](trial)
                 finally:
                     seconds[mode].append(time.perf_counter() - started)
+                    cpu[mode] += time.process_time() - cpu_started
 
             return call
 
@@ -174,6 +177,10 @@ def main() -> None:
         print("seconds per setting (off/on):", " ".join(f"{a:.2f}/{b:.2f}" for a, b in pairs))
         print(f"flush at the end: {flush:.2f} s, tracking calls dropped: {dropped}")
         print(f"ratio on/off: {on / off:.4f}  (goal <= 1.01); median per setting: {paired[n // 2]:.4f}")
+        print(
+            f"process CPU time (all threads) on/off: {cpu['on']:.2f} s / {cpu['off']:.2f} s "
+            f"= {cpu['on'] / cpu['off']:.4f}"
+        )
         print(
             f"tracking work per trial: {1000 * account.main / n:.1f} ms on the training thread, "
             f"{1000 * account.writer_cpu / n:.1f} ms CPU on the writer thread ({account.calls / n:.1f} calls), "

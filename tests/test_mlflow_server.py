@@ -125,9 +125,12 @@ def runs_by_trial(client: MlflowClient, study: str) -> dict[int, list[Any]]:
     return found
 
 
-def test_a_search_through_the_server_can_be_read_back(server: MlflowServer, tmp_path: Path) -> None:
+def test_a_search_through_the_server_can_be_read_back(
+    server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server.ensure_up()
     study = search(tmp_path, "served", 3, server.url)
+    assert "View run" not in capsys.readouterr().out  # MLflow's per-run links are not printed
     client = MlflowClient(server.url)
 
     parent_id = study.user_attrs[PARENT_RUN_ATTR]
