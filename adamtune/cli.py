@@ -218,6 +218,7 @@ def search(
             workers=workers,
             devices=devices,
             on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
+            on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
         )
     finally:
         if "bar" in display:

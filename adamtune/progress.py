@@ -29,13 +29,13 @@ class SearchProgress:
             TextColumn(f"[bold]{study_name}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("trials  best {task.fields[best]}  elapsed"),
+            TextColumn("trials{task.fields[running]}  best {task.fields[best]}  elapsed"),
             TimeElapsedColumn(),
             TextColumn("left {task.fields[left]}"),
             console=self.console,
             transient=False,
         )
-        self._task = self._progress.add_task("search", total=target, best="-", left="-")
+        self._task = self._progress.add_task("search", total=target, best="-", left="-", running="")
 
     def __enter__(self) -> SearchProgress:
         self._progress.start()
@@ -47,12 +47,16 @@ class SearchProgress:
         self._progress.stop()
 
     def update(self, counts: Counts, best: float | None) -> None:
-        """Show ``counts.finished`` of the target, the best objective value, and an estimate of time left."""
+        """Show ``counts.finished`` of the target, trials running (all workers, all machines), the best
+        objective value, and an estimate of time left."""
         done = counts.finished
         if self.start_count is None:
             self.start_count = done
         best_text = f"{self.objective} {best:.4g}" if best is not None and math.isfinite(best) else "-"
-        self._progress.update(self._task, completed=min(done, self.target), best=best_text, left=self._left(done))
+        running = f" ({counts.running} running)" if counts.running else ""
+        self._progress.update(
+            self._task, completed=min(done, self.target), best=best_text, left=self._left(done), running=running
+        )
 
     def _left(self, done: int) -> str:
         made = done - (self.start_count or 0)

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
-from adamtune.study import count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
+from adamtune.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
 from adamtune.tracking import search_tracking
 from adamtune.worker import WorkerFailed, WorkerOptions, default_data_dir, make_worker, open_tracker
 
@@ -43,6 +43,7 @@ def run_search(
     workers: int = 1,
     devices: str | None = None,
     on_log: Callable[[str], None] | None = None,
+    on_progress: Callable[[Counts, float | None], None] | None = None,
 ) -> SearchOutcome:
     """Create or resume ``spec``'s study in ``options.storage_url`` and run ``workers`` workers on it.
 
@@ -64,6 +65,8 @@ def run_search(
         devices: ``auto`` or a comma-separated device list, assigned round-robin (see
             :func:`~adamtune.worker.resolve_devices`).
         on_log: receives the log lines of worker processes (default: stderr).
+        on_progress: with several workers, called at every poll with the study's counts (all workers,
+            all machines) and best value, e.g. to show how many trials are running.
 
     Raises:
         ConfigError, DeviceError, TaskError, DataError, StorageError, TrackingError: bad input, before
@@ -98,7 +101,7 @@ def run_search(
             del data  # each worker process loads its own copy once
             if on_start is not None:
                 on_start(spec, already)
-            watcher = FinishedTrialWatcher(study, on_trial)
+            watcher = FinishedTrialWatcher(study, on_trial, on_progress, spec.direction)
             result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
             ran = watcher.seen_since_start
             failures = result.failures()
@@ -121,10 +124,16 @@ class FinishedTrialWatcher:
     """
 
     def __init__(
-        self, study: optuna.Study, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None
+        self,
+        study: optuna.Study,
+        on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+        on_progress: Callable[[Counts, float | None], None] | None = None,
+        direction: str = "minimize",
     ) -> None:
         self.study = study
         self.on_trial = on_trial
+        self.on_progress = on_progress
+        self.direction = direction
         self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self._before = len(self._seen)
 
@@ -133,12 +142,15 @@ class FinishedTrialWatcher:
         return len(self._seen) - self._before
 
     def poll(self) -> None:
-        """Report newly finished trials (reads the storage once)."""
-        for trial in self.study.get_trials(deepcopy=False):
+        """Report newly finished trials, then the counts (reads the storage once)."""
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
             if trial.state.is_finished() and trial.number not in self._seen:
                 self._seen.add(trial.number)
                 if self.on_trial is not None:
                     self.on_trial(self.study, trial)
+        if self.on_progress is not None:
+            self.on_progress(count_trials(trials), best_value(trials, self.direction))
 
 
 def best_value(trials: list[FrozenTrial], direction: str) -> float | None:

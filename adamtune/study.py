@@ -248,6 +248,30 @@ def heartbeat_settings() -> tuple[int, int]:
     return heartbeat, grace
 
 
+def requeue_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRIES) -> bool:
+    """Queue a new WAITING trial that retries the failed ``trial`` with the same settings; False if it has
+    been retried ``max_retry`` times already (None: no limit). See :class:`RetryStaleTrial` for what is copied.
+
+    Used for trials that failed for reasons that say nothing about their settings: a dead worker (stale
+    heartbeat) or an interruption (Ctrl-C/SIGTERM).
+    """
+    system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
+        return False
+    user_attrs = {BASELINE_ATTR: True} if trial.user_attrs.get(BASELINE_ATTR) else {}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+    return True
+
+
 class RetryStaleTrial:
     """Heartbeat-stale trial callback: re-queue the trial of a dead worker with the same settings.
 
@@ -274,21 +298,9 @@ class RetryStaleTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         with self._lock:
             self._stale.append(trial)
-        system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-        if self.max_retry is not None and len(system_attrs["retry_history"]) > self.max_retry:
+        if not requeue_trial(study, trial, self.max_retry):
             log.warning("trial %d was stale (its worker died) and has been retried enough; not retrying", trial.number)
             return
-        user_attrs = {BASELINE_ATTR: True} if trial.user_attrs.get(BASELINE_ATTR) else {}
-        study.add_trial(
-            optuna.create_trial(
-                state=TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=user_attrs,
-                system_attrs=system_attrs,
-            )
-        )
         log.warning("trial %d was stale (its worker stopped beating): failed it and queued a retry", trial.number)
 
     def drain(self) -> list[FrozenTrial]:

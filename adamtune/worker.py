@@ -20,7 +20,9 @@ call outside the objective.
 
 Interruptions: SIGTERM (and SIGINT, where the worker owns the terminal) become ``KeyboardInterrupt``,
 deferred while a trial is being created or told, so no trial is ever left RUNNING: the running trial is
-told FAIL, its MLflow run is closed as failed by the objective, and the interrupt propagates (exit 130).
+told FAIL and re-queued with the same settings (an interruption says nothing about them; a re-queued
+baseline stays the baseline), its MLflow run is closed as failed by the objective, and the interrupt
+propagates (exit 130).
 A second signal while stopping is ignored. A SIGKILL leaves the trial RUNNING until its heartbeat is
 ``GRACE_SECONDS`` old; then the next worker to start a trial fails it, re-queues it and closes its run.
 
@@ -61,6 +63,7 @@ from adamtune.study import (
     is_transient_db_error,
     load_study,
     open_storage,
+    requeue_trial,
     spec_from_study,
     with_db_retry,
 )
@@ -72,10 +75,6 @@ if TYPE_CHECKING:
     from adamtune.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-# Optuna warns when a trial is asked for outside Study.optimize on a storage with heartbeats; this module
-# records the heartbeats itself (see Heartbeat), so the warning does not apply.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 MAX_CONSECUTIVE_FAILURES = 3
 #: Pauses between two looks at the study while waiting for other workers' last trials: the first, and the
@@ -393,7 +392,11 @@ class Worker:
                 return Admission(counts, target)
             running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
             try:
-                trial = self.study.ask()
+                with warnings.catch_warnings():
+                    # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
+                    # worker records the heartbeats itself (see Heartbeat), so the warning does not apply.
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                    trial = self.study.ask()
             except Exception as exc:
                 if is_transient_db_error(exc):
                     with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
@@ -429,8 +432,12 @@ class Worker:
                 state = TrialState.PRUNED
             except KeyboardInterrupt:
                 with interrupts.critical():
-                    self._tell(trial, TrialState.FAIL, None)
-                log.warning("trial %d: interrupted; recorded as failed", trial.number)
+                    failed = self._tell(trial, TrialState.FAIL, None)
+                    requeued = failed.state == TrialState.FAIL and with_db_retry(
+                        lambda: requeue_trial(self.study, failed), f"re-queueing trial {trial.number}"
+                    )
+                again = "; queued to run again with the same settings" if requeued else ""
+                log.warning("trial %d: interrupted; recorded as failed%s", trial.number, again)
                 raise
             except Exception as exc:
                 error = exc
@@ -638,14 +645,19 @@ def run_pool(
                 return
             emit(record.getMessage())
 
+    display_failing = [False]
+
     def poll() -> None:
         drain()
         if on_poll is None:
             return
         try:
             on_poll()
-        except Exception as exc:  # the display must never stop the search
-            log.warning("progress update failed: %s", exc)
+            display_failing[0] = False
+        except Exception as exc:  # the display must never stop the search; say so once per outage
+            if not display_failing[0]:
+                emit(f"progress display: cannot read the study ({str(exc).splitlines()[0][:200]}); retrying")
+            display_failing[0] = True
 
     with Interrupts((signal.SIGTERM,)):
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit "ignore SIGINT"

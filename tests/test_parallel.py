@@ -206,6 +206,11 @@ def test_ctrl_c_stops_all_workers_and_leaves_nothing_running(workdir: Path) -> N
     done = trials(storage)
     states = Counter(t.state for t in done)
     assert states[TrialState.RUNNING] == 0 and states[TrialState.FAIL] >= 1, states
+    # Each interrupted trial is queued to run again with the same settings (the next search starts with them).
+    retried = {t.system_attrs.get("failed_trial"): t for t in done if t.state == TrialState.WAITING}
+    for trial in done:
+        if trial.state == TrialState.FAIL:
+            assert retried[trial.number].params == trial.params
 
     from mlflow import MlflowClient
 
