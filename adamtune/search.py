@@ -92,7 +92,7 @@ def run_search(
         tracker.attach(study, storage_url=options.storage_url, reopen=True)
     already = count_trials(study.get_trials(deepcopy=False)).finished
     with search_tracking(tracker, study):  # ends the parent run (plots, status) and flushes MLflow
-        if workers == 1:
+        if workers == 1 or already >= spec.n_trials:  # a complete study needs no worker processes
             worker = make_worker(study, spec, task, data, options, tracker)
             if on_start is not None:
                 on_start(spec, already)

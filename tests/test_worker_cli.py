@@ -195,6 +195,7 @@ def test_other_errors_are_not_retried() -> None:
     assert calls == [1]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # ask() outside optimize
 def test_a_stale_baseline_is_retried_as_the_baseline(workdir: Path) -> None:
     """The retry keeps params and the baseline mark, and drops what belonged to the dead run."""
     study = make_study("sqlite:///adamtune.db")
