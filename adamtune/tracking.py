@@ -466,7 +466,7 @@ class TrialRun:
 
         def end(client: Any, run_id: str | None) -> None:
             self.tracker.stop_system_metrics(self.handle)
-            client.set_terminated(run_id, status=status)
+            client.set_terminated(run_id, status=status, end_time=stamp)
 
         self.tracker.submit("end run", end, self.handle)
         if study is not None and trial_number is not None:
@@ -765,8 +765,10 @@ class Tracker:
         param_list = [Param(k, _param_text(v)) for k, v in params.items()]
         experiment_id = self.experiment_id
 
+        started = _now_ms()  # the run's times are the trial's, even when the writer creates it late
+
         def create(client: Any, _: str | None) -> None:
-            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+            run = client.create_run(experiment_id, start_time=started, run_name=run_name, tags=run_tags)
             handle.resolve(run.info.run_id)
             if self.system_metrics:
                 self._start_system_metrics(handle)
