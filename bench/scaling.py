@@ -12,6 +12,8 @@ processes, one thread each), on a fresh SQLite study each. It reports trials per
 *wall* (the whole command, process start-up and data loading included) and *steady* (finished trials
 over the span from the first trial's start to the last one's end, read from the study). The goal is a
 steady ratio of at least 1.8x on 2 cores. Every trial trains the same number of epochs (no pruning).
+The two runs alternate ``--repeats`` times (so that a change in the machine's load hits both) and the
+median of the per-pair ratios is reported.
 
 Part 2 measures what the database costs per trial, without training: a real ``Worker`` runs a storage-only
 objective that makes the same storage calls as the real one (suggest the 5 Adam settings, 7 user
@@ -66,9 +68,9 @@ class Throughput:
         return 60 * self.trials / self.steady_seconds
 
 
-def run_search(workers: int, trials: int, epochs: int, workdir: Path) -> Throughput:
+def run_search(workers: int, trials: int, epochs: int, workdir: Path, tag: str) -> Throughput:
     """One ``adamtune search`` on a fresh SQLite study; the rates come from the clock and the study."""
-    storage = f"sqlite:///{workdir}/scaling-{workers}.db"
+    storage = f"sqlite:///{workdir}/scaling-{workers}-{tag}.db"
     command = [sys.executable, "-m", "adamtune", "search", "--task", "digits", "--study", f"scaling-{workers}"]
     command += ["--n-trials", str(trials), "--epochs", str(epochs), "--pruner", "none", "--no-tracking"]
     command += ["--workers", str(workers), "--devices", "cpu", "--storage", storage]
@@ -178,8 +180,9 @@ def postgres_database() -> tuple[str, Any] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=14, help="trials per throughput run")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per digits trial")
+    parser.add_argument("--trials", type=int, default=16, help="trials per throughput run")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per digits trial")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating 1-worker/2-worker pairs")
     parser.add_argument("--storage-trials", type=int, default=40, help="trials per storage-cost run")
     parser.add_argument("--storage-epochs", type=int, default=20, help="reports per storage-cost trial")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -193,18 +196,22 @@ def main() -> None:
     try:
         if not args.skip_throughput:
             print(f"\n1. digits, {args.epochs} epochs/trial, no pruning, {args.trials} trials per run, SQLite")
-            print(f"{'workers':>7} {'wall trials/min':>16} {'steady trials/min':>18}")
-            runs = []
-            for workers in (1, 2):
-                result = run_search(workers, args.trials, args.epochs, workdir)
-                runs.append(result)
-                print(f"{workers:>7} {result.wall_per_minute:>16.1f} {result.steady_per_minute:>18.1f}")
-            one, two = runs
+            print(f"{'pair':>4} {'workers':>7} {'wall trials/min':>16} {'steady trials/min':>18} {'load':>5}")
+            steady, wall = [], []
+            for pair in range(1, args.repeats + 1):
+                one, two = (run_search(w, args.trials, args.epochs, workdir, str(pair)) for w in (1, 2))
+                for result in (one, two):
+                    print(
+                        f"{pair:>4} {result.workers:>7} {result.wall_per_minute:>16.1f} "
+                        f"{result.steady_per_minute:>18.1f} {os.getloadavg()[0]:>5.1f}"
+                    )
+                steady.append(two.steady_per_minute / one.steady_per_minute)
+                wall.append(two.wall_per_minute / one.wall_per_minute)
             print(
-                f"speed-up with 2 workers: steady {two.steady_per_minute / one.steady_per_minute:.2f}x, "
-                f"wall {two.wall_per_minute / one.wall_per_minute:.2f}x (goal: steady >= 1.8x on 2 cores)"
+                f"speed-up with 2 workers (median of {args.repeats} pairs): steady {statistics.median(steady):.2f}x "
+                f"(pairs: {', '.join(f'{r:.2f}' for r in steady)}), wall {statistics.median(wall):.2f}x "
+                "(goal: steady >= 1.8x on 2 cores)"
             )
-            print(f"load average after: {os.getloadavg()[0]:.1f}")
 
         print(f"\n2. storage cost per trial (median ms; {args.storage_epochs} report+should_prune per trial)")
         print(f"{'backend':<11} {'trials':>6} {'admit':>7} {'attrs':>7} {'tell':>7} {'total':>7}")
