@@ -488,13 +488,15 @@ def make_worker(
     options: WorkerOptions,
     tracker: Tracker | None,
 ) -> Worker:
-    """Assemble a worker: data moved to the device, CPU threads set."""
+    """Assemble a worker: data moved to the device (made the current CUDA device), CPU threads set."""
+    import torch
+
     from adamtune.objective import Objective
 
     if options.threads:
-        import torch
-
         torch.set_num_threads(options.threads)
+    if options.device.startswith("cuda:"):
+        torch.cuda.set_device(options.device)  # implicit "current device" uses (synchronize, caches) stay on it
     if tracker is not None:
         tracker.attach(study, storage_url=options.storage_url)  # the study's MLflow parent run
     objective = Objective(spec, task, data.to(options.device), options.device, tracker, options.seed, options.name)
