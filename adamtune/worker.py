@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import math
 import multiprocessing
 import os
 import signal
@@ -444,7 +445,9 @@ class Worker:
                 log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
             with interrupts.critical():
                 frozen = self._tell(trial, state, value)
-        if state != TrialState.FAIL and frozen.state == TrialState.FAIL:
+        if state == TrialState.COMPLETE and value is not None and not math.isfinite(value):
+            log.warning("trial %d: the objective returned %s; recorded as failed", trial.number, value)
+        elif state != TrialState.FAIL and frozen.state == TrialState.FAIL:
             log.warning("trial %d was failed as stale by another worker while it ran; its result is lost", trial.number)
         return frozen, error
 
