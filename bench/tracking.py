@@ -1,7 +1,7 @@
 """What MLflow tracking adds to a trial: the same trials with tracking on and off.
 
 Runs a fixed list of Adam settings on the ``digits`` task (its default 20 epochs, batch size 32), each
-once with tracking off and once with tracking on (a local MLflow SQLite store by default, as
+(``--rounds`` times) with tracking off and with tracking on (a local MLflow SQLite store by default, as
 ``adamtune search`` uses; or ``--tracking-uri``), with the same trial numbers and seeds, so both
 modes train exactly the same models. Each mode has its own Optuna study in SQLite; the tracked one has
 its MLflow parent run, so every tracked trial does all that a search's trial does (child run, params,
@@ -14,13 +14,15 @@ the end and reported separately (``flush at the end``). The modes alternate (off
 spread drift evenly.
 
 Prints the total trial time per mode and their ratio (goal: tracking on / off <= 1.01), the median of
-the per-setting ratios (less sensitive to a burst of load), the ratio of the process's CPU time (all
-threads, the writer's included) during the trials, and an account of the tracking work itself, which
-depends little on the load: the wall time the training thread spent in tracking calls, and the CPU
-time of the writer thread, per trial.
+the per-setting ratios (less sensitive to a burst of load), the ratio of the process's CPU time during
+the trials (all threads; writer work done between trials is not in it), and an account of the tracking
+work itself, which depends little on the load: the wall time the training thread spent in tracking
+calls, and the CPU time of the writer thread, per trial.
 
-Usage: ``python bench/tracking.py [--configs 8] [--tracking-uri URI]``. Run it on an otherwise idle
-machine: a busy one makes the noise larger than the effect.
+Usage: ``python bench/tracking.py [--configs 8] [--rounds 1] [--threads N] [--tracking-uri URI]``. Run
+it on an otherwise idle machine: a busy one makes the noise larger than the effect. On a busy machine,
+``--threads 1`` helps: torch's two intra-op threads on two contended cores make digits' tiny trials
+10-30 times slower and erratic.
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=int, default=len(CONFIGS), help="how many of the fixed settings to run")
     parser.add_argument("--tracking-uri", help="MLflow store (default: a fresh local SQLite store)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every setting this many times per mode")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = CONFIGS[: args.configs]
     workdir = Path(tempfile.mkdtemp(prefix="adamtune-bench-tracking-"))
     os.chdir(workdir)
@@ -123,7 +129,7 @@ def main() -> None:
         studies: dict[str, optuna.Study] = {}
         tracker: Tracker | None = None
         for mode in ("off", "on"):
-            spec = build_spec("digits", None, f"bench-{mode}", {"pruner": "none", "n_trials": len(configs)})
+            spec = build_spec("digits", None, f"bench-{mode}", {"pruner": "none", "n_trials": 10_000})
             spec = spec.with_task_defaults(task.default_epochs, task.default_batch_size)
             study = create_or_resume(spec, open_storage(f"sqlite:///{workdir}/{mode}.db"), seed=SEED)
             if mode == "on":
@@ -155,7 +161,7 @@ def main() -> None:
             studies[mode].optimize(objectives[mode], n_trials=1)
         account.main = account.writer_cpu = 0.0
         account.calls = 0
-        for i, params in enumerate(configs):
+        for i, params in enumerate(configs * args.rounds):
             for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
                 studies[mode].enqueue_trial(optuna_params(params, objectives[mode].spec.space))
                 studies[mode].optimize(timed(mode), n_trials=1)
@@ -165,12 +171,18 @@ def main() -> None:
 
         off, on = sum(seconds["off"]), sum(seconds["on"])
         paired = sorted(b / a for a, b in zip(seconds["off"], seconds["on"], strict=True))
-        n = len(configs)
+        n = len(configs) * args.rounds
         print(
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
         )
-        print(f"task digits: {task.default_epochs} epochs, batch size {task.default_batch_size}, cpu")
-        print(f"trials per mode: {len(configs)} fixed settings, same seeds (after one unmeasured warm-up trial)")
+        print(
+            f"task digits: {task.default_epochs} epochs, batch size {task.default_batch_size}, cpu, "
+            f"{torch.get_num_threads()} torch thread(s)"
+        )
+        print(
+            f"trials per mode: {len(configs)} fixed settings x {args.rounds} round(s), same seeds "
+            "(after one unmeasured warm-up trial)"
+        )
         print(f"tracking off: {off:8.2f} s  ({off / len(seconds['off']):.3f} s per trial)")
         print(f"tracking on:  {on:8.2f} s  ({on / len(seconds['on']):.3f} s per trial)")
         pairs = zip(seconds["off"], seconds["on"], strict=True)
