@@ -7,8 +7,10 @@ Usage::
     python bench/scaling.py --skip-throughput    # storage part only
 
 Part 1 runs ``adamtune search --task digits --pruner none --no-tracking`` as a user would, with
-``--workers 1`` (in-process, torch's default threads) and ``--workers 2 --devices cpu`` (two spawned
-processes, one thread each), on a fresh SQLite study each. It reports trials per minute two ways:
+``--workers 1`` (in-process) and ``--workers 2 --devices cpu`` (two spawned processes), on a fresh
+SQLite study each. Every worker trains with one torch thread (``OMP_NUM_THREADS=1``; the 2-worker run
+gets ``cores // 2`` = 1 anyway), so that the ratio measures processes, not torch's intra-op threads,
+which do not help this small MLP and collapse when other programs load the cores. It reports trials per minute two ways:
 *wall* (the whole command, process start-up and data loading included) and *steady* (finished trials
 over the span from the first trial's start to the last one's end, read from the study). The goal is a
 steady ratio of at least 1.8x on 2 cores. Every trial trains the same number of epochs (no pruning).
@@ -75,7 +77,8 @@ def run_search(workers: int, trials: int, epochs: int, workdir: Path, tag: str) 
     command += ["--n-trials", str(trials), "--epochs", str(epochs), "--pruner", "none", "--no-tracking"]
     command += ["--workers", str(workers), "--devices", "cpu", "--storage", storage]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"search with {workers} worker(s) failed:\n{result.stderr}")
