@@ -7,6 +7,7 @@ is simulated there (and said so in each test).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from adamtune.study import (
     RetryStaleTrial,
     create_or_resume,
     heartbeat_settings,
+    load_study,
     open_storage,
     with_db_retry,
 )
-from adamtune.worker import WorkerOptions, plan_workers, resolve_devices
+from adamtune.worker import Admission, Interrupts, Worker, WorkerOptions, plan_workers, resolve_devices
 from tests.conftest import listing
 
 
@@ -220,3 +222,40 @@ def test_a_stale_baseline_is_retried_as_the_baseline(workdir: Path) -> None:
     study.tell(again, state=optuna.trial.TrialState.FAIL)
     callback(study, study.trials[again.number])
     assert study.get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
+
+
+class RacingWorker(Worker):
+    """A worker that pauses between reading the target and counting, until a second worker is there too.
+
+    Without the admission lock both would count the same free place and both start a trial; with it, the
+    second cannot get there while the first holds the lock, so the barrier times out and they go in turn.
+    """
+
+    barrier = threading.Barrier(2, timeout=1.5)
+
+    def _target(self) -> int:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            RacingWorker.barrier.wait()
+        return super()._target()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_two_workers_racing_for_the_last_place_start_one_trial(
+    backend: str, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    url = "sqlite:///adamtune.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    make_study(url, n_trials=1)
+    RacingWorker.barrier = threading.Barrier(2, timeout=1.5)
+    workers = [RacingWorker(load_study("synthetic", open_storage(url, create=False)), None, 1) for _ in range(2)]  # type: ignore[arg-type]
+    admissions: list[Admission] = []
+    threads = [threading.Thread(target=lambda w=w: admissions.append(w._admit(Interrupts(())))) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    started = [a.trial for a in admissions if a.trial is not None]
+    assert len(admissions) == 2 and len(started) == 1
+    waiting = [a for a in admissions if a.trial is None]
+    assert waiting[0].counts.running == 1 and not waiting[0].done
+    workers[0].study.tell(started[0], state=optuna.trial.TrialState.FAIL)
