@@ -226,7 +226,7 @@ class Writer:
         self.notify = notify
         self.initial_backoff = INITIAL_BACKOFF_SECONDS if initial_backoff is None else initial_backoff
         self.max_backoff = MAX_BACKOFF_SECONDS if max_backoff is None else max_backoff
-        self._queue: queue.Queue[_Op] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._abandon = threading.Event()
@@ -285,10 +285,14 @@ class Writer:
             _release(op)
 
     def _loop(self) -> None:
+        # Blocks while idle (no polling that would wake the process while it trains); close() wakes it
+        # with a None, or, if the queue was full then, the timeout does once it has drained.
         while not self._abandon.is_set():
             try:
-                op = self._queue.get(timeout=0.1)
+                op = self._queue.get(timeout=1.0)
             except queue.Empty:
+                op = None
+            if op is None:
                 if self._stop.is_set():
                     return
                 continue
@@ -345,11 +349,13 @@ class Writer:
         if already:
             return self.dropped
         self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon.set()
             self._thread.join(1.0)
-        left: list[_Op] = []
+        left: list[_Op | None] = []
         with self._lock:
             self._final = True
             self.dropped += self.accepted - self.sent - self._accepted_dropped
@@ -359,7 +365,8 @@ class Writer:
                 except queue.Empty:
                     break
         for op in left:
-            _release(op)
+            if op is not None:
+                _release(op)
         return self.dropped
 
 
