@@ -22,7 +22,8 @@ needs:
    container sees no GPU, when ``CUDA_VISIBLE_DEVICES`` is already set, when a device other than
    ``auto`` is given, or with ``ADAMTUNE_GPU_CLAIM=0``.
 
-Standard library only, except for the wait, which imports optuna (installed in the image).
+Standard library only, except for the wait, which imports optuna and its sqlalchemy and alembic (installed in
+the image).
 """
 
 from __future__ import annotations
@@ -80,21 +81,33 @@ def env_number(environ: Mapping[str, str], name: str, default: float) -> float:
 def study_exists(storage_url: str, study_name: str) -> bool:
     """Whether ``study_name`` is in the Optuna RDB storage at ``storage_url``.
 
-    Read-only: the tables are not created (``skip_table_creation``), so a worker never races the
-    `study` service to create them. Missing tables or an unreachable database count as "not yet".
+    Read-only, so that a worker never races the `study` service while it sets up a new database. Even
+    with ``skip_table_creation``, opening an ``RDBStorage`` writes Optuna's version row and alembic
+    stamp where they are missing, as they are between the study service creating the tables and
+    stamping them; a poll landing there made the study service fail ("duplicate key value violates
+    unique constraint" on PostgreSQL). So the storage is opened only once the schema is stamped (the
+    last step of setting it up); before, the study counts as "not yet". Missing tables or an
+    unreachable database count as "not yet" too.
     """
     import optuna
+    import sqlalchemy
+    from alembic.migration import MigrationContext
 
-    storage = None
+    engine = storage = None
     try:
+        engine = sqlalchemy.create_engine(storage_url)
+        with engine.connect() as connection:
+            if MigrationContext.configure(connection).get_current_revision() is None:
+                return False
         storage = optuna.storages.RDBStorage(storage_url, skip_table_creation=True, skip_compatibility_check=True)
         return any(s.study_name == study_name for s in storage.get_all_studies())
     except Exception:  # every failure here means "not there yet": the database may still be starting
         return False
     finally:
-        if storage is not None:
-            with contextlib.suppress(Exception):
-                storage.engine.dispose()
+        for opened in (engine, storage.engine if storage is not None else None):
+            if opened is not None:
+                with contextlib.suppress(Exception):
+                    opened.dispose()
 
 
 def wait_for_study(

@@ -600,6 +600,35 @@ def test_study_exists_reads_a_real_optuna_storage_without_creating_tables(tmp_pa
     assert not entrypoint.study_exists(url, "cifar100")
 
 
+def test_study_exists_writes_nothing_while_the_study_service_sets_up_the_database(tmp_path):
+    """Between creating Optuna's tables and stamping them, the study service must not be raced.
+
+    Opening an ``RDBStorage`` there writes the version row and the alembic stamp; a worker doing so at
+    the same moment made the study service fail on PostgreSQL. Optuna's own table creation (a private
+    module) leaves the database in that state.
+    """
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    engine = sqlalchemy.create_engine(url)
+    models.BaseModel.metadata.create_all(engine)  # what RDBStorage does first
+
+    def contents() -> dict[str, int]:
+        with engine.connect() as connection:
+            names = sqlalchemy.inspect(connection).get_table_names()
+            return {n: connection.execute(sqlalchemy.text(f"SELECT count(*) FROM {n}")).scalar_one() for n in names}
+
+    before = contents()
+    assert "alembic_version" not in before and before["version_info"] == 0
+    assert not entrypoint.study_exists(url, "cifar10")
+    assert contents() == before
+    optuna.create_study(study_name="cifar10", storage=url)  # the study service finishes
+    assert entrypoint.study_exists(url, "cifar10")
+    engine.dispose()
+
+
 def test_worker_without_a_study_gives_up_after_the_timeout(tmp_path):
     environ = {
         "ADAMTUNE_STORAGE": f"sqlite:///{tmp_path / 'empty.db'}",
