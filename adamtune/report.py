@@ -339,12 +339,16 @@ def is_adamtune_study(study: optuna.Study) -> bool:
     return SPEC_ATTR in study.user_attrs
 
 
-def summarize(study: optuna.Study) -> StudySummary:
-    """Summarise one adamtune study (reads the study only; see the module docstring for the rule)."""
+def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
+    """Summarise one adamtune study (reads the study only; see the module docstring for the rule).
+
+    ``importance=False`` skips the parameter-importance fit (the slowest part) for commands that only
+    need the recommendation; ``importance`` is then None with a note saying so.
+    """
     spec = spec_from_study(study)
     trials = study.get_trials(deepcopy=False)
     ranked = rank_trials(trials, spec)
-    importance, note = param_importance(study, trials)
+    scores, note = param_importance(study, trials) if importance else (None, "not computed")
     return StudySummary(
         study=study.study_name,
         task=spec.task,
@@ -357,7 +361,7 @@ def summarize(study: optuna.Study) -> StudySummary:
         baseline=baseline_candidate(trials, spec),
         extra_dimensions=tuple(spec.space.extra_dimensions()),
         devices=device_counts(trials),
-        importance=importance,
+        importance=scores,
         importance_note=note,
         robust=robust_range(ranked, spec),
         verify=study.user_attrs.get(VERIFY_ATTR),
@@ -437,29 +441,14 @@ def recommendation(study: optuna.Study) -> StudySummary:
     Raises:
         StorageError: the study has no complete trial with a full, finite curve yet.
     """
-    spec = spec_from_study(study)
-    trials = study.get_trials(deepcopy=False)
-    ranked = rank_trials(trials, spec)
-    if not ranked:
-        counts = count_trials(trials)
+    summary = summarize(study, importance=False)
+    if summary.recommended is None:
+        counts = summary.counts
         raise StorageError(
             f"study {study.study_name!r} has no complete trial yet ({counts.finished} finished: "
             f"{counts.pruned} pruned, {counts.diverged} diverged); run 'adamtune search' to add trials"
         )
-    return StudySummary(
-        study=study.study_name,
-        task=spec.task,
-        objective=spec.objective,
-        direction=spec.direction,
-        epochs=int(spec.epochs or 0),
-        batch_size=int(spec.batch_size or 0),
-        counts=count_trials(trials),
-        recommended=ranked[0],
-        baseline=baseline_candidate(trials, spec),
-        extra_dimensions=tuple(spec.space.extra_dimensions()),
-        robust=robust_range(ranked, spec),
-        verify=study.user_attrs.get(VERIFY_ATTR),
-    )
+    return summary
 
 
 # --------------------------------------------------------------------------- listing studies

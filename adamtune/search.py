@@ -18,9 +18,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
+from adamtune.data import default_data_dir
 from adamtune.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
 from adamtune.tracking import search_tracking
-from adamtune.worker import WorkerFailed, WorkerOptions, default_data_dir, make_worker, open_tracker
+from adamtune.worker import WorkerFailed, WorkerOptions, make_worker, open_tracker
 
 
 @dataclass(frozen=True)

@@ -244,8 +244,8 @@ def run_verify(
         ConfigError: fewer than 2 seeds. StorageError: no complete trial to recommend.
         DeviceError, TaskError, DataError, TrackingError: as for ``adamtune search``.
     """
+    from adamtune.data import default_data_dir
     from adamtune.tasks import resolve_task
-    from adamtune.worker import default_data_dir
 
     check_seeds(seeds)
     summary = recommendation(study)

@@ -522,18 +522,10 @@ def join_study(options: WorkerOptions) -> Worker:
     study = load_study(options.study_name, storage, seed=sampler_seed)
     spec = spec_from_study(study)
     task = resolve_task(spec.task)
+    from adamtune.data import default_data_dir
+
     data = task.load_data(options.data_dir or default_data_dir())
     return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options))
-
-
-def default_data_dir() -> Path:
-    """``$ADAMTUNE_DATA_DIR``, else the user's cache directory (``~/.cache/adamtune/data`` on Linux)."""
-    configured = os.environ.get("ADAMTUNE_DATA_DIR")
-    if configured:
-        return Path(configured)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("adamtune")) / "data"
 
 
 def worker_label(trial: FrozenTrial) -> str:
