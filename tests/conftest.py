@@ -31,22 +31,33 @@ def _admin_connection():  # type: ignore[no-untyped-def]
     return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards; yields its SQLAlchemy URL."""
+def _fresh_database(purpose: str) -> Iterator[str]:
+    """Create a PostgreSQL database, yield its SQLAlchemy URL, drop it (skip or fail when unreachable)."""
     try:
         admin = _admin_connection()
     except Exception as exc:  # server down or psycopg missing
         if os.environ.get("ADAMTUNE_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL is required (ADAMTUNE_REQUIRE_POSTGRES=1) but unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
-    name = f"adamtune_test_{uuid.uuid4().hex[:12]}"
+    name = f"adamtune_{purpose}_{uuid.uuid4().hex[:12]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
             yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards; yields its SQLAlchemy URL."""
+    yield from _fresh_database("test")
+
+
+@pytest.fixture
+def mlflow_postgres_url() -> Iterator[str]:
+    """Another fresh database, for an MLflow server's backend store (as MLflow has its own in compose)."""
+    yield from _fresh_database("mlflow_test")
 
 
 def listing(path: Path) -> list[str]:

@@ -9,13 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,69 +24,11 @@ from adamtune.search import run_search
 from adamtune.study import RUN_ID_ATTR, count_trials, trial_state
 from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, experiment_name
 from adamtune.worker import WorkerOptions
+from tests.servers import START_SECONDS, MlflowServer
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 2
-START_SECONDS = 180  # the longest a start may take on a busy two-core machine
-
-
-class MlflowServer:
-    """A real ``mlflow server`` subprocess that can be stopped (killed) and started again on the same port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server without waiting for it (see :meth:`wait`)."""
-        command = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.root}/mlflow.db",
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - kept open for the process's life
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
-
-    def healthy(self) -> bool:
-        try:
-            return urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while not self.healthy():
-            assert self.process is not None and self.process.poll() is None, (self.root / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.3)
-
-    def ensure_up(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            self.start()
-        self.wait()
-
-    def stop(self) -> None:
-        """Kill the server and its workers (the whole process group), as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
 
 
 @pytest.fixture(scope="module")
