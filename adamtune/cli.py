@@ -421,7 +421,8 @@ def recommend(task: str | None, study_name: str | None, fmt: str, storage: str) 
     adamtune recommend --task digits --format torch   # needs `model`; defines optimizer, scheduler
     adamtune recommend --task digits --format json > adam.json
     """
-    from adamtune.report import FORMATTERS, check_format, recommendation
+    from adamtune.export import FORMATTERS, check_format
+    from adamtune.report import recommendation
 
     fmt = check_format(fmt)
     row = recommendation(_find_study(storage, task, study_name))
@@ -430,7 +431,7 @@ def recommend(task: str | None, study_name: str | None, fmt: str, storage: str) 
         return
     from rich.console import Console
 
-    from adamtune.report import render_recommendation
+    from adamtune.export import render_recommendation
 
     Console().print(render_recommendation(row))
 
@@ -515,7 +516,7 @@ def verify(
 @handle_errors
 def report(task: str | None, study_name: str | None, out_dir: Path, top: int, storage: str) -> None:
     """Write a study's plots (PNG + interactive HTML) and one index.html page into --out."""
-    from adamtune.report import write_report
+    from adamtune.report_html import write_report
 
     files = write_report(_find_study(storage, task, study_name), out_dir, top=top)
     for name, reason in files.skipped.items():

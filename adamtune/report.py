@@ -1,4 +1,4 @@
-"""Which settings to use: study summaries, the robust recommendation, export formats and the HTML report.
+"""Which settings to use: study summaries, the robust recommendation, importance, ranges, listings.
 
 Reads only the study database. Nothing here trains (``verify.py`` does), and nothing here imports torch
 or MLflow, so ``adamtune summary`` and ``adamtune recommend`` start fast and work on a machine that only
@@ -29,20 +29,17 @@ gain divides by ``|baseline|`` (None when the baseline score is 0 or missing).
 
 from __future__ import annotations
 
-import html
-import json
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
-from adamtune.errors import ConfigError, StorageError
+from adamtune.errors import StorageError
 from adamtune.space import BASELINE, BETAS, AdamParams, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
@@ -69,8 +66,6 @@ MIN_IMPORTANCE_TRIALS = 6
 VERIFY_ATTR = "adamtune.verify"
 #: The five settings every recommendation names, in display order.
 CORE_SETTINGS = ("lr", "beta1", "beta2", "epsilon", "decay")
-#: ``adamtune recommend --format`` values.
-FORMATS = ("table", "json", "toml", "torch", "keras")
 
 
 # --------------------------------------------------------------------------- scoring and ranking
@@ -483,120 +478,10 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
     return rows
 
 
-# --------------------------------------------------------------------------- export formats
-
-
-def check_format(fmt: str) -> str:
-    """``fmt`` lower-cased if it is one of :data:`FORMATS`.
-
-    Raises:
-        ConfigError: an unknown format (the message lists the valid ones).
-    """
-    if fmt.lower() not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return fmt.lower()
-
-
-def _num(value: float) -> str:
-    """A float as a Python/Keras literal with 8 significant digits (enough for betas like 0.99990001)."""
-    return f"{float(value):.8g}"
-
-
-def _header(summary: StudySummary) -> list[str]:
-    rec = summary.recommended
-    assert rec is not None
-    lines = [
-        f"# Adam settings recommended by adamtune for study {summary.study!r} (task {summary.task}): "
-        f"trial {rec.trial},",
-        f"# {summary.objective} {rec.score:.4g} (mean of the last {LATE_EPOCHS} of {summary.epochs} epochs, "
-        f"batch size {summary.batch_size})",
-    ]
-    if summary.baseline is not None and summary.gain is not None:
-        lines[-1] += f" vs {summary.baseline.score:.4g} with Adam's defaults."
-    return lines
-
-
-def format_json(summary: StudySummary) -> str:
-    """The recommended settings as a flat JSON object: lr, beta1, beta2, epsilon, decay (+ extras)."""
-    assert summary.recommended is not None
-    return json.dumps(settings_dict(summary.recommended.params, summary.extra_dimensions), indent=2) + "\n"
-
-
-def format_toml(summary: StudySummary) -> str:
-    """The recommended settings as flat TOML keys (exact values), with a comment naming the source."""
-    assert summary.recommended is not None
-    lines = _header(summary)
-    for key, value in settings_dict(summary.recommended.params, summary.extra_dimensions).items():
-        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(float(value))}")
-    return "\n".join(lines) + "\n"
-
-
-def format_torch(summary: StudySummary) -> str:
-    """A paste-able PyTorch snippet defining ``optimizer`` and ``scheduler`` for an existing ``model``.
-
-    ``torch.optim.Adam`` (``AdamW`` when weight_decay > 0) and a ``LambdaLR`` applying the decay
-    ``lr / (1 + decay * step)``; ``scheduler.step()`` must follow every ``optimizer.step()``.
-    """
-    assert summary.recommended is not None
-    p = summary.recommended.params
-    lines = [
-        *_header(summary),
-        "# Needs `model` (your torch.nn.Module). Call scheduler.step() after every optimizer.step(): the",
-        "# learning rate of update t (from 0) is lr / (1 + decay * t), the Keras-style decay adamtune tunes.",
-        "import torch",
-        "",
-    ]
-    cls = "AdamW" if p.weight_decay > 0 else "Adam"
-    kwargs = f"lr={_num(p.lr)}, betas=({_num(p.beta1)}, {_num(p.beta2)}), eps={_num(p.epsilon)}"
-    if p.weight_decay > 0:
-        kwargs += f", weight_decay={_num(p.weight_decay)}"
-    if p.amsgrad:
-        kwargs += ", amsgrad=True"
-    lines.append(f"optimizer = torch.optim.{cls}(model.parameters(), {kwargs})")
-    lines.append(
-        f"scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + {_num(p.decay)} * step))"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def format_keras(summary: StudySummary) -> str:
-    """A paste-able Keras 3 snippet defining ``optimizer`` (with an ``InverseTimeDecay`` schedule)."""
-    assert summary.recommended is not None
-    p = summary.recommended.params
-    cls = "AdamW" if p.weight_decay > 0 else "Adam"
-    extra = f", weight_decay={_num(p.weight_decay)}" if p.weight_decay > 0 else ""
-    extra += ", amsgrad=True" if p.amsgrad else ""
-    lines = [
-        *_header(summary),
-        "# Keras applies epsilon slightly differently from PyTorch, where adamtune tuned it: Keras adds it to",
-        '# sqrt(v) before bias correction (the "epsilon hat" of Kingma & Ba, 2015, section 2), PyTorch after.',
-        "# The same number therefore acts like PyTorch's eps / sqrt(1 - beta_2**t): larger during the first",
-        "# ~1 / (1 - beta_2) steps, the same afterwards.",
-        "import keras",
-        "",
-        "learning_rate = keras.optimizers.schedules.InverseTimeDecay(",
-        f"    initial_learning_rate={_num(p.lr)}, decay_steps=1, decay_rate={_num(p.decay)}",
-        ")",
-        f"optimizer = keras.optimizers.{cls}(",
-        f"    learning_rate=learning_rate, beta_1={_num(p.beta1)}, beta_2={_num(p.beta2)}, "
-        f"epsilon={_num(p.epsilon)}{extra}",
-        ")",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-FORMATTERS: dict[str, Callable[[StudySummary], str]] = {
-    "json": format_json,
-    "toml": format_toml,
-    "torch": format_torch,
-    "keras": format_keras,
-}
-
-
 # --------------------------------------------------------------------------- terminal rendering
 
 
-def _fmt(value: Any, name: str = "", digits: int = 4) -> str:
+def format_value(value: Any, name: str = "", digits: int = 4) -> str:
     """A value for display: ``digits`` significant digits; a beta with ``digits`` significant digits of 1 - beta.
 
     So 0.9995 shows as 0.9995 (not 1) and 0.99990123 as 0.9999012.
@@ -612,12 +497,12 @@ def _fmt(value: Any, name: str = "", digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def _range_text(entry: dict[str, Any] | None, name: str = "") -> str:
+def range_text(entry: dict[str, Any] | None, name: str = "") -> str:
     if entry is None:
         return "-"
     if "values" in entry:
-        return ", ".join(_fmt(v) for v in entry["values"])
-    return f"{_fmt(entry['low'], name, 3)}–{_fmt(entry['high'], name, 3)}"
+        return ", ".join(format_value(v) for v in entry["values"])
+    return f"{format_value(entry['low'], name, 3)}–{format_value(entry['high'], name, 3)}"
 
 
 def render_summary(row: StudySummary) -> Any:
@@ -671,15 +556,15 @@ def render_summary(row: StudySummary) -> Any:
         weight = row.importance.get(key) if row.importance else None
         table.add_row(
             key,
-            _fmt(getattr(row.recommended.params, key), key),
-            _fmt(getattr(BASELINE, key), key),
-            _range_text(ranges.get(key), key),
+            format_value(getattr(row.recommended.params, key), key),
+            format_value(getattr(BASELINE, key), key),
+            range_text(ranges.get(key), key),
             f"{weight:.2f}" if weight is not None else "-",
         )
     table.add_section()
-    baseline = _fmt(row.baseline.score) if row.baseline is not None else "-"
+    baseline = format_value(row.baseline.score) if row.baseline is not None else "-"
     spread = f"{row.robust.best_score:.4g}–{row.robust.worst_score:.4g}" if row.robust else "-"
-    table.add_row(f"score (#{row.recommended.trial})", _fmt(row.recommended.score), baseline, spread, "")
+    table.add_row(f"score (#{row.recommended.trial})", format_value(row.recommended.score), baseline, spread, "")
     return table
 
 
@@ -691,200 +576,3 @@ def verify_lines(row: StudySummary) -> list[str]:
     if not row.verify_is_current:
         lines.append(f"  (verified trial {row.verify.get('trial')}; the recommendation is now another trial)")
     return lines
-
-
-def render_recommendation(summary: StudySummary) -> Any:
-    """A rich table of the recommended settings next to Adam's defaults (``recommend --format table``)."""
-    from rich.table import Table
-
-    rec = summary.recommended
-    assert rec is not None
-    table = Table(
-        title=f"{summary.study} (task {summary.task}): trial {rec.trial}",
-        title_justify="left",
-        caption=_header(summary)[-1].lstrip("# "),
-        caption_justify="left",
-    )
-    for name in ("setting", "recommended", "Adam default"):
-        table.add_column(name, justify="left" if name == "setting" else "right")
-    for key, value in settings_dict(rec.params, summary.extra_dimensions).items():
-        table.add_row(key, _fmt(value, key), _fmt(getattr(BASELINE, key), key))
-    return table
-
-
-# --------------------------------------------------------------------------- the HTML report
-
-
-@dataclass
-class ReportFiles:
-    """What :func:`write_report` produced: the page, each plot's files, and the plots it had to skip."""
-
-    index: Path
-    plots: dict[str, list[Path]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-
-#: Optuna's names for the sampled betas (see ``space.py``).
-BETA1, BETA2 = "one_minus_beta1", "one_minus_beta2"
-#: The report's plots, in page order, with their captions.
-REPORT_PLOTS = {
-    "optimization_history": "Objective of every complete trial, with the best so far.",
-    "param_importances": "Importance of each setting for the objective (fANOVA, from adamtune.plots).",
-    "contour_lr_beta1": "Objective over learning rate × (1 − β1), both on log scales.",
-    "contour_lr_beta2": "Objective over learning rate × (1 − β2), both on log scales.",
-    "slice": "Objective against each sampled setting, one panel per setting.",
-    "learning_curves": "Per-epoch objective of the best trials against Adam's defaults (dashed).",
-}
-
-
-def _save_png(axes_or_figure: Any, path: Path, width: float = 10.0) -> None:
-    """Save the figure of a matplotlib Axes (or array of them) as PNG, ``width`` inches wide, and close it."""
-    import numpy as np
-    from matplotlib import pyplot as plt
-
-    figure = axes_or_figure.flat[0] if isinstance(axes_or_figure, np.ndarray) else axes_or_figure
-    figure = getattr(figure, "figure", figure)
-    figure.set_size_inches(width, 5.5)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def _optuna_plot(study: optuna.Study, out_dir: Path, name: str, plot: str, params: list[str]) -> list[Path]:
-    """Write Optuna's ``plot_<plot>`` for ``params`` as HTML (plotly) and PNG (matplotlib)."""
-    import optuna.visualization as vis
-    import optuna.visualization.matplotlib as vis_mpl
-
-    from adamtune.plots import PlotUnavailable
-
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params]
-    sampled = {p for t in complete for p in t.params}
-    missing = [p for p in params if p not in sampled]
-    if missing:
-        raise PlotUnavailable(f"{', '.join(missing)} not sampled in this study")
-    if len(complete) < 2:
-        raise PlotUnavailable(f"needs at least 2 complete trials, the study has {len(complete)}")
-    target = study.user_attrs.get(SPEC_ATTR, {}).get("objective", "Objective Value")
-    html_path, png_path = out_dir / f"{name}.html", out_dir / f"{name}.png"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        getattr(vis, f"plot_{plot}")(study, params=params, target_name=target).write_html(
-            html_path, include_plotlyjs="directory"
-        )
-        width = max(10.0, 3.6 * len(params) + 1.5) if plot == "slice" else 10.0
-        _save_png(getattr(vis_mpl, f"plot_{plot}")(study, params=params, target_name=target), png_path, width)
-    return [html_path, png_path]
-
-
-def write_report(study: optuna.Study, out_dir: Path, *, top: int = 5) -> ReportFiles:
-    """Write the plots of :data:`REPORT_PLOTS` (PNG and interactive HTML) and ``index.html`` into ``out_dir``.
-
-    ``index.html`` shows the summary table, the PNGs and links to the interactive versions, which share one
-    ``plotly.min.js`` in ``out_dir`` (so the folder works offline). Plots the study cannot support yet (too
-    few trials, a setting not sampled) are listed on the page with the reason instead. Existing files of
-    the same names are overwritten; nothing else in ``out_dir`` is touched.
-
-    Raises:
-        StorageError: the study has no complete trial yet (nothing to report).
-        ConfigError: ``out_dir`` exists and is not a directory, or cannot be created.
-    """
-    from adamtune import plots
-
-    summary = summarize(study)
-    if summary.recommended is None:
-        recommendation(study)  # raises the one-line "no complete trial yet" error
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out {out_dir} exists and is not a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot create --out {out_dir}: {exc.strerror}") from None
-    sampled = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
-    producers: dict[str, Callable[[], list[Path]]] = {
-        "optimization_history": lambda: plots.optimization_history(study, out_dir, plotlyjs="directory"),
-        "param_importances": lambda: plots.importance(study, out_dir, plotlyjs="directory"),
-        "contour_lr_beta1": lambda: _optuna_plot(study, out_dir, "contour_lr_beta1", "contour", ["lr", BETA1]),
-        "contour_lr_beta2": lambda: _optuna_plot(study, out_dir, "contour_lr_beta2", "contour", ["lr", BETA2]),
-        "slice": lambda: _optuna_plot(study, out_dir, "slice", "slice", sampled),
-        "learning_curves": lambda: plots.learning_curves(study, out_dir, top=top, plotlyjs="directory"),
-    }
-    files = ReportFiles(index=out_dir / "index.html")
-    for name, produce in producers.items():
-        try:
-            files.plots[name] = produce()
-        except plots.PlotUnavailable as exc:
-            files.skipped[name] = str(exc)
-        except Exception as exc:  # one broken plot must not cost the whole report; the page says why
-            files.skipped[name] = f"failed: {type(exc).__name__}: {exc}"
-    files.index.write_text(_report_page(summary, files), encoding="utf-8")
-    return files
-
-
-def _report_page(summary: StudySummary, files: ReportFiles) -> str:
-    """The ``index.html`` of a report: the summary as a table, then every plot (PNG, linked to its HTML)."""
-    esc = html.escape
-    rec = summary.recommended
-    assert rec is not None
-
-    def tr(*cells: str, cls: str = "") -> str:
-        row = "".join(f"<td>{esc(cell)}</td>" for cell in cells)
-        return f"<tr class='{cls}'>{row}</tr>" if cls else f"<tr>{row}</tr>"
-
-    rows = []
-    ranges = summary.robust.params if summary.robust else {}
-    for key in (*CORE_SETTINGS, *summary.extra_dimensions):
-        weight = summary.importance.get(key) if summary.importance else None
-        rows.append(
-            tr(
-                key,
-                _fmt(getattr(rec.params, key), key),
-                _fmt(getattr(BASELINE, key), key),
-                _range_text(ranges.get(key), key),
-                "-" if weight is None else f"{weight:.2f}",
-            )
-        )
-    baseline = _fmt(summary.baseline.score) if summary.baseline else "-"
-    rows.append(tr(f"score (trial {rec.trial})", _fmt(rec.score), baseline, "", "", cls="sep"))
-    if summary.gain is not None:
-        relative = f" ({summary.relative_gain:+.1%})" if summary.relative_gain is not None else ""
-        rows.append(tr("gain over default", f"{summary.gain:+.4g}{relative}", "", "", ""))
-    counts = summary.counts
-    notes = [
-        f"Trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
-        f"{counts.failed} failed.",
-        f"Score: mean {summary.objective} over the last {LATE_EPOCHS} epochs of a complete trial "
-        "(the recommendation rule); range: the best-scoring 10% of complete trials, at least 3.",
-        "Importance column: PED-ANOVA (Optuna's default evaluator)."
-        if summary.importance is not None
-        else f"Importance: {summary.importance_note}.",
-        *verify_lines(summary),
-    ]
-    figures = []
-    for name, caption in REPORT_PLOTS.items():
-        if name in files.plots:
-            html_file, png_file = (p.name for p in files.plots[name])
-            figures.append(
-                f"<figure><a href='{esc(html_file)}'><img src='{esc(png_file)}' alt='{esc(name)}'></a>"
-                f"<figcaption>{esc(caption)} <a href='{esc(html_file)}'>interactive</a></figcaption></figure>"
-            )
-        else:
-            figures.append(f"<p class='skipped'>{esc(name)}: not drawn ({esc(files.skipped.get(name, '?'))}).</p>")
-    title = f"adamtune report: {summary.study} (task {summary.task})"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; }}
-td:not(:first-child) {{ text-align: right; font-variant-numeric: tabular-nums; }}
-tr.sep td {{ border-top: 2px solid #888; }} img {{ max-width: 100%; }} .skipped {{ color: #888; }}
-</style></head><body>
-<h1>{esc(title)}</h1>
-<p>{esc(summary.objective)} ({esc(summary.direction)}d), {summary.epochs} epochs, batch size {summary.batch_size}.</p>
-<table><tr><th>setting</th><th>recommended</th><th>Adam default</th><th>range (top trials)</th><th>importance</th></tr>
-{chr(10).join(rows)}
-</table>
-<ul>{"".join(f"<li>{esc(n)}</li>" for n in notes)}</ul>
-{chr(10).join(figures)}
-</body></html>
-"""

@@ -17,8 +17,9 @@ import torch
 from click.testing import CliRunner, Result
 
 from adamtune.cli import cli
+from adamtune.export import format_keras, format_toml, format_torch
 from adamtune.optim import decayed_lr
-from adamtune.report import Candidate, StudySummary, format_keras, format_toml, format_torch
+from adamtune.report import Candidate, StudySummary
 from adamtune.space import AdamParams
 from adamtune.study import Counts
 

@@ -1,0 +1,146 @@
+"""The recommended settings as data or code: ``adamtune recommend --format json|toml|torch|keras``.
+
+Each formatter takes a :class:`~adamtune.report.StudySummary` whose ``recommended`` is set (see
+:func:`adamtune.report.recommendation`) and returns text. The torch and Keras snippets run as printed:
+the torch one expects a ``model`` variable and defines ``optimizer`` and ``scheduler``; the Keras one
+defines ``optimizer`` with an ``InverseTimeDecay`` schedule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from adamtune.errors import ConfigError
+from adamtune.report import LATE_EPOCHS, StudySummary, format_value, settings_dict
+from adamtune.space import BASELINE
+
+#: ``adamtune recommend --format`` values.
+FORMATS = ("table", "json", "toml", "torch", "keras")
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` lower-cased if it is one of :data:`FORMATS`.
+
+    Raises:
+        ConfigError: an unknown format (the message lists the valid ones).
+    """
+    if fmt.lower() not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return fmt.lower()
+
+
+def _num(value: float) -> str:
+    """A float as a Python/Keras literal with 8 significant digits (enough for betas like 0.99990001)."""
+    return f"{float(value):.8g}"
+
+
+def _header(summary: StudySummary) -> list[str]:
+    rec = summary.recommended
+    assert rec is not None
+    lines = [
+        f"# Adam settings recommended by adamtune for study {summary.study!r} (task {summary.task}): "
+        f"trial {rec.trial},",
+        f"# {summary.objective} {rec.score:.4g} (mean of the last {LATE_EPOCHS} of {summary.epochs} epochs, "
+        f"batch size {summary.batch_size})",
+    ]
+    if summary.baseline is not None and summary.gain is not None:
+        lines[-1] += f" vs {summary.baseline.score:.4g} with Adam's defaults."
+    return lines
+
+
+def format_json(summary: StudySummary) -> str:
+    """The recommended settings as a flat JSON object: lr, beta1, beta2, epsilon, decay (+ extras)."""
+    assert summary.recommended is not None
+    return json.dumps(settings_dict(summary.recommended.params, summary.extra_dimensions), indent=2) + "\n"
+
+
+def format_toml(summary: StudySummary) -> str:
+    """The recommended settings as flat TOML keys (exact values), with a comment naming the source."""
+    assert summary.recommended is not None
+    lines = _header(summary)
+    for key, value in settings_dict(summary.recommended.params, summary.extra_dimensions).items():
+        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(float(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def format_torch(summary: StudySummary) -> str:
+    """A paste-able PyTorch snippet defining ``optimizer`` and ``scheduler`` for an existing ``model``.
+
+    ``torch.optim.Adam`` (``AdamW`` when weight_decay > 0) and a ``LambdaLR`` applying the decay
+    ``lr / (1 + decay * step)``; ``scheduler.step()`` must follow every ``optimizer.step()``.
+    """
+    assert summary.recommended is not None
+    p = summary.recommended.params
+    lines = [
+        *_header(summary),
+        "# Needs `model` (your torch.nn.Module). Call scheduler.step() after every optimizer.step(): the",
+        "# learning rate of update t (from 0) is lr / (1 + decay * t), the Keras-style decay adamtune tunes.",
+        "import torch",
+        "",
+    ]
+    cls = "AdamW" if p.weight_decay > 0 else "Adam"
+    kwargs = f"lr={_num(p.lr)}, betas=({_num(p.beta1)}, {_num(p.beta2)}), eps={_num(p.epsilon)}"
+    if p.weight_decay > 0:
+        kwargs += f", weight_decay={_num(p.weight_decay)}"
+    if p.amsgrad:
+        kwargs += ", amsgrad=True"
+    lines.append(f"optimizer = torch.optim.{cls}(model.parameters(), {kwargs})")
+    lines.append(
+        f"scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + {_num(p.decay)} * step))"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def format_keras(summary: StudySummary) -> str:
+    """A paste-able Keras 3 snippet defining ``optimizer`` (with an ``InverseTimeDecay`` schedule)."""
+    assert summary.recommended is not None
+    p = summary.recommended.params
+    cls = "AdamW" if p.weight_decay > 0 else "Adam"
+    extra = f", weight_decay={_num(p.weight_decay)}" if p.weight_decay > 0 else ""
+    extra += ", amsgrad=True" if p.amsgrad else ""
+    lines = [
+        *_header(summary),
+        "# Keras applies epsilon slightly differently from PyTorch, where adamtune tuned it: Keras adds it to",
+        '# sqrt(v) before bias correction (the "epsilon hat" of Kingma & Ba, 2015, section 2), PyTorch after.',
+        "# The same number therefore acts like PyTorch's eps / sqrt(1 - beta_2**t): larger during the first",
+        "# ~1 / (1 - beta_2) steps, the same afterwards.",
+        "import keras",
+        "",
+        "learning_rate = keras.optimizers.schedules.InverseTimeDecay(",
+        f"    initial_learning_rate={_num(p.lr)}, decay_steps=1, decay_rate={_num(p.decay)}",
+        ")",
+        f"optimizer = keras.optimizers.{cls}(",
+        f"    learning_rate=learning_rate, beta_1={_num(p.beta1)}, beta_2={_num(p.beta2)}, "
+        f"epsilon={_num(p.epsilon)}{extra}",
+        ")",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+FORMATTERS: dict[str, Callable[[StudySummary], str]] = {
+    "json": format_json,
+    "toml": format_toml,
+    "torch": format_torch,
+    "keras": format_keras,
+}
+
+
+def render_recommendation(summary: StudySummary) -> Any:
+    """A rich table of the recommended settings next to Adam's defaults (``recommend --format table``)."""
+    from rich.table import Table
+
+    rec = summary.recommended
+    assert rec is not None
+    table = Table(
+        title=f"{summary.study} (task {summary.task}): trial {rec.trial}",
+        title_justify="left",
+        caption=_header(summary)[-1].lstrip("# "),
+        caption_justify="left",
+    )
+    for name in ("setting", "recommended", "Adam default"):
+        table.add_column(name, justify="left" if name == "setting" else "right")
+    for key, value in settings_dict(rec.params, summary.extra_dimensions).items():
+        table.add_row(key, format_value(value, key), format_value(getattr(BASELINE, key), key))
+    return table
