@@ -513,8 +513,13 @@ def render_summary(row: StudySummary) -> Any:
     caption = []
     if row.gain is not None:
         relative = f" ({row.relative_gain:+.1%})" if row.relative_gain is not None else ""
-        verdict = "better" if row.gain > 0 else ("the same" if row.gain == 0 else "worse")
-        caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict} than Adam's defaults")
+        if row.gain == 0:
+            is_baseline = row.recommended is not None and row.baseline is not None
+            is_baseline = is_baseline and row.recommended.trial == row.baseline.trial
+            verdict = "the recommendation is Adam's defaults" if is_baseline else "a tie"
+        else:
+            verdict = f"{'better' if row.gain > 0 else 'worse'} than Adam's defaults"
+        caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict}")
     caption += [
         f"trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
         f"{counts.failed} failed"
