@@ -95,6 +95,23 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def new_dirs_removed_on_failure(path: Path) -> Iterator[None]:
+    """If the block raises, remove ``path`` and those of its parents that did not exist before it, when empty.
+
+    A failed download (offline, bad checksum) then leaves the data directory as it found it. Directories
+    that are not empty (another worker's files) are kept.
+    """
+    new = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for directory in new:  # deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
 _HELD_LOCKS: dict[Path, int] = {}  # directories this process holds a dataset_lock on, with nesting depth
 
 
@@ -331,12 +348,13 @@ def fetch_and_extract(remote: Remote, dest_dir: Path, top: str) -> Path:
     target = dest_dir / top
     if target.is_dir():
         return target
-    ensure_writable_dir(dest_dir)
-    with dataset_lock(dest_dir):
-        if target.is_dir():  # another worker finished while we waited for the lock
-            return target
-        archive = fetch(remote, dest_dir)
-        return extract_tar(archive, dest_dir, top)
+    with new_dirs_removed_on_failure(dest_dir):
+        ensure_writable_dir(dest_dir)
+        with dataset_lock(dest_dir):
+            if target.is_dir():  # another worker finished while we waited for the lock
+                return target
+            archive = fetch(remote, dest_dir)
+            return extract_tar(archive, dest_dir, top)
 
 
 def atomic_write(dest: Path, write: Callable[[BinaryIO], None]) -> None:

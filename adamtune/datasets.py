@@ -39,6 +39,7 @@ from adamtune.data import (
     fetch,
     fetch_and_extract,
     load_restricted_pickle,
+    new_dirs_removed_on_failure,
     numpy_array_globals,
 )
 from adamtune.errors import DataError
@@ -181,8 +182,8 @@ def load_mnist(data_dir: Path) -> RawSplits:
     paths: dict[str, Path] = {}
     missing = {k: remote for k, remote in MNIST_FILES.items() if _find_mnist_file(data_dir, remote.filename) is None}
     if missing:
-        raw_dir = ensure_writable_dir(data_dir / MNIST_RAW)
-        with dataset_lock(raw_dir):
+        raw_dir = data_dir / MNIST_RAW
+        with new_dirs_removed_on_failure(raw_dir), dataset_lock(ensure_writable_dir(raw_dir)):
             for key, remote in missing.items():
                 paths[key] = _find_mnist_file(data_dir, remote.filename) or fetch(remote, raw_dir)
     for key, remote in MNIST_FILES.items():

@@ -144,7 +144,7 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
 
     try:
         parsed = make_url(url)
-        parsed.get_dialect()
+        parsed.get_dialect().import_dbapi()  # the driver too: a missing psycopg is reported here, in one line
     except NoSuchModuleError:  # a subclass of ArgumentError: catch it first
         raise StorageError(
             f"storage URL {url!r} names an unknown database dialect {parsed.drivername!r}; "

@@ -168,6 +168,8 @@ BAD_INPUTS = [
         3,
         "cannot open study database",
     ),
+    (["search", "--task", "synthetic", "--storage", "mysql+pymysql://u@127.0.0.1/x"], 3, "is not installed (pymysql)"),
+    (["worker", "--study", "x", "--storage", "mysql+pymysql://u@127.0.0.1/x"], 3, "is not installed (pymysql)"),
     (["search", "--task", "synthetic", "--device", "cuda:3"], 2, "device 'cuda:3' is not available"),
     (["search", "--task", "synthetic", "--sampler", "bayes"], 2, "Invalid value for '--sampler'"),
     (["search", "--task", "synthetic", "--n-trials", "0"], 2, "Invalid value for '--n-trials'"),
