@@ -91,8 +91,8 @@ def _paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return out_dir / f"{name}.html", out_dir / f"{name}.png"
 
 
-def _save_png(axes_or_figure: Any, path: Path) -> None:
-    """Save a matplotlib figure (or the figure of an Axes/array of Axes) to ``path`` and release it."""
+def _save_png(axes_or_figure: Any, path: Path, width: float = 9.0) -> None:
+    """Save a matplotlib figure (or the figure of an Axes/array of Axes), ``width`` inches wide, and release it."""
     import numpy as np
     from matplotlib import pyplot as plt
 
@@ -100,25 +100,29 @@ def _save_png(axes_or_figure: Any, path: Path) -> None:
     if isinstance(figure, np.ndarray):
         figure = figure.flat[0]
     figure = getattr(figure, "figure", figure)
-    figure.set_size_inches(9, 5.5)
+    figure.set_size_inches(width, 5.5)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def _optuna_pair(
+def optuna_pair(
     name: str,
     out_dir: Path,
     plotly_figure: Callable[[], Any],
     matplotlib_axes: Callable[[], Any],
     plotlyjs: PlotlyJs,
+    width: float = 9.0,
 ) -> list[Path]:
-    """Write the plotly figure as HTML and the matplotlib one as PNG (Optuna's two plotting back ends)."""
+    """Write the plotly figure as ``name.html`` and the matplotlib one as ``name.png`` (``width`` inches).
+
+    The two callables build the same plot with Optuna's two plotting back ends; returns both paths.
+    """
     html, png = _paths(out_dir, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's matplotlib back end is "experimental"
         plotly_figure().write_html(html, include_plotlyjs=plotlyjs)
-        _save_png(matplotlib_axes(), png)
+        _save_png(matplotlib_axes(), png, width)
     return [html, png]
 
 
@@ -134,7 +138,7 @@ def optimization_history(study: optuna.Study, out_dir: Path, *, plotlyjs: Plotly
     if not _complete(study):
         raise PlotUnavailable("no complete trial yet")
     target = _objective_name(study)
-    return _optuna_pair(
+    return optuna_pair(
         "optimization_history",
         out_dir,
         lambda: vis.plot_optimization_history(study, target_name=target),
@@ -163,7 +167,7 @@ def importance(study: optuna.Study, out_dir: Path, *, plotlyjs: PlotlyJs = True)
     def evaluator() -> optuna.importance.BaseImportanceEvaluator:
         return optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
 
-    return _optuna_pair(
+    return optuna_pair(
         "param_importances",
         out_dir,
         lambda: vis.plot_param_importances(study, evaluator=evaluator(), target_name=target),
@@ -187,7 +191,7 @@ def parallel_coordinates(study: optuna.Study, out_dir: Path, *, plotlyjs: Plotly
     if not any(t.params for t in complete):
         raise PlotUnavailable("no parameter is sampled in this study")
     target = _objective_name(study)
-    return _optuna_pair(
+    return optuna_pair(
         "parallel_coordinates",
         out_dir,
         lambda: vis.plot_parallel_coordinate(study, target_name=target),

@@ -7,11 +7,9 @@ on the page with the reason instead of failing the report.
 from __future__ import annotations
 
 import html
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -53,25 +51,12 @@ REPORT_PLOTS = {
 }
 
 
-def _save_png(axes_or_figure: Any, path: Path, width: float = 10.0) -> None:
-    """Save the figure of a matplotlib Axes (or array of them) as PNG, ``width`` inches wide, and close it."""
-    import numpy as np
-    from matplotlib import pyplot as plt
-
-    figure = axes_or_figure.flat[0] if isinstance(axes_or_figure, np.ndarray) else axes_or_figure
-    figure = getattr(figure, "figure", figure)
-    figure.set_size_inches(width, 5.5)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def _optuna_plot(study: optuna.Study, out_dir: Path, name: str, plot: str, params: list[str]) -> list[Path]:
     """Write Optuna's ``plot_<plot>`` for ``params`` as HTML (plotly) and PNG (matplotlib)."""
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
-    from adamtune.plots import PlotUnavailable
+    from adamtune.plots import PlotUnavailable, optuna_pair
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params]
     sampled = {p for t in complete for p in t.params}
@@ -81,15 +66,15 @@ def _optuna_plot(study: optuna.Study, out_dir: Path, name: str, plot: str, param
     if len(complete) < 2:
         raise PlotUnavailable(f"needs at least 2 complete trials, the study has {len(complete)}")
     target = study.user_attrs.get(SPEC_ATTR, {}).get("objective", "Objective Value")
-    html_path, png_path = out_dir / f"{name}.html", out_dir / f"{name}.png"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        getattr(vis, f"plot_{plot}")(study, params=params, target_name=target).write_html(
-            html_path, include_plotlyjs="directory"
-        )
-        width = max(10.0, 3.6 * len(params) + 1.5) if plot == "slice" else 10.0
-        _save_png(getattr(vis_mpl, f"plot_{plot}")(study, params=params, target_name=target), png_path, width)
-    return [html_path, png_path]
+    width = max(10.0, 3.6 * len(params) + 1.5) if plot == "slice" else 10.0
+    return optuna_pair(
+        name,
+        out_dir,
+        lambda: getattr(vis, f"plot_{plot}")(study, params=params, target_name=target),
+        lambda: getattr(vis_mpl, f"plot_{plot}")(study, params=params, target_name=target),
+        "directory",
+        width,
+    )
 
 
 def write_report(study: optuna.Study, out_dir: Path, *, top: int = 5) -> ReportFiles:
