@@ -648,7 +648,9 @@ class Tracker:
 
         tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": self.host}
         if storage_url:
-            tags["adamtune.storage"] = _redacted(storage_url)
+            from adamtune.study import redact_url
+
+            tags["adamtune.storage"] = redact_url(storage_url)
         run = self.client.create_run(self.experiment_id, run_name=study.study_name, tags=tags)
         params = {
             "task": spec.task,
@@ -879,15 +881,6 @@ def _settings_tags(spec: StudySpec) -> list[Any]:
 
     values = {"adamtune.n_trials": spec.n_trials, "adamtune.sampler": spec.sampler, "adamtune.pruner": spec.pruner}
     return [RunTag(k, str(v)) for k, v in values.items()]
-
-
-def _redacted(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
 
 
 @contextlib.contextmanager
