@@ -298,24 +298,12 @@ def train_and_test(
 
     A diverged run is scored as its untrained model on the test split (as diverged trials are scored).
     """
-    import torch
+    from adamtune.runner import train_once
 
-    from adamtune.train import build_model, evaluate, train
-
-    trained: list[torch.nn.Module] = []
-    curves = train(
-        task,
-        data,
-        params,
-        device=device,
-        epochs=summary.epochs,
-        batch_size=summary.batch_size,
-        seed=seed,
-        on_trained=trained.append,
+    run = train_once(
+        task, data, params, device=device, epochs=summary.epochs, batch_size=summary.batch_size, seed=seed, split="test"
     )
-    model = build_model(task, seed, torch.device(device)) if curves.diverged else trained[0]
-    test_loss, test_accuracy = evaluate(task, model, data.test, torch.device(device))
-    return RunResult(seed, test_loss, test_accuracy, curves.diverged)
+    return RunResult(seed, run.metrics["test_loss"], run.metrics["test_accuracy"], run.diverged)
 
 
 def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], None] | None = None) -> str | None:
