@@ -112,10 +112,44 @@ def _check_sqlite_target(url: str, database: str | None) -> None:
         ) from None
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """An existing, non-empty file must be a readable SQLite database of Optuna studies (only read here).
+
+    Raises:
+        StorageError: the file is not a SQLite database, SQLite finds it corrupt, or it holds tables of
+            something other than Optuna (adamtune never adds its tables to another program's database).
+    """
+    if not path.is_file() or path.stat().st_size == 0:  # new or empty: SQLite creates the database
+        return
+    fix = "pass another --storage, or move the file away"
+    with open(path, "rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise StorageError(f"study database {path} is not a SQLite database; {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return  # another worker is writing: the file is a database
+        raise StorageError(f"study database {path} cannot be read ({exc}); {fix}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"study database {path} is corrupt ({exc}); {fix}") from None
+    if tables and "studies" not in tables:  # someone else's database: never add Optuna's tables to it
+        raise StorageError(f"{path} is a SQLite database of something else (no Optuna studies in it); {fix}")
+
+
 def _enable_wal(database: str) -> None:
     """Switch a SQLite file to write-ahead logging (persistent): readers no longer block the writer."""
-    with sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_SECONDS) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"study database {database} cannot be used ({exc}); pass another --storage") from None
 
 
 def engine_kwargs_for(url: str) -> dict[str, Any]:
@@ -163,6 +197,7 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
         if not create and not (parsed.database and Path(parsed.database).is_file()):
             raise StorageError(f"study database {parsed.database} does not exist; run 'adamtune search' first")
         _check_sqlite_target(url, parsed.database)
+        _check_sqlite_file(Path(parsed.database))
         if create:
             _enable_wal(parsed.database)
     elif not create:
