@@ -551,6 +551,22 @@ def studies(as_json: bool, storage: str) -> None:
 
 
 @cli.command()
+@click.option("--study", "study_name", envvar="ADAMTUNE_STUDY", required=True, help="Name of the study to clean up.")
+@tracking_options
+@storage_option
+@handle_errors
+def cleanup(study_name: str, tracking: bool, tracking_uri: str | None, system_metrics: bool, storage: str) -> None:
+    """Fail and re-queue trials left RUNNING by dead workers, and close their MLflow runs.
+
+    A trial is stale when its heartbeat (or, if it never beat, its start) is older than the grace period
+    (ADAMTUNE_GRACE_SECONDS, default 30). Trials with a live heartbeat are left alone.
+    """
+    from adamtune.cleanup import cleanup_study
+
+    click.echo(cleanup_study(storage, study_name, tracking=tracking, tracking_uri=tracking_uri).describe())
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
 @handle_errors
 def tasks(as_json: bool) -> None:

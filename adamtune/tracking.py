@@ -727,6 +727,7 @@ class Tracker:
         if parent is None:
             return
         self.flush_progress()
+        self.close_orphan_runs(study)
         if artifacts:
             self._queue_artifacts(study, parent)
         self.submit("end the study's parent run", lambda c, _: c.set_terminated(parent, status=status))
@@ -842,6 +843,34 @@ class Tracker:
         self.submit(f"close the run of stale trial {trial_number}", end)
         if study is not None:
             self.record_trial(study, trial_number, "failed", None)
+
+    def close_orphan_runs(self, study: optuna.Study) -> None:
+        """Queue closing the RUNNING runs of trials that the study already holds as finished.
+
+        A worker killed after telling a trial but before its writer sent the run's end leaves that run
+        RUNNING with nobody to close it (the stale-trial check only sees RUNNING *trials*). Each such run
+        of this study (tag ``adamtune.study``) is closed with the status of its trial's final state and
+        tagged ``adamtune.orphan=true``; runs of trials still RUNNING are left alone.
+        """
+        from mlflow.entities import RunTag
+
+        from adamtune.study import trial_state
+
+        finished = {t.number: trial_state(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        experiment_id, study_name = self.experiment_id, self.study_name
+
+        def close(client: Any, _: str | None) -> None:
+            query = f"attributes.status = 'RUNNING' and tags.`adamtune.study` = '{study_name}'"
+            for run in client.search_runs([experiment_id], filter_string=query):
+                number = run.data.tags.get("adamtune.trial_number", "")
+                if not number.isdigit() or int(number) not in finished:
+                    continue
+                state = finished[int(number)]
+                tags = [RunTag("adamtune.state", state), RunTag("adamtune.orphan", "true")]
+                client.log_batch(run.info.run_id, tags=tags)
+                client.set_terminated(run.info.run_id, status=RUN_STATUS.get(state, "FAILED"))
+
+        self.submit("close the runs of finished trials", close)
 
     def runs_of_trial(self, trial_number: int, *, client: Any = None) -> list[Any]:
         """The MLflow runs of trial ``trial_number`` in this study's experiment, found by tag (synchronous)."""
