@@ -151,11 +151,16 @@ def rank_trials(trials: Iterable[FrozenTrial], spec: StudySpec) -> list[Candidat
 
 
 def baseline_candidate(trials: Iterable[FrozenTrial], spec: StudySpec) -> Candidate | None:
-    """The baseline trial (Adam's defaults) scored by the same rule; None if it has no finite score yet."""
+    """The baseline trial (Adam's defaults) scored by the same rule; None if it has no finite score yet.
+
+    An interrupted baseline is retried as a new trial that carries the baseline mark, so the study may
+    hold several baseline trials: the first one with a score counts (the failed ones have none).
+    """
     for trial in trials:
         if trial.user_attrs.get(BASELINE_ATTR):
             ranked = rank_trials([trial], spec)
-            return ranked[0] if ranked else None
+            if ranked:
+                return ranked[0]
     return None
 
 

@@ -334,16 +334,18 @@ def heartbeat_settings() -> tuple[int, int]:
 
 def requeue_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None = MAX_RETRIES) -> bool:
     """Queue a new WAITING trial that retries the failed ``trial`` with the same settings; False if it has
-    been retried ``max_retry`` times already (None: no limit). See :class:`RetryStaleTrial` for what is copied.
+    been retried ``max_retry`` times already (None: no limit). The baseline trial has no limit: a study must
+    always end up with a complete baseline. See :class:`RetryStaleTrial` for what is copied.
 
     Used for trials that failed for reasons that say nothing about their settings: a dead worker (stale
     heartbeat) or an interruption (Ctrl-C/SIGTERM).
     """
     system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
     system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
-    if max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
-        return False
-    user_attrs = {BASELINE_ATTR: True} if trial.user_attrs.get(BASELINE_ATTR) else {}
+    is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+    if not is_baseline and max_retry is not None and len(system_attrs["retry_history"]) > max_retry:
+        return False  # the baseline is always retried: every gain is measured against it
+    user_attrs = {BASELINE_ATTR: True} if is_baseline else {}
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,

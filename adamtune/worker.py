@@ -84,6 +84,8 @@ WAIT_FIRST_POLL_SECONDS = 0.25
 WAIT_POLL_SECONDS = 5.0
 #: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
 INTERRUPTED_EXIT = 130
+#: How many killed worker processes one local search starts again (beyond that it goes on narrower).
+MAX_WORKER_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -616,8 +618,12 @@ def run_pool(
         stop_seconds: after a Ctrl-C, how long to wait for the workers to finish failing their trials
             before killing them.
 
+    A worker process killed by a signal (SIGKILL, the OOM killer) is started again, at most
+    ``MAX_WORKER_RESTARTS`` times per call, so the search finishes at full width; its trial goes stale and
+    is retried by whichever worker starts a trial after the grace period.
+
     Returns:
-        The workers' exit codes (a negative code: killed by that signal).
+        The workers' exit codes, of the last process of each slot (a negative code: killed by that signal).
 
     Raises:
         KeyboardInterrupt: Ctrl-C or SIGTERM here; SIGTERM was forwarded to every worker and they have
@@ -629,10 +635,36 @@ def run_pool(
     emit = on_log or (lambda line: print(line, file=sys.stderr))
     context = multiprocessing.get_context("spawn")
     log_queue = context.Queue()
-    processes = [
-        context.Process(target=_process_main, args=(plan, log_queue), name=f"adamtune-{plan.label}", daemon=False)
-        for plan in plans
-    ]
+
+    def make_process(plan: WorkerOptions) -> Any:
+        return context.Process(target=_process_main, args=(plan, log_queue), name=f"adamtune-{plan.label}")
+
+    processes = [make_process(plan) for plan in plans]
+    restarts = [0]
+
+    def replace_killed() -> None:
+        """Start a new process for each worker killed by a signal (SIGKILL, the OOM killer, a crash).
+
+        Its trial goes stale and is retried by a live worker; the new process joins the study as the old
+        one did. A worker that exited by itself (done, an error, SIGTERM) is not replaced, and at most
+        ``MAX_WORKER_RESTARTS`` processes are started again per search.
+        """
+        for index, process in enumerate(processes):
+            code = process.exitcode
+            if code is None or code >= 0 or restarts[0] >= MAX_WORKER_RESTARTS:
+                continue
+            restarts[0] += 1
+            plan = plans[index]
+            emit(
+                f"worker {plan.label} ({plan.device}) was killed by signal {-code}; starting a new one "
+                f"(restart {restarts[0]} of at most {MAX_WORKER_RESTARTS})"
+            )
+            processes[index] = make_process(plan)
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                processes[index].start()
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
     def drain() -> None:
         while True:
@@ -656,7 +688,7 @@ def run_pool(
                 emit(f"progress display: cannot read the study ({str(exc).splitlines()[0][:200]}); retrying")
             display_failing[0] = True
 
-    with Interrupts((signal.SIGTERM,)):
+    with Interrupts((signal.SIGTERM,)), _sigint_raises():
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit "ignore SIGINT"
         try:
             for process in processes:
@@ -664,8 +696,12 @@ def run_pool(
         finally:
             signal.signal(signal.SIGINT, previous)
         try:
-            while any(process.is_alive() for process in processes):
-                wait([process.sentinel for process in processes if process.is_alive()], timeout=poll_seconds)
+            while True:
+                replace_killed()
+                alive = [process for process in processes if process.is_alive()]
+                if not alive:
+                    break
+                wait([process.sentinel for process in alive], timeout=poll_seconds)
                 poll()
         except KeyboardInterrupt:
             _stop(processes, drain, stop_seconds)
@@ -674,6 +710,26 @@ def run_pool(
             poll()
             log_queue.close()
     return PoolResult(plans, [process.exitcode for process in processes])
+
+
+@contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """SIGINT raises ``KeyboardInterrupt`` in this block even if this process inherited "ignore SIGINT".
+
+    A search started in the background from a script inherits SIGINT as ignored, and Python then installs
+    no handler of its own: ``kill -INT`` would be ignored by the parent while its workers run to the end.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _stop(processes: list[Any], drain: Callable[[], None], stop_seconds: float) -> None:

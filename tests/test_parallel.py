@@ -33,7 +33,7 @@ FAST_HEARTBEAT = {"ADAMTUNE_HEARTBEAT_SECONDS": "1", "ADAMTUNE_GRACE_SECONDS": "
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def start(*args: str, cwd: Path, preexec_fn: Callable[[], object] | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, **FAST_HEARTBEAT, "PYTHONUNBUFFERED": "1"}
     for name in ("ADAMTUNE_STORAGE", "MLFLOW_TRACKING_URI", "ADAMTUNE_STUDY", "ADAMTUNE_N_TRIALS"):
         env.pop(name, None)
@@ -44,6 +44,7 @@ def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,
     )
 
 

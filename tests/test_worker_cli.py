@@ -217,10 +217,22 @@ def test_a_stale_baseline_is_retried_as_the_baseline(workdir: Path) -> None:
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
     assert callback.drain() == [failed] and callback.drain() == []
 
-    # A retry that goes stale again is not retried beyond max_retry.
-    again = study.ask()
-    study.tell(again, state=optuna.trial.TrialState.FAIL)
-    callback(study, study.trials[again.number])
+    # A baseline that goes stale again is retried again, beyond max_retry: the study must get one.
+    for _ in range(3):
+        again = study.ask()
+        assert again.user_attrs[BASELINE_ATTR] is True
+        study.tell(again, state=optuna.trial.TrialState.FAIL)
+        callback(study, study.trials[again.number])
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+    study.tell(study.ask(), 1.0)  # the baseline's last retry completes
+
+    # Any other trial is not retried beyond max_retry.
+    for _ in range(2):
+        other = study.ask()
+        assert not other.user_attrs.get(BASELINE_ATTR)
+        study.tell(other, state=optuna.trial.TrialState.FAIL)
+        callback(study, study.trials[other.number])
     assert study.get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
 
 
