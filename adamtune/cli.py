@@ -205,8 +205,11 @@ def search(
         display["bar"] = SearchProgress(final_spec.study_name, final_spec.n_trials, final_spec.objective).__enter__()
 
     def on_trial(study: Any, trial: Any) -> None:
-        trials = study.get_trials(deepcopy=False)
         display["bar"].log(describe_trial(trial))
+        try:
+            trials = study.get_trials(deepcopy=False)
+        except Exception:  # the database is away for a moment: the worker retries; the display waits
+            return
         display["bar"].update(count_trials(trials), best_value(trials, spec.direction))
 
     try:

@@ -304,6 +304,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def db_error_text(exc: BaseException) -> str:
+    """The first line of the innermost cause of a database error (the driver's words, not Optuna's wrapper)."""
+    root = exc
+    for _ in range(6):
+        inner = root.__cause__ or getattr(root, "orig", None)
+        if not isinstance(inner, BaseException):
+            break
+        root = inner
+    return _first_line(root)
+
+
 def heartbeat_settings() -> tuple[int, int]:
     """The heartbeat interval and grace period in seconds: ``HEARTBEAT_SECONDS``/``GRACE_SECONDS``, or the
     whole numbers in ``ADAMTUNE_HEARTBEAT_SECONDS``/``ADAMTUNE_GRACE_SECONDS``.
@@ -400,13 +411,24 @@ def is_transient_db_error(exc: BaseException) -> bool:
     """True for errors of a database that is unreachable or busy for a while (worth retrying).
 
     SQLAlchemy raises ``OperationalError`` for a lost connection, a server restart or a locked SQLite file;
-    Optuna wraps errors raised during a commit in ``StorageInternalError`` with the original as its cause.
+    Optuna wraps errors raised during a commit in ``StorageInternalError`` with the original as its cause,
+    so the chain of causes is searched.
     """
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
-    if isinstance(exc, OperationalError):
-        return True
-    return isinstance(exc, optuna.exceptions.StorageInternalError) and isinstance(exc.__cause__, OperationalError)
+    seen: BaseException | None = exc
+    for _ in range(6):  # the error and the causes it wraps (Optuna -> SQLAlchemy -> the driver)
+        if seen is None:
+            return False
+        if isinstance(seen, OperationalError) or (isinstance(seen, DBAPIError) and seen.connection_invalidated):
+            return True
+        if any(
+            c.__name__ == "OperationalError" and c.__module__.startswith(("psycopg", "sqlite3"))
+            for c in type(seen).__mro__
+        ):
+            return True  # the driver's own (psycopg.errors.AdminShutdown is one)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def db_retry_seconds() -> float:

@@ -61,6 +61,7 @@ from adamtune.study import (
     RetryStaleTrial,
     admission_lock,
     count_trials,
+    db_error_text,
     is_transient_db_error,
     load_study,
     open_storage,
@@ -290,7 +291,9 @@ class Heartbeat:
                 failing = False
             except Exception as exc:
                 if not failing:
-                    log.warning("could not record the heartbeat of the running trial (%s); retrying", exc)
+                    log.warning(
+                        "could not record the heartbeat of the running trial (%s); retrying", db_error_text(exc)
+                    )
                 failing = True
 
 
@@ -336,7 +339,7 @@ class Worker:
             StorageError: the database stayed unreachable for longer than the retry budget.
             KeyboardInterrupt: SIGTERM (or Ctrl-C), after the running trial was recorded as FAIL.
         """
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # its multi-line database warnings: ours are one line
         signals = (signal.SIGTERM, signal.SIGINT) if self.handle_sigint else (signal.SIGTERM,)
         ran, consecutive_failures = 0, 0
         waiting_since: int | None = None
@@ -444,9 +447,18 @@ class Worker:
                 raise
             except Exception as exc:
                 error = exc
-                log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
+                if not is_transient_db_error(exc):
+                    log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
             with interrupts.critical():
                 frozen = self._tell(trial, state, value)
+                if error is not None and is_transient_db_error(error) and frozen.state == TrialState.FAIL:
+                    # The database went away under the trial (a restart, a network cut): that says nothing
+                    # about its settings, so it runs again rather than counting as a failure.
+                    requeued = with_db_retry(
+                        lambda: requeue_trial(self.study, frozen), f"re-queueing trial {trial.number}"
+                    )
+                    again = "; queued to run again with the same settings" if requeued else ""
+                    log.warning("trial %d: the study database went away during the trial%s", trial.number, again)
         if state == TrialState.COMPLETE and value is not None and not math.isfinite(value):
             log.warning("trial %d: the objective returned %s; recorded as failed", trial.number, value)
         elif state != TrialState.FAIL and frozen.state == TrialState.FAIL:

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from adamtune.cli import cli
 from adamtune.study import BASELINE_ATTR
-from tests.test_parallel import finish, start, trials, wait_for
+from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +96,26 @@ def test_sigint_stops_a_two_worker_search_started_in_the_background(workdir: Pat
     assert code == 130, stderr
     states = Counter(t.state for t in trials(storage))
     assert states[TrialState.RUNNING] == 0 and sum(states[s] for s in FINISHED) < 30, states
+
+
+@pytest.mark.postgres
+def test_the_database_going_away_mid_trial_requeues_the_trial_without_a_traceback(
+    workdir: Path, postgres_url: str
+) -> None:
+    """Connections cut under running trials (as a PostgreSQL restart does): retried or re-queued, one line each."""
+    args = ("search", "--task", "synthetic", "--n-trials", "5", "--epochs", "10", "--batch-size", "16")
+    process = start(*args, "--pruner", "none", "--no-tracking", "--storage", postgres_url, cwd=workdir)
+    wait_for(lambda: running_with_epochs(postgres_url), "a running trial")
+    with ConnectionKiller(postgres_url, every=0.2) as killer:
+        wait_for(lambda: process.poll() is not None or killer.killed >= 25, "25 killed connections", 300)
+    code, stderr = finish(process, timeout=400)
+
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "AdminShutdown" not in stderr, stderr
+    done = trials(postgres_url)
+    states = Counter(t.state for t in done)
+    assert sum(states[s] for s in FINISHED) == 5 and states[TrialState.RUNNING] == 0, states
+    retried = {number for t in done for number in t.system_attrs.get("retry_history", [])}
+    for trial in done:
+        if trial.state == TrialState.FAIL:
+            assert trial.number in retried, (trial.number, stderr)
