@@ -112,6 +112,9 @@ HTTP_DEFAULTS = {
 #: Backoff between tries of a call while the store is unreachable: doubles from the first to the last.
 INITIAL_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0
+#: While closing, a call that fails is retried at least this often, so that a store back a second before
+#: the deadline still gets what is queued (the backoff may have grown to MAX_BACKOFF_SECONDS before).
+CLOSING_RETRY_SECONDS = 0.5
 #: How long closing a tracker (end of a search or worker, or interpreter exit) waits for queued calls.
 CLOSE_TIMEOUT_SECONDS = 30.0
 #: A call that failed with a 5xx answer (the server is up but fails) is dropped after this many tries.
@@ -230,6 +233,7 @@ class Writer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._wake = threading.Event()  # cuts a retry pause short (close, abandon)
         self.accepted = 0
         self.sent = 0
         self.dropped = 0
@@ -323,7 +327,10 @@ class Writer:
                         f"MLflow: cannot reach {self.where} ({describe_error(exc)}); trials go on, "
                         "and tracking calls are queued and retried"
                     )
-                self._abandon.wait(backoff)
+                if self._stop.is_set():  # closing: retry often until the deadline, never sleep past it
+                    backoff = min(backoff, CLOSING_RETRY_SECONDS)
+                self._wake.wait(backoff)
+                self._wake.clear()
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             if self._unreachable:
@@ -341,19 +348,22 @@ class Writer:
     def close(self, timeout: float) -> int:
         """Send what is queued, waiting at most ``timeout`` seconds; return how many calls were dropped.
 
-        Calls still waiting at the deadline are dropped (and released); so is anything submitted after
-        ``close``. Safe to call more than once.
+        A call being retried is tried again at once and then every ``CLOSING_RETRY_SECONDS`` until the
+        deadline, whatever backoff it had reached. Calls still waiting at the deadline are dropped (and
+        released); so is anything submitted after ``close``. Safe to call more than once.
         """
         with self._lock:
             already, self._closed = self._closed, True
         if already:
             return self.dropped
         self._stop.set()
+        self._wake.set()  # a call being retried is tried again now, then every CLOSING_RETRY_SECONDS
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon.set()
+            self._wake.set()
             self._thread.join(1.0)
         left: list[_Op | None] = []
         with self._lock:

@@ -106,6 +106,20 @@ def test_an_unreachable_store_is_retried_in_order_with_one_notice_each_way() -> 
     assert writer.healthy
 
 
+def test_a_store_back_before_the_close_deadline_gets_everything_despite_a_long_backoff() -> None:
+    """Before the fix the writer slept its grown backoff (here 30 s) straight past the close deadline."""
+    store, notices = Store(), []
+    store.down = True
+    writer = Writer(None, "http://store", notices.append, initial_backoff=30.0, max_backoff=30.0)
+    for i in range(20):
+        writer.submit(store.op(f"call {i}"))
+    wait_for(lambda: store.attempts >= 1)  # the first call failed; the writer now pauses for 30 s
+    threading.Timer(1.0, lambda: setattr(store, "down", False)).start()  # back one second into the close
+
+    assert writer.close(timeout=8) == 0
+    assert store.sent == [f"call {i}" for i in range(20)]
+
+
 def test_a_refused_call_is_dropped_and_the_next_goes_out() -> None:
     store, notices = Store(), []
     store.refuse = {"bad"}
