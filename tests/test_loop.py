@@ -150,3 +150,56 @@ def test_import_adamtune_stays_light_and_exports_the_loop_api() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out and "LoopTask TrialContext" in out and "AFTER []" in out
+
+
+def test_builtin_diabetes_searches_and_verifies_on_val_mae(workdir: Path) -> None:
+    result = invoke("search", "--task", "diabetes", "--n-trials", "3", "--epochs", "3", "--seed", "0", "--no-tracking")
+    assert result.exit_code == 0, result.output
+    study = load("diabetes")
+    assert [trial_state(t) for t in study.trials].count("failed") == 0
+    curves = study.trials[0].user_attrs[CURVES_ATTR]
+    assert set(curves) == {"train_loss", "val_loss", "val_mae"}
+    assert 10 < study.trials[0].value < 200  # MAE in score points (the target spans 25..346)
+    verified = invoke("verify", "--task", "diabetes", "--seeds", "2", "--device", "cpu", "--json", "--no-tracking")
+    assert verified.exit_code == 0, verified.output
+    record = json.loads(verified.stdout)
+    assert record["metric"] == "test_mae" and record["direction"] == "minimize"
+    assert list(record["recommended"]) == ["test_mae", "test_loss", "diverged"]
+
+
+REGRESSION_TASK = """
+import torch
+from torch import nn
+from adamtune.tasks.base import Split, Task, TaskData
+
+def load_data(data_dir):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=g)
+    y = x.sum(dim=1, keepdim=True)
+    split = lambda a, b: Split(x[a:b], y[a:b])
+    return TaskData(split(0, 200), split(200, 250), split(250, 300))
+
+def mae(outputs, targets):
+    return (outputs - targets).abs().mean()
+
+def make_task():
+    return Task(name="reg", description="regression", load_data=load_data,
+                make_model=lambda: nn.Linear(4, 1), loss=nn.functional.mse_loss,
+                metrics={"mae": mae}, objective="mae", direction="minimize",
+                default_epochs=2, default_batch_size=50)
+"""
+
+
+def test_a_builtin_style_task_names_its_metrics_and_objective(workdir: Path) -> None:
+    (workdir / "regression_task_module.py").write_text(REGRESSION_TASK)
+    result = invoke("search", "--task", "regression_task_module:make_task", "--study", "reg", "--n-trials", "2")
+    assert result.exit_code == 0, result.output
+    trial = load("reg").trials[0]
+    curves = trial.user_attrs[CURVES_ATTR]
+    assert set(curves) == {"train_loss", "val_loss", "val_mae", "lr"}
+    assert trial.value == pytest.approx(curves["val_mae"][-1])
+    bad = CliRunner().invoke(cli, ["search", "--task", "regression_task_module:make_task", "--objective", "val_acc"])
+    assert bad.exit_code == 2 and "valid objectives: val_loss, val_mae" in bad.stderr
+    verified = invoke("verify", "--study", "reg", "--seeds", "2", "--device", "cpu", "--json")
+    record = json.loads(verified.stdout)
+    assert record["metric"] == "test_mae" and set(record["default"]) == {"test_mae", "test_loss", "diverged"}

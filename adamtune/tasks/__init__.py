@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "adamtune.tasks.digits:make_task",
+    "diabetes": "adamtune.tasks.diabetes:task",
     "synthetic": "adamtune.tasks.synthetic:make_task",
     "mnist-logreg": "adamtune.tasks.mnist:make_logreg_task",
     "mnist-mlp": "adamtune.tasks.mnist:make_mlp_task",
