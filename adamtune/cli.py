@@ -235,6 +235,13 @@ def search(
         f"({outcome.ran} run now), best {final['spec'].objective} {best}. Next: adamtune summary",
         err=True,
     )
+    if tracking:
+        from adamtune.tracking import study_ui_url
+
+        url = study_ui_url(tracking_uri, outcome.study_name)
+        if url is not None:
+            local = not (tracking_uri or "").startswith(("http://", "https://"))
+            click.echo(f"learning curves: {url}" + (" (after 'adamtune ui')" if local else ""), err=True)
 
 
 @cli.command()
@@ -319,22 +326,26 @@ def worker(
     help="Interface to bind. The UI has no login: bind beyond localhost only on a trusted network.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--study", "study_name", envvar="ADAMTUNE_STUDY", help="Open this study's runs; default: the store's only study."
+)
 @handle_errors
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
+def ui(tracking_uri: str | None, host: str, port: int, study_name: str | None) -> None:
     """Start the MLflow UI on your studies' tracking store (replaces this process with 'mlflow ui').
 
     \b
     adamtune ui                                        # the default store, ./mlflow.db
-    adamtune ui --tracking-uri sqlite:///runs/mlflow.db --port 5001
+    adamtune ui --tracking-uri sqlite:///runs/mlflow.db --port 5001 --study digits
     adamtune ui --tracking-uri http://127.0.0.1:5000   # a tracking server: prints its URL
 
-    Each study is an experiment adamtune/<study>; its trials are nested under the study's parent run.
+    Each study is an experiment adamtune/<study>; its trials are nested under the study's parent run. The
+    address printed opens the study's runs in the "Model training" view.
     """
     import os
 
     from adamtune.tracking import ui_plan
 
-    plan = ui_plan(tracking_uri, host, port)
+    plan = ui_plan(tracking_uri, host, port, study_name)
     if plan.argv is None:
         click.echo(plan.message)
         return
