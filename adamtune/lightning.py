@@ -24,7 +24,8 @@ Install with ``pip install "adamtune[lightning]"``. A Lightning user adds three 
   after every optimizer step (``interval="step"``), as adamtune's decay is defined per update.
 * :func:`trainer_options` maps the trial to ``Trainer`` arguments: ``max_epochs=trial.n_epochs``, the
   trial's device, and no logger, checkpointing, progress bar or model summary (adamtune records the
-  run in MLflow; pass your own values after ``**`` to override).
+  run in MLflow; pass your own values after ``**`` to override); it also quiets Lightning's info lines
+  (accelerators found, tips), which would otherwise repeat for every trial.
 
 The epoch of a report is ``trainer.current_epoch + 1``; the sanity-check validation before training is
 not reported.
@@ -32,6 +33,7 @@ not reported.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,8 +104,19 @@ def configure_optimizers(trial: TrialContext, model_or_parameters: Any) -> dict[
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
 
+def quiet_lightning() -> None:
+    """Silence what Lightning prints for every ``Trainer`` (available accelerators, tips, "fit stopped"):
+    in a search those lines would repeat for every trial. Its warnings stay."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def trainer_options(trial: TrialContext) -> dict[str, Any]:
-    """``Trainer`` keyword arguments for ``trial``: its epochs and device, and nothing adamtune records itself."""
+    """``Trainer`` keyword arguments for ``trial``: its epochs and device, and nothing adamtune records itself.
+
+    Also quiets Lightning's per-run info lines (:func:`quiet_lightning`).
+    """
+    quiet_lightning()
     device = str(trial.device)
     if device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
