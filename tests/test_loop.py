@@ -203,3 +203,13 @@ def test_a_builtin_style_task_names_its_metrics_and_objective(workdir: Path) -> 
     verified = invoke("verify", "--study", "reg", "--seeds", "2", "--device", "cpu", "--json")
     record = json.loads(verified.stdout)
     assert record["metric"] == "test_mae" and set(record["default"]) == {"test_mae", "test_loss", "diverged"}
+
+
+def test_a_fit_that_always_raises_stops_the_worker_after_three_failures(workdir: Path) -> None:
+    task = write_task(workdir, behaviour={n: "raise" for n in range(10)}, epochs=2)
+    result = CliRunner().invoke(
+        cli, ["search", "--task", task, "--study", "broken", "--n-trials", "5", "--pruner", "none", "--no-tracking"]
+    )
+    assert result.exit_code != 0
+    assert "3 trials in a row failed with errors" in result.stderr and "Traceback" not in result.stderr.splitlines()[-1]
+    assert [trial_state(t) for t in load("broken").trials] == ["failed"] * 3
