@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from adamtune import __version__
-from adamtune.config import OBJECTIVES, PRUNER_NAMES, SAMPLER_NAMES, build_spec
+from adamtune.config import PRUNER_NAMES, SAMPLER_NAMES, build_spec
 from adamtune.errors import AdamtuneError
 from adamtune.tasks import BUILTIN_TASKS, check_task_name
 
@@ -115,7 +115,11 @@ def cli() -> None:
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial (overrides the study file).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (overrides the study file).")
-@click.option("--objective", type=click.Choice(list(OBJECTIVES)), help="Validation metric to optimise.")
+@click.option(
+    "--objective",
+    metavar="METRIC",
+    help="Validation metric to optimise, e.g. val_loss, val_accuracy, val_mae; default: the task's objective.",
+)
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help="Optuna sampler (default tpe).")
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
@@ -194,8 +198,10 @@ def search(
         seed=seed,
     )
     display: dict[str, SearchProgress] = {}
+    final: dict[str, Any] = {"spec": spec}
 
     def on_start(final_spec: Any, already: int) -> None:
+        final["spec"] = final_spec
         click.echo(
             f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
             f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
@@ -210,7 +216,7 @@ def search(
             trials = study.get_trials(deepcopy=False)
         except Exception:  # the database is away for a moment: the worker retries; the display waits
             return
-        display["bar"].update(count_trials(trials), best_value(trials, spec.direction))
+        display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
 
     try:
         outcome = run_search(
@@ -229,9 +235,16 @@ def search(
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "
-        f"({outcome.ran} run now), best {spec.objective} {best}. Next: adamtune summary",
+        f"({outcome.ran} run now), best {final['spec'].objective} {best}. Next: adamtune summary",
         err=True,
     )
+    if tracking:
+        from adamtune.tracking import study_ui_url
+
+        url = study_ui_url(tracking_uri, outcome.study_name)
+        if url is not None:
+            local = not (tracking_uri or "").startswith(("http://", "https://"))
+            click.echo(f"learning curves: {url}" + (" (after 'adamtune ui')" if local else ""), err=True)
 
 
 @cli.command()
@@ -316,22 +329,26 @@ def worker(
     help="Interface to bind. The UI has no login: bind beyond localhost only on a trusted network.",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--study", "study_name", envvar="ADAMTUNE_STUDY", help="Open this study's runs; default: the store's only study."
+)
 @handle_errors
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
+def ui(tracking_uri: str | None, host: str, port: int, study_name: str | None) -> None:
     """Start the MLflow UI on your studies' tracking store (replaces this process with 'mlflow ui').
 
     \b
     adamtune ui                                        # the default store, ./mlflow.db
-    adamtune ui --tracking-uri sqlite:///runs/mlflow.db --port 5001
+    adamtune ui --tracking-uri sqlite:///runs/mlflow.db --port 5001 --study digits
     adamtune ui --tracking-uri http://127.0.0.1:5000   # a tracking server: prints its URL
 
-    Each study is an experiment adamtune/<study>; its trials are nested under the study's parent run.
+    Each study is an experiment adamtune/<study>; its trials are nested under the study's parent run. The
+    address printed opens the study's runs in the "Model training" view.
     """
     import os
 
     from adamtune.tracking import ui_plan
 
-    plan = ui_plan(tracking_uri, host, port)
+    plan = ui_plan(tracking_uri, host, port, study_name)
     if plan.argv is None:
         click.echo(plan.message)
         return
@@ -479,10 +496,8 @@ def verify(
 
     def on_run(which: str, run: Any) -> None:
         note = " (diverged)" if run.diverged else ""
-        click.echo(
-            f"seed {run.seed} {which}: test_loss {run.test_loss:.4g}, test_accuracy {run.test_accuracy:.2%}{note}",
-            err=True,
-        )
+        measured = ", ".join(f"{name} {value:.4g}" for name, value in run.metrics.items())
+        click.echo(f"seed {run.seed} {which}: {measured}{note}", err=True)
 
     def on_tracking_error(message: str) -> None:
         click.echo(f"Warning: {message}; the result is stored on the study", err=True)

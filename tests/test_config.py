@@ -79,3 +79,19 @@ def test_every_shipped_study_file_is_valid() -> None:
     for path in files:
         spec = build_spec(None, path)
         assert spec.task == path.stem
+
+
+def test_the_objective_and_its_direction_come_from_the_task() -> None:
+    from dataclasses import replace
+
+    from adamtune.tasks import resolve_task
+
+    diabetes = resolve_task("diabetes")
+    spec = replace(build_spec("diabetes"), objective=None)  # nothing names one: the task decides
+    filled = spec.with_task(diabetes)
+    assert (filled.objective, filled.direction, filled.epochs) == ("val_mae", "minimize", 30)
+    assert build_spec("digits", overrides={"objective": "accuracy"}).with_task(resolve_task("digits")).direction == (
+        "maximize"
+    )
+    with pytest.raises(ConfigError, match="valid objectives: val_mae, val_loss"):
+        build_spec("diabetes", overrides={"objective": "val_r2"}).with_task(diabetes)

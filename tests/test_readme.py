@@ -1,10 +1,12 @@
-"""The README's examples run as written: the custom task, and the study file format."""
+"""The README's examples run as written: the loop task, the Lightning task, the custom task, the study file."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from adamtune.cli import cli
@@ -19,8 +21,36 @@ def code_block(after_heading: str, language: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
 
 
+def search_summary_verify(task: str, *search: str) -> dict:
+    """Run the README's three commands on ``task`` (short); return verify's JSON."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["search", "--task", task, "--n-trials", "3", "--no-tracking", *search])
+    assert result.exit_code == 0, result.output
+    summary = runner.invoke(cli, ["summary", "--task", task, "--json"])
+    assert summary.exit_code == 0, summary.output
+    assert json.loads(summary.output)[0]["objective"] == "val_mae"
+    verified = runner.invoke(
+        cli, ["verify", "--task", task, "--seeds", "2", "--device", "cpu", "--json", "--no-tracking"]
+    )
+    assert verified.exit_code == 0, verified.output
+    return json.loads(verified.stdout)
+
+
+def test_loop_task_example_runs_to_a_summary_and_a_verify(workdir: Path) -> None:
+    (workdir / "myloop.py").write_text(code_block("### Your own training loop", "python"))
+    record = search_summary_verify("myloop:task", "--epochs", "2")
+    assert record["metric"] == "test_mae" and set(record["recommended"]) == {"test_mae", "test_loss", "diverged"}
+
+
+def test_lightning_example_runs_to_a_summary_and_a_verify(workdir: Path) -> None:
+    pytest.importorskip("lightning")
+    (workdir / "mylightning.py").write_text(code_block("### PyTorch Lightning", "python"))
+    record = search_summary_verify("mylightning:task", "--epochs", "2")
+    assert record["metric"] == "test_mae" and set(record["recommended"]) == {"test_mae", "test_loss", "diverged"}
+
+
 def test_custom_task_example_runs(workdir: Path) -> None:
-    (workdir / "mytask.py").write_text(code_block("## Your own task", "python"))
+    (workdir / "mytask.py").write_text(code_block("### Or let adamtune train", "python"))
     result = CliRunner().invoke(
         cli, ["search", "--task", "mytask:make_task", "--n-trials", "2", "--epochs", "1", "--no-tracking"]
     )
