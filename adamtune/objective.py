@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from adamtune.config import StudySpec
-from adamtune.space import BASELINE, AdamParams, suggest
+from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -70,7 +70,7 @@ class Objective:
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         params = suggest(trial, spec.space)
         if is_baseline:
-            params = BASELINE
+            params = baseline_for(spec.space)
         seed = trial_seed(self.base_seed, trial.number)
         host = socket.gethostname()
         for key, value in {

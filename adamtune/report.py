@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import StorageError
-from adamtune.space import BASELINE, BETAS, AdamParams, params_from_optuna
+from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -274,6 +274,7 @@ class StudySummary:
     importance_note: str | None = None
     robust: RobustRange | None = None
     verify: dict[str, Any] | None = None
+    defaults: AdamParams = BASELINE  # what the baseline trains with: space.baseline_for(the space)
 
     @property
     def gain(self) -> float | None:
@@ -360,6 +361,7 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
         importance_note=note,
         robust=robust_range(ranked, spec),
         verify=study.user_attrs.get(VERIFY_ATTR),
+        defaults=baseline_for(spec.space),
     )
 
 
@@ -562,7 +564,7 @@ def render_summary(row: StudySummary) -> Any:
         table.add_row(
             key,
             format_value(getattr(row.recommended.params, key), key),
-            format_value(getattr(BASELINE, key), key),
+            format_value(getattr(row.defaults, key), key),
             range_text(ranges.get(key), key),
             f"{weight:.2f}" if weight is not None else "-",
         )

@@ -2,8 +2,8 @@
 
 Procedure
 ---------
-1. The recommendation is the study's first-ranked trial (``report.py``'s rule). Adam's defaults are
-   :data:`adamtune.space.BASELINE`.
+1. The recommendation is the study's first-ranked trial (``report.py``'s rule). The defaults are
+   :func:`adamtune.space.baseline_for` the study's space (Adam's, or AdamW's with weight decay).
 2. Both are trained on the same ``n`` fresh seeds: :data:`FIRST_SEED`, ``FIRST_SEED + 1``, … skipping
    any seed a trial of the study trained with. A seed fixes the model's initialisation, the shuffling
    and the augmentation, so the two settings of one seed see identical starts and batches (a *paired*
@@ -40,7 +40,7 @@ import optuna
 
 from adamtune.errors import ConfigError
 from adamtune.report import VERIFY_ATTR, StudySummary, recommendation, settings_dict
-from adamtune.space import BASELINE, AdamParams
+from adamtune.space import AdamParams
 from adamtune.study import SEED_ATTR
 
 #: Significance level of the verdict (paired t-test).
@@ -271,9 +271,9 @@ def run_verify(
     )
     arms: list[tuple[str, AdamParams, list[RunResult]]] = [
         ("recommended", summary.recommended.params, result.recommended),
-        ("default", BASELINE, result.default),
+        ("default", summary.defaults, result.default),
     ]
-    same_settings = summary.recommended.params == BASELINE  # the defaults won: one run serves both arms
+    same_settings = summary.recommended.params == summary.defaults  # the defaults won: one run serves both arms
     for seed in fresh_seeds(study, seeds):
         shared: RunResult | None = None
         for name, params, runs in arms:
