@@ -1,6 +1,47 @@
 """adamtune: hyperparameter tuning for the Adam optimizer, on Optuna and MLflow.
 
-Importing this package is cheap: it imports neither torch, optuna nor mlflow.
+Importing this package is cheap: it imports neither torch, optuna nor mlflow. The public API for
+tuning your own training loop is loaded on first use::
+
+    import adamtune
+
+    def fit(trial: adamtune.TrialContext) -> None: ...
+
+    task = adamtune.LoopTask(name="mine", fit=fit, objective="mae", direction="minimize")
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["LoopTask", "StopTrial", "TrialContext", "TrialDiverged", "TrialPruned", "__version__"]
+
+#: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
+_LAZY = {
+    "TrialContext": "adamtune.context",
+    "StopTrial": "adamtune.context",
+    "TrialPruned": "adamtune.context",
+    "TrialDiverged": "adamtune.context",
+    "LoopTask": "adamtune.tasks.loop",
+}
+
+if TYPE_CHECKING:
+    from adamtune.context import StopTrial, TrialContext, TrialDiverged, TrialPruned
+    from adamtune.tasks.loop import LoopTask
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adamtune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

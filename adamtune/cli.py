@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from adamtune import __version__
-from adamtune.config import OBJECTIVES, PRUNER_NAMES, SAMPLER_NAMES, build_spec
+from adamtune.config import PRUNER_NAMES, SAMPLER_NAMES, build_spec
 from adamtune.errors import AdamtuneError
 from adamtune.tasks import BUILTIN_TASKS, check_task_name
 
@@ -115,7 +115,11 @@ def cli() -> None:
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial (overrides the study file).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (overrides the study file).")
-@click.option("--objective", type=click.Choice(list(OBJECTIVES)), help="Validation metric to optimise.")
+@click.option(
+    "--objective",
+    metavar="METRIC",
+    help="Validation metric to optimise, e.g. val_loss, val_accuracy, val_mae; default: the task's objective.",
+)
 @click.option("--sampler", type=click.Choice(SAMPLER_NAMES), help="Optuna sampler (default tpe).")
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
@@ -194,8 +198,10 @@ def search(
         seed=seed,
     )
     display: dict[str, SearchProgress] = {}
+    final: dict[str, Any] = {"spec": spec}
 
     def on_start(final_spec: Any, already: int) -> None:
+        final["spec"] = final_spec
         click.echo(
             f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
             f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
@@ -207,7 +213,7 @@ def search(
     def on_trial(study: Any, trial: Any) -> None:
         trials = study.get_trials(deepcopy=False)
         display["bar"].log(describe_trial(trial))
-        display["bar"].update(count_trials(trials), best_value(trials, spec.direction))
+        display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
 
     try:
         outcome = run_search(
@@ -226,7 +232,7 @@ def search(
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "
-        f"({outcome.ran} run now), best {spec.objective} {best}. Next: adamtune summary",
+        f"({outcome.ran} run now), best {final['spec'].objective} {best}. Next: adamtune summary",
         err=True,
     )
 
@@ -476,10 +482,8 @@ def verify(
 
     def on_run(which: str, run: Any) -> None:
         note = " (diverged)" if run.diverged else ""
-        click.echo(
-            f"seed {run.seed} {which}: test_loss {run.test_loss:.4g}, test_accuracy {run.test_accuracy:.2%}{note}",
-            err=True,
-        )
+        measured = ", ".join(f"{name} {value:.4g}" for name, value in run.metrics.items())
+        click.echo(f"seed {run.seed} {which}: {measured}{note}", err=True)
 
     def on_tracking_error(message: str) -> None:
         click.echo(f"Warning: {message}; the result is stored on the study", err=True)

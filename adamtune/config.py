@@ -8,7 +8,7 @@ A study file looks like ``studies/digits.toml``::
 
     [study]
     task = "digits"
-    objective = "val_loss"     # or "val_accuracy"
+    objective = "val_loss"     # or "val_accuracy"; any metric of the task (default: the task's objective)
     n_trials = 30              # finished trials the study should hold
     epochs = 20
     batch_size = 64
@@ -19,8 +19,10 @@ A study file looks like ``studies/digits.toml``::
     lr = { low = 1e-5, high = 1e-1 }
     beta1 = { low = 0.5, high = 0.99 }
 
-Unknown keys are errors that name the key and the file. This module imports neither torch, optuna
-nor mlflow.
+Unknown keys are errors that name the key and the file. The objective is checked against the task's
+metrics, and takes its direction from the task, in :meth:`StudySpec.with_task` (the task must be
+imported for that; ``search`` does it before anything is written). This module imports neither torch,
+optuna nor mlflow.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from adamtune.errors import ConfigError
+from adamtune.metrics import KNOWN_DIRECTIONS, bare_name, on_split
 from adamtune.space import SearchSpace, parse_space
 
 if sys.version_info >= (3, 11):
@@ -40,8 +43,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-#: Objectives: the name of the validation metric and the direction that improves it.
-OBJECTIVES: dict[str, str] = {"val_loss": "minimize", "val_accuracy": "maximize"}
 #: Sampler and pruner names; their factories live in ``study.py`` (a test keeps the two in step).
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
@@ -52,11 +53,17 @@ TOP_LEVEL_KEYS = ("study", "space")
 
 @dataclass(frozen=True)
 class StudySpec:
-    """Everything that defines a study. ``epochs``/``batch_size`` of ``None`` mean the task's defaults."""
+    """Everything that defines a study. ``epochs``/``batch_size`` of ``None`` mean the task's defaults.
+
+    ``objective`` is a stored ``val_*`` metric name; None (what :func:`build_spec` leaves when nothing
+    names one) means the task's objective. ``direction`` None means the usual direction of the
+    objective's metric (:data:`adamtune.metrics.KNOWN_DIRECTIONS`); :meth:`with_task` sets both from the
+    task.
+    """
 
     task: str
     study_name: str
-    objective: str = "val_loss"
+    objective: str | None = "val_loss"
     n_trials: int = 30
     epochs: int | None = None
     batch_size: int | None = None
@@ -65,14 +72,45 @@ class StudySpec:
     seed: int | None = None
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
+    direction: str | None = None
 
-    @property
-    def direction(self) -> str:
-        return OBJECTIVES[self.objective]
+    def __post_init__(self) -> None:
+        if self.objective is not None:
+            object.__setattr__(self, "objective", on_split(self.objective, "val"))
+            if self.direction is None:
+                object.__setattr__(self, "direction", KNOWN_DIRECTIONS.get(bare_name(self.objective)))
 
     def with_task_defaults(self, epochs: int, batch_size: int) -> StudySpec:
-        """Fill ``epochs``/``batch_size`` left unset with the task's defaults."""
-        return replace(self, epochs=self.epochs or epochs, batch_size=self.batch_size or batch_size)
+        """Fill ``epochs``/``batch_size`` left unset with the task's defaults (and the objective, when unset,
+        with ``val_loss``)."""
+        objective = self.objective or "val_loss"
+        direction = self.direction or KNOWN_DIRECTIONS["loss"]
+        return replace(
+            self,
+            epochs=self.epochs or epochs,
+            batch_size=self.batch_size or batch_size,
+            objective=objective,
+            direction=direction,
+        )
+
+    def with_task(self, task: Any) -> StudySpec:
+        """This spec with the task's defaults: epochs, batch size, objective and its direction.
+
+        ``task`` is a built-in ``Task`` or a ``LoopTask`` (anything with ``name``, ``default_epochs``,
+        ``default_batch_size``, ``objective``, ``metric_names`` and ``direction_of``).
+
+        Raises:
+            ConfigError: the objective is not one of the task's metrics (the message lists them), or the
+                task declares no direction for it.
+        """
+        objective, direction = resolve_objective(task, self.objective)
+        return replace(
+            self,
+            epochs=self.epochs or task.default_epochs,
+            batch_size=self.batch_size or task.default_batch_size,
+            objective=objective,
+            direction=direction,
+        )
 
     def stored_form(self) -> dict[str, Any]:
         """What is saved on the Optuna study so that workers joining later train the same way."""
@@ -83,6 +121,27 @@ class StudySpec:
             "batch_size": self.batch_size,
             "space": self.space.to_dict(),
         }
+
+
+def resolve_objective(task: Any, objective: str | None) -> tuple[str, str]:
+    """The stored name (``val_<metric>``) and direction of ``objective`` for ``task``; None: the task's own.
+
+    Raises:
+        ConfigError: an unknown metric (naming the valid ones) or one of unknown direction.
+    """
+    metric = bare_name(objective) if objective else task.objective
+    valid = ", ".join(f"val_{name}" for name in task.metric_names)
+    if metric not in task.metric_names:
+        raise ConfigError(
+            f"objective {on_split(metric, 'val')!r} is not a metric of task {task.name!r}; valid objectives: {valid}"
+        )
+    direction = task.direction_of(metric)
+    if direction is None:
+        raise ConfigError(
+            f"task {task.name!r} declares no direction for metric {metric!r}; add it to the task's "
+            f"directions={{{metric!r}: 'minimize' or 'maximize'}}"
+        )
+    return f"val_{metric}", direction
 
 
 def studies_dir() -> Path:
@@ -143,7 +202,9 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
                 raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
             checked[key] = value
         elif key == "objective":
-            checked[key] = _choice(value, key, OBJECTIVES, where)
+            if not isinstance(value, str) or not value.replace("_", "a").isalnum():
+                raise ConfigError(f"objective in {where} must be a metric name such as val_loss, got {value!r}")
+            checked[key] = on_split(value, "val")
         elif key == "sampler":
             checked[key] = _choice(value, key, SAMPLER_NAMES, where)
         elif key == "pruner":
@@ -195,4 +256,5 @@ def build_spec(
     if "task" not in merged:
         raise ConfigError("no task given: pass --task NAME or a study file whose [study] names a task")
     space = parse_space(space_table, source)
+    merged.setdefault("objective", None)  # None: the task's objective (StudySpec.with_task)
     return StudySpec(study_name=study_name or merged["task"], space=space, source=source, **merged)

@@ -1,14 +1,25 @@
-"""One trial: ``trial -> AdamParams -> train -> report/prune -> objective value``.
+"""One trial: ``trial -> AdamParams -> a trial context -> the task trains -> report/prune -> value``.
+
+Every kind of task runs through the same loop: the objective builds a
+:class:`~adamtune.context.TrialContext` for the trial, and ``runner.run_in_context`` trains the task
+against it (the user's ``fit`` for a loop task, the built-in trainer otherwise). Each epoch the context
+calls back here: the epoch's metrics go to MLflow (step = epoch), the objective metric to Optuna
+(``trial.report``), and the pruner may stop the trial.
 
 What each outcome becomes (see ``study.py`` for the bookkeeping):
 
-* complete: the value is the objective metric (``val_loss`` or ``val_accuracy``) after the last epoch.
+* complete: the value is the objective metric (e.g. ``val_loss``, ``val_accuracy``, ``val_mae``) of the
+  last reported epoch.
 * pruned: ``optuna.TrialPruned`` propagates; Optuna records the trial as PRUNED.
-* diverged: a non-finite or exploded loss (see ``train.py``). The trial returns the *untrained*
-  model's validation metric (training that blew up is worth no more than no training), so the sampler
-  learns the region is bad; the state ``diverged`` and the epoch are recorded on the trial and in MLflow.
-* failed: any other exception, or an interruption (KeyboardInterrupt/SIGTERM), propagates after the
-  MLflow run is closed as failed; Optuna records the trial as FAIL.
+* diverged: a non-finite or exploded metric (see ``context.py``; for built-in tasks the rule of
+  ``train.py``). The trial returns the *untrained* model's objective (training that blew up is worth no
+  more than no training; the exact rule for a loop task is in ``context.py``), so the sampler learns the
+  region is bad; the state ``diverged`` and the epoch are recorded on the trial and in MLflow.
+* failed: any other exception (including one raised by a user's ``fit``, or a ``fit`` that reported
+  nothing), or an interruption (KeyboardInterrupt/SIGTERM), propagates after the MLflow run is closed
+  as failed; Optuna records the trial as FAIL. The traceback is recorded once, on the trial (user
+  attribute ``adamtune.error``) and in the MLflow run (tag ``adamtune.traceback``); the worker logs it
+  once and goes on with the next trial.
 
 The baseline trial (enqueued first in a new study) trains with exactly Adam's defaults and is never
 pruned, so every result can be compared with a full-length baseline curve.
@@ -16,13 +27,24 @@ pruned, so every result can be compared with a full-length baseline curve.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from adamtune.config import StudySpec
+from adamtune.context import TrialContext
+from adamtune.errors import TaskError
+from adamtune.metrics import bare_name
+from adamtune.runner import run_in_context
 from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
     BASELINE_ATTR,
@@ -36,11 +58,16 @@ from adamtune.study import (
     STATE_ATTR,
     WORKER_ATTR,
 )
-from adamtune.train import Curves, EpochMetrics, train
+from adamtune.tasks.loop import LoopTask
 
 if TYPE_CHECKING:
-    from adamtune.tasks.base import Task, TaskData
     from adamtune.tracking import Tracker, TrialRun
+    from adamtune.train import Curves
+
+#: Trial attribute holding the traceback of a trial that failed with an exception.
+ERROR_ATTR = "adamtune.error"
+#: How much of a traceback is kept (the end of it, where the error is): MLflow tags hold 8000 characters.
+TRACEBACK_CHARS = 5000
 
 
 def trial_seed(base_seed: int | None, trial_number: int) -> int:
@@ -54,19 +81,25 @@ def trial_seed(base_seed: int | None, trial_number: int) -> int:
 
 @dataclass
 class Objective:
-    """Callable objective for ``study.optimize``; holds what stays the same across a worker's trials."""
+    """Callable objective for ``study.optimize``; holds what stays the same across a worker's trials.
+
+    ``task`` is a built-in ``Task`` (``data``: its ``TaskData`` on ``device``) or a ``LoopTask``
+    (``data``: its ``LoopData``). ``checkpoint_root`` holds one directory per study and trial (default:
+    ``<tmp>/adamtune-checkpoints``), created only when a trial asks for ``trial.checkpoint_dir``.
+    """
 
     spec: StudySpec
-    task: Task
-    data: TaskData
+    task: Any
+    data: Any
     device: str
     tracker: Tracker | None = None
     base_seed: int | None = None
     worker: str = "worker-0"
+    checkpoint_root: Path | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
-        assert spec.epochs is not None and spec.batch_size is not None
+        assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         params = suggest(trial, spec.space)
         if is_baseline:
@@ -82,51 +115,80 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
         run = self._start_run(trial, params, seed, is_baseline, host)
+        objective = spec.objective
 
-        seen: list[EpochMetrics] = []
-
-        def on_epoch(metrics: EpochMetrics) -> None:
-            seen.append(metrics)
+        def on_epoch(epoch: int, metrics: Mapping[str, float], diverged: bool) -> bool:
             if run is not None:
-                run.log_epoch(metrics.epoch, metrics.as_dict())
+                run.log_epoch(epoch, metrics)
                 _note_run_id(trial, run)
-            trial.report(getattr(metrics, spec.objective), metrics.epoch)
-            if not is_baseline and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}")
+            if diverged:
+                return False
+            trial.report(metrics[objective], epoch)
+            return not is_baseline and trial.should_prune()
 
-        curves: Curves | None = None
+        context = TrialContext(
+            params=params,
+            n_epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            seed=seed,
+            device=self.device,
+            objective=bare_name(objective),
+            direction=spec.direction or "minimize",
+            split="val",
+            number=trial.number,
+            checkpoint_dir=self._checkpoint_dir(trial.number),
+            data=self.data.value if isinstance(self.task, LoopTask) else self.data,
+            on_epoch=on_epoch,
+        )
+        started = time.perf_counter()
         try:
-            curves = train(
-                self.task,
-                self.data,
-                params,
-                device=self.device,
-                epochs=spec.epochs,
-                batch_size=spec.batch_size,
-                seed=seed,
-                on_epoch=on_epoch,
-            )
-        except optuna.TrialPruned:
-            partial = Curves(epochs=seen)
+            run_in_context(self.task, self.data, context)
+        except Exception as exc:
+            if context.state == "running":  # the task's own error, not adamtune stopping it
+                self._fail(run, context, trial, exc, started)
+                raise
+        except BaseException as exc:  # an interruption: the worker re-queues the trial
+            self._fail(run, context, trial, exc, started)
+            raise
+        curves = context.curves()
+        curves.seconds = time.perf_counter() - started
+        if context.state == "pruned":
             trial.set_user_attr(STATE_ATTR, "pruned")
-            trial.set_user_attr(CURVES_ATTR, partial.history())
-            self._finish(run, "pruned", partial, trial)
-            raise
-        except BaseException as exc:
-            self._finish(run, "failed", Curves(epochs=seen), trial, error=exc)
-            raise
+            trial.set_user_attr(CURVES_ATTR, curves.history())
+            self._finish(run, "pruned", curves, trial)
+            raise optuna.TrialPruned(f"pruned at epoch {context.history[-1][0]}")
         trial.set_user_attr(CURVES_ATTR, curves.history())
-        if curves.diverged:
+        if context.state == "diverged":
+            value, _ = context.result()
             trial.set_user_attr(STATE_ATTR, "diverged")
-            trial.set_user_attr(DIVERGED_EPOCH_ATTR, curves.diverged_epoch)
-            value = {"val_loss": curves.initial_val_loss, "val_accuracy": curves.initial_val_accuracy}[spec.objective]
+            trial.set_user_attr(DIVERGED_EPOCH_ATTR, context.diverged_epoch)
             self._finish(run, "diverged", curves, trial, value=value)
             return value
+        try:
+            value, _ = context.result()
+        except RuntimeError as exc:
+            error = TaskError(f"task {spec.task!r}: {exc}")
+            self._fail(run, context, trial, error, started)
+            raise error from None
         trial.set_user_attr(STATE_ATTR, "complete")
-        assert curves.last is not None
-        value = float(getattr(curves.last, spec.objective))
         self._finish(run, "complete", curves, trial, value=value)
         return value
+
+    def _checkpoint_dir(self, number: int) -> Path:
+        root = self.checkpoint_root or Path(tempfile.gettempdir()) / "adamtune-checkpoints"
+        return root / re.sub(r"[^A-Za-z0-9._-]", "_", self.spec.study_name) / f"trial-{number}"
+
+    def _fail(
+        self, run: TrialRun | None, context: TrialContext, trial: optuna.Trial, exc: BaseException, started: float
+    ) -> None:
+        """Record a failed trial: its traceback on the trial, its MLflow run closed as failed."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS:]
+        if isinstance(exc, Exception):  # an interruption is not the task's error
+            with contextlib.suppress(Exception):  # the storage is down: the worker reports the failure anyway
+                trial.set_user_attr(ERROR_ATTR, text)
+        curves = context.curves()
+        curves.seconds = time.perf_counter() - started
+        self._finish(run, "failed", curves, trial, error=exc, error_text=text)
 
     def _start_run(
         self, trial: optuna.Trial, params: AdamParams, seed: int, is_baseline: bool, host: str
@@ -158,6 +220,7 @@ class Objective:
         *,
         value: float | None = None,
         error: BaseException | None = None,
+        error_text: str | None = None,
     ) -> None:
         """Close the trial's MLflow run as ``state`` (while the trial still runs, so its run id can be stored)."""
         if run is None:
@@ -175,6 +238,8 @@ class Objective:
                 final["seconds"] = curves.seconds
         if error is not None:
             tags["adamtune.error"] = f"{type(error).__name__}: {error}"[:500]
+            if error_text and isinstance(error, Exception):
+                tags["adamtune.traceback"] = error_text
         run.finish(state, final, tags, study=getattr(trial, "study", None), trial_number=trial.number, value=value)
 
 

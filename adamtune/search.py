@@ -79,7 +79,7 @@ def run_search(
     from adamtune.worker import plan_workers, resolve_devices, run_pool
 
     task = resolve_task(spec.task)
-    spec = spec.with_task_defaults(task.default_epochs, task.default_batch_size)
+    spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad objective
     device_list = resolve_devices(devices if devices is not None else options.device, workers)
     heartbeat_settings()
     options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")

@@ -574,6 +574,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         task=stored["task"],
         study_name=study.study_name,
         objective=stored["objective"],
+        direction=study.direction.name.lower(),  # the task's direction, as the study was created with
         n_trials=int(settings.get("n_trials", 0)) or 1,
         epochs=stored["epochs"],
         batch_size=stored["batch_size"],

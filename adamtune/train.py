@@ -8,9 +8,9 @@ Divergence: training stops, and ``Curves.diverged_epoch`` records the epoch, whe
 the training or validation loss is non-finite, or the validation loss exceeds ``DIVERGENCE_FACTOR``
 times the untrained model's. The second rule matters: with a far too large learning rate Adam often
 blows the loss up to 1e3–1e6 without ever producing NaN, then settles in a dead network. The untrained
-model's validation metrics are measured once before training (``Curves.initial_val_loss``/
-``initial_val_accuracy``); the caller decides what a diverged run scores. The check runs once per
-epoch (one device sync), so a loss that turns NaN mid-epoch is caught at that epoch's end.
+model's validation metrics are measured once before training (``Curves.initial``); the caller decides
+what a diverged run scores. The check runs once per epoch (one device sync), so a loss that turns NaN
+mid-epoch is caught at that epoch's end.
 
 ``on_epoch(metrics)`` is called after each epoch's validation; an exception it raises (for example
 Optuna's ``TrialPruned``) propagates out of :func:`train` unchanged.
@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,27 +36,36 @@ DIVERGENCE_FACTOR = 10.0  # a validation loss 10x the untrained model's is a blo
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """What one epoch produced. ``epoch`` counts from 1; ``lr`` is the rate after the epoch's last step."""
+    """What one epoch produced, under stored names: ``train_loss``, ``val_loss``, ``val_<metric>``…, ``lr``.
+
+    ``epoch`` counts from 1; ``lr`` is the rate after the epoch's last step. Metrics read as attributes
+    too (``metrics.val_loss``). A user loop's epochs hold whatever it reported and logged.
+    """
 
     epoch: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    lr: float
+    values: Mapping[str, float]
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+        return dict(self.values)
+
+    def __getattr__(self, name: str) -> float:
+        values = self.__dict__.get("values")
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(f"epoch metrics have no {name!r}")
 
 
 @dataclass
 class Curves:
-    """Per-epoch learning curves of one training run."""
+    """Per-epoch learning curves of one training run.
+
+    ``initial`` holds the untrained model's validation metrics (stored names), measured before training.
+    """
 
     epochs: list[EpochMetrics] = field(default_factory=list)
     diverged_epoch: int | None = None
     seconds: float = 0.0
-    initial_val_loss: float = math.nan
-    initial_val_accuracy: float = math.nan
+    initial: dict[str, float] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -66,10 +75,18 @@ class Curves:
     def last(self) -> EpochMetrics | None:
         return self.epochs[-1] if self.epochs else None
 
+    @property
+    def initial_val_loss(self) -> float:
+        return self.initial.get("val_loss", math.nan)
+
+    @property
+    def initial_val_accuracy(self) -> float:
+        return self.initial.get("val_accuracy", math.nan)
+
     def history(self) -> dict[str, list[float | None]]:
-        """Metric name -> values per epoch, with non-finite values as None (JSON-safe)."""
-        names = ("train_loss", "val_loss", "val_accuracy", "lr")
-        return {n: [_finite_or_none(getattr(e, n)) for e in self.epochs] for n in names}
+        """Metric name -> values per epoch, with non-finite or missing values as None (JSON-safe)."""
+        names = list(dict.fromkeys(name for e in self.epochs for name in e.values))
+        return {n: [_finite_or_none(e.values.get(n, math.nan)) for e in self.epochs] for n in names}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -96,20 +113,29 @@ def _to_model_input(task: Task, x: torch.Tensor, device: torch.device) -> torch.
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: torch.nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``split`` (evaluation mode, no augmentation)."""
+def evaluate_metrics(task: Task, model: torch.nn.Module, split: Split, device: torch.device) -> dict[str, float]:
+    """``task``'s metrics of ``model`` on ``split`` by bare name, ``loss`` first (eval mode, no augmentation).
+
+    Each metric is averaged over the evaluation batches weighted by their size (see ``tasks/base.py``).
+    """
     model.eval()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    totals = {name: torch.zeros((), device=device) for name in task.metric_names}
     for start in range(0, len(split), EVAL_BATCH_SIZE):
         x = _to_model_input(task, split.x[start : start + EVAL_BATCH_SIZE], device)
         y = split.y[start : start + EVAL_BATCH_SIZE]
         with _autocast(device):
-            logits = model(x)
-        total_loss += task.loss(logits, y).float() * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
+            outputs = model(x)
+        totals["loss"] += task.loss(outputs, y).float() * len(y)
+        for name, metric in task.metrics.items():
+            totals[name] += metric(outputs.float(), y).float() * len(y)
     n = max(len(split), 1)
-    return (total_loss / n).item(), correct.item() / n
+    return {name: (total / n).item() for name, total in totals.items()}
+
+
+def evaluate(task: Task, model: torch.nn.Module, split: Split, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``split`` (NaN accuracy for a task that measures none)."""
+    metrics = evaluate_metrics(task, model, split, device)
+    return metrics["loss"], metrics.get("accuracy", math.nan)
 
 
 def build_model(task: Task, seed: int, device: torch.device) -> torch.nn.Module:
@@ -132,6 +158,7 @@ def train(
     seed: int,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_trained: Callable[[torch.nn.Module], None] | None = None,
+    on_initial: Callable[[dict[str, float]], None] | None = None,
 ) -> Curves:
     """Train ``task``'s model on ``data.train`` with Adam ``params``; validate on ``data.val`` each epoch.
 
@@ -158,8 +185,11 @@ def train(
     generator = torch.Generator(device=device).manual_seed(seed)
     train_x, train_y = data.train.x, data.train.y
     n = len(data.train)
-    initial_val_loss, initial_val_accuracy = evaluate(task, model, data.val, device)
-    curves = Curves(initial_val_loss=initial_val_loss, initial_val_accuracy=initial_val_accuracy)
+    initial = evaluate_metrics(task, model, data.val, device)
+    curves = Curves(initial={f"val_{name}": value for name, value in initial.items()})
+    if on_initial is not None:
+        on_initial(initial)
+    initial_val_loss = initial["loss"]
     blow_up = DIVERGENCE_FACTOR * initial_val_loss if math.isfinite(initial_val_loss) else math.inf
     for epoch in range(1, epochs + 1):
         model.train()
@@ -178,8 +208,10 @@ def train(
             scheduler.step()
             total_loss += loss.detach().float() * len(index)
         train_loss = (total_loss / n).item()
-        val_loss, val_accuracy = evaluate(task, model, data.val, device)
-        metrics = EpochMetrics(epoch, train_loss, val_loss, val_accuracy, scheduler.get_last_lr()[0])
+        val = evaluate_metrics(task, model, data.val, device)
+        val_loss = val["loss"]
+        values = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}, "lr": scheduler.get_last_lr()[0]}
+        metrics = EpochMetrics(epoch, values)
         curves.epochs.append(metrics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or val_loss > blow_up:
             curves.diverged_epoch = epoch

@@ -11,7 +11,8 @@ Procedure
    task's training split.
 3. Each trained model is evaluated on the held-out **test** split, which tuning never looks at. The
    compared metric is the test counterpart of the study's objective (``val_loss`` -> ``test_loss``,
-   ``val_accuracy`` -> ``test_accuracy``); both metrics are recorded. A run that diverges scores as its
+   ``val_mae`` -> ``test_mae``); every metric of the task is recorded (a loop task's ``fit`` runs with
+   ``trial.split == "test"`` and what it reports is recorded). A run that diverges scores as its
    untrained model, exactly as a diverged trial does during the search, and is counted.
 4. Reported: mean ± sample standard deviation (ddof=1) per setting; the per-seed difference, signed so
    that positive means "the recommendation is better", as mean ± std; the p-values of a paired t-test
@@ -40,6 +41,7 @@ import optuna
 
 from adamtune.errors import ConfigError
 from adamtune.report import VERIFY_ATTR, StudySummary, recommendation, settings_dict
+from adamtune.runner import split_metric
 from adamtune.space import AdamParams
 from adamtune.study import SEED_ATTR
 
@@ -51,18 +53,19 @@ FIRST_SEED = 7_000_000
 MIN_SEEDS = 2
 #: MLflow's maximum number of metrics in one log_batch call.
 MLFLOW_BATCH = 1000
-#: The test metric compared for each study objective.
-TEST_METRIC = {"val_loss": "test_loss", "val_accuracy": "test_accuracy"}
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """One training run evaluated on the test split."""
+    """One training run evaluated on the test split: ``metrics`` by stored name (``test_loss``, ``test_mae``…)."""
 
     seed: int
-    test_loss: float
-    test_accuracy: float
+    metrics: dict[str, float]
     diverged: bool
+
+    def value(self, metric: str) -> float:
+        """The run's ``metric`` (NaN when it was not measured, e.g. a diverged loop run's other metrics)."""
+        return self.metrics.get(metric, math.nan)
 
 
 @dataclass
@@ -88,7 +91,7 @@ class VerifyResult:
 
     def values(self, which: str, metric: str | None = None) -> list[float]:
         runs = self.recommended if which == "recommended" else self.default
-        return [getattr(run, metric or self.metric) for run in runs]
+        return [run.value(metric or self.metric) for run in runs]
 
     def differences(self) -> list[float]:
         """Per-seed difference of the compared metric, positive where the recommendation is better."""
@@ -136,10 +139,18 @@ class VerifyResult:
         direction = "better" if mean > 0 else "worse"
         return f"no significant difference on the test split (α = {ALPHA}): the recommendation is {direction} by {by}"
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Every metric the runs measured: the compared one first, then in the order first measured."""
+        names = dict.fromkeys([self.metric])
+        for run in (*self.recommended, *self.default):
+            names.update(dict.fromkeys(run.metrics))
+        return list(names)
+
     def _arm(self, which: str) -> dict[str, Any]:
         runs = self.recommended if which == "recommended" else self.default
         arm: dict[str, Any] = {}
-        for metric in ("test_loss", "test_accuracy"):
+        for metric in self.metric_names:
             values = self.values(which, metric)
             arm[metric] = {"mean": statistics.fmean(values), "std": _std(values), "values": values}
         arm["diverged"] = sum(run.diverged for run in runs)
@@ -263,7 +274,7 @@ def run_verify(
         task=summary.task,
         trial=summary.recommended.trial,
         params=settings_dict(summary.recommended.params, summary.extra_dimensions),
-        metric=TEST_METRIC[summary.objective],
+        metric=split_metric(summary.objective, "test"),
         direction=summary.direction,
         epochs=summary.epochs,
         batch_size=summary.batch_size,
@@ -298,12 +309,9 @@ def train_and_test(
 
     A diverged run is scored as its untrained model on the test split (as diverged trials are scored).
     """
-    import torch
+    from adamtune.runner import train_once
 
-    from adamtune.train import build_model, evaluate, train
-
-    trained: list[torch.nn.Module] = []
-    curves = train(
+    run = train_once(
         task,
         data,
         params,
@@ -311,11 +319,10 @@ def train_and_test(
         epochs=summary.epochs,
         batch_size=summary.batch_size,
         seed=seed,
-        on_trained=trained.append,
+        split="test",
+        objective=summary.objective,
     )
-    model = build_model(task, seed, torch.device(device)) if curves.diverged else trained[0]
-    test_loss, test_accuracy = evaluate(task, model, data.test, torch.device(device))
-    return RunResult(seed, test_loss, test_accuracy, curves.diverged)
+    return RunResult(seed, run.metrics, run.diverged)
 
 
 def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], None] | None = None) -> str | None:
@@ -324,7 +331,8 @@ def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], 
     ``tracker`` is an :class:`adamtune.tracking.Tracker` (it finds or makes the study's experiment); the
     run is written synchronously through its ``client``, so it is complete when this returns.
 
-    Metrics: ``{recommended,default}_{test_loss,test_accuracy}_{mean,std}``, ``{recommended,default}_diverged``,
+    Metrics: ``{recommended,default}_<metric>_{mean,std}`` for each test metric (``test_loss``,
+    ``test_mae``…), ``{recommended,default}_diverged``,
     ``difference_mean``, ``difference_std``, ``p_paired``, ``p_welch`` (undefined p-values are left out),
     and per-seed values ``{recommended,default}_<metric>`` with step = the seed's index. Params: the
     verified settings, trial, seeds, epochs, batch size, device, metric. Tags: ``adamtune.kind = verify``,
@@ -337,7 +345,7 @@ def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], 
     record = result.as_dict()
     metrics = []
     for arm in ("recommended", "default"):
-        for metric in ("test_loss", "test_accuracy"):
+        for metric in result.metric_names:
             stats = record[arm][metric]
             metrics.append(Metric(f"{arm}_{metric}_mean", stats["mean"], stamp, 0))
             metrics.append(Metric(f"{arm}_{metric}_std", stats["std"], stamp, 0))
@@ -388,7 +396,7 @@ def render_result(result: VerifyResult) -> str:
         f"{n} seeds x {result.epochs} epochs, test split, {result.device}",
         f"{'':16}{'recommended':>22}{'Adam default':>22}",
     ]
-    for metric in ("test_loss", "test_accuracy"):
+    for metric in result.metric_names:
         cells = []
         for arm in ("recommended", "default"):
             stats = record[arm][metric]

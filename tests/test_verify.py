@@ -203,8 +203,8 @@ def result_of(recommended: list[float], default: list[float], direction: str = "
     metric = "test_loss" if direction == "minimize" else "test_accuracy"
     result = VerifyResult("s", "t", 3, {}, metric, direction, 5, 32, "cpu")
     for seed, (r, d) in enumerate(zip(recommended, default, strict=True)):
-        result.recommended.append(RunResult(seed, r, r, False))
-        result.default.append(RunResult(seed, d, d, False))
+        result.recommended.append(RunResult(seed, {"test_loss": r, "test_accuracy": r}, False))
+        result.default.append(RunResult(seed, {"test_loss": d, "test_accuracy": d}, False))
     return result
 
 

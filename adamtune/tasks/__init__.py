@@ -1,4 +1,7 @@
-"""Task registry: built-in task names and user tasks given as ``module:function``.
+"""Task registry: built-in task names and user tasks given as ``module:name``.
+
+A user task ``module:name`` names a :class:`~adamtune.tasks.loop.LoopTask` (or built-in-style
+:class:`~adamtune.tasks.base.Task`) object in ``module``, or a function of no arguments that returns one.
 
 The registry is a plain dict of name -> ``"module:factory"`` so that listing names (for ``--help`` or an
 "unknown task" error) imports nothing heavy; the task module, and torch with it, is imported only by
@@ -17,6 +20,7 @@ from adamtune.errors import TaskError
 
 if TYPE_CHECKING:
     from adamtune.tasks.base import Task
+    from adamtune.tasks.loop import LoopTask
 
 BUILTIN_TASKS: dict[str, str] = {
     "digits": "adamtune.tasks.digits:make_task",
@@ -51,15 +55,17 @@ def check_task_name(name: str) -> None:
     raise TaskError(f"unknown task {name!r}; valid tasks: {valid}, or 'package.module:function' for your own")
 
 
-def resolve_task(name: str) -> Task:
+def resolve_task(name: str) -> Task | LoopTask:
     """Import and build the task called ``name``.
 
     User tasks are imported from ``sys.path`` with the current directory first, as ``python -m`` would.
-    The factory is called with no arguments and must return a :class:`~adamtune.tasks.base.Task`.
+    ``module:name`` is a ``LoopTask`` or ``Task`` object, or a factory called with no arguments that
+    returns one.
 
     Raises:
-        TaskError: the name is unknown, the module or function cannot be imported, or the factory does
-            not return a Task. Exceptions raised inside the user's module are reported in one line.
+        TaskError: the name is unknown, the module or attribute cannot be imported, or it is (or its
+            factory returns) something else. Exceptions raised inside the user's module or factory
+            are reported in one line.
     """
     check_task_name(name)
     reference = BUILTIN_TASKS.get(name, name)
@@ -76,15 +82,21 @@ def resolve_task(name: str) -> Task:
         ) from exc
     except Exception as exc:  # a user module that fails on import: report it in one line
         raise TaskError(f"importing {module_name!r} for task {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    factory = getattr(module, function_name, None)
-    if not callable(factory):
-        raise TaskError(f"module {module_name!r} has no function {function_name!r} (task {name!r})")
     from adamtune.tasks.base import Task
+    from adamtune.tasks.loop import LoopTask
 
+    factory = getattr(module, function_name, None)
+    if isinstance(factory, (Task, LoopTask)):
+        return factory
+    if not callable(factory):
+        raise TaskError(
+            f"module {module_name!r} has no LoopTask or function {function_name!r} (task {name!r}); "
+            f"define {function_name} = adamtune.LoopTask(...) there"
+        )
     try:
         task = factory()
     except Exception as exc:
         raise TaskError(f"task factory {reference!r} failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(task, Task):
-        raise TaskError(f"task factory {reference!r} returned {type(task).__name__}, not adamtune.tasks.base.Task")
+    if not isinstance(task, (Task, LoopTask)):
+        raise TaskError(f"task factory {reference!r} returned {type(task).__name__}, not an adamtune.LoopTask or Task")
     return task

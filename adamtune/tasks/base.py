@@ -17,19 +17,31 @@ Contract
 * ``augment(x, generator)`` (optional) is a batched, on-device training augmentation of a prepared
   batch. It must use ``generator`` for all randomness.
 
-Metrics are classification metrics: targets are integer class labels and accuracy is
-``argmax(logits) == y``.
+Metrics. ``metrics`` maps bare names to functions ``fn(outputs, targets) -> scalar tensor``, each the
+*mean over the batch* (adamtune averages batches weighted by their size, so means such as accuracy,
+MSE or MAE come out exact over the split; a root such as RMSE does not: report MSE instead). The loss is
+always measured too, as ``loss``. Stored names get the split's prefix (``val_accuracy``, ``test_mae``;
+see :mod:`adamtune.metrics`). ``objective`` (bare, default ``loss``) and ``direction`` are what a study
+of the task optimises unless ``--objective`` picks another of its metrics; ``directions`` gives the
+direction of further metrics whose names :data:`adamtune.metrics.KNOWN_DIRECTIONS` does not know.
+
+The default is classification: cross-entropy loss and ``accuracy`` (``argmax(logits) == y``), with
+the objective ``val_loss``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from adamtune.metrics import check_direction, check_metric_name, direction_of
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of the batch whose arg-max class is the label."""
+    return (logits.argmax(dim=1) == targets).float().mean()
+
+
+def _classification_metrics() -> dict[str, MetricFn]:
+    return {"accuracy": accuracy}
+
+
 @dataclass(frozen=True)
 class Task:
     """A dataset, a model and their training defaults. See the module docstring for the contract."""
@@ -87,7 +108,32 @@ class Task:
     dataset: str = ""
     model: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, MetricFn] = field(default_factory=_classification_metrics)
+    objective: str = "loss"
+    direction: str = "minimize"
+    directions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_epochs < 1 or self.default_batch_size < 1:
             raise ValueError(f"task {self.name!r}: default epochs and batch size must be >= 1")
+        where = f"task {self.name!r}"
+        for name in self.metrics:
+            check_metric_name(name, where)
+            if name == "loss":
+                raise ValueError(
+                    f"{where}: 'loss' is always measured (with the task's loss); name the metric otherwise"
+                )
+        check_direction(self.direction, where)
+        for direction in self.directions.values():
+            check_direction(direction, where)
+        if self.objective not in self.metric_names:
+            raise ValueError(f"{where}: objective {self.objective!r} is not one of its metrics {self.metric_names}")
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Bare names of what evaluation measures: ``loss`` first, then ``metrics`` in order."""
+        return ("loss", *self.metrics)
+
+    def direction_of(self, metric: str) -> str | None:
+        """The direction of bare ``metric`` (None: unknown; see :func:`adamtune.metrics.direction_of`)."""
+        return direction_of(metric, self.objective, self.direction, self.directions)

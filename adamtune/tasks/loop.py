@@ -1,0 +1,112 @@
+"""``LoopTask``: a task whose training loop is the user's own ``fit(trial)`` function.
+
+adamtune owns the trial (the sampled Adam settings, the seed, the device, pruning, divergence, MLflow,
+the study); the user owns everything inside ``fit``: the model, the data and its DataLoaders, the loss,
+the batches and the evaluation. The two meet in :class:`adamtune.TrialContext`::
+
+    def fit(trial: adamtune.TrialContext) -> None:
+        model = Net().to(trial.device)                      # trial.seed is already applied to torch
+        optimizer, scheduler = trial.make_optimizer(model.parameters())
+        for epoch in trial.epochs():                        # 1..E
+            ...                                             # scheduler.step() after every optimizer.step()
+            trial.report(loss=eval_loss, mae=eval_mae)      # metrics on trial.split; may stop the trial
+
+    task = adamtune.LoopTask(name="diabetes", fit=fit, objective="mae", direction="minimize")
+
+Contract
+--------
+* ``fit(trial)`` trains one model with ``trial.params`` for ``trial.epochs()`` and calls
+  ``trial.report(...)`` once per epoch with metrics measured on ``trial.split`` (``"val"`` during the
+  search and confirmation, ``"test"`` during ``adamtune verify``). Each report must include the
+  objective. ``fit`` returns nothing; what it reported is the result. It is called once per trial, in
+  the worker's process, many times per process: keep state in the function, not in globals.
+* ``data(data_dir)`` (optional) is called **once per worker process**; its result is ``trial.data`` in
+  every trial of that worker (load files, build datasets there, not in ``fit``). Without it,
+  ``trial.data`` is None.
+* ``objective`` is the bare name of the reported metric the study optimises (``"mae"`` is stored as
+  ``val_mae``); ``direction`` is its direction. ``metrics`` names further reported metrics that
+  ``--objective`` may choose; ``directions`` gives their directions where
+  :data:`adamtune.metrics.KNOWN_DIRECTIONS` does not know them.
+
+This module imports neither torch, optuna nor mlflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamtune.metrics import check_direction, check_metric_name, direction_of
+
+if TYPE_CHECKING:
+    from adamtune.context import TrialContext
+
+
+@dataclass(frozen=True)
+class LoopData:
+    """What a :class:`LoopTask`'s ``data`` function returned, held by the worker for every trial.
+
+    ``to(device)`` returns it unchanged: the user's ``fit`` moves its own batches to ``trial.device``.
+    """
+
+    value: Any = None
+
+    def to(self, device: object) -> LoopData:
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass(frozen=True)
+class LoopTask:
+    """A task trained by the user's ``fit(trial)``. See the module docstring for the contract."""
+
+    name: str
+    fit: Callable[[TrialContext], None]
+    objective: str = "loss"
+    direction: str = "minimize"
+    default_epochs: int = 10
+    default_batch_size: int = 32
+    metrics: tuple[str, ...] = ()
+    directions: Mapping[str, str] = field(default_factory=dict)
+    data: Callable[[Path], Any] | None = None
+    description: str = ""
+    dataset: str = ""
+    model: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"LoopTask {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("LoopTask needs a name")
+        if not callable(self.fit):
+            raise ValueError(f"{where}: fit must be a function fit(trial), got {type(self.fit).__name__}")
+        for value, what in ((self.default_epochs, "default_epochs"), (self.default_batch_size, "default_batch_size")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {what} must be a whole number >= 1, got {value!r}")
+        check_metric_name(self.objective, f"{where} (objective)")
+        check_direction(self.direction, where)
+        if isinstance(self.metrics, str):
+            raise ValueError(f"{where}: metrics must be a tuple of names, got the string {self.metrics!r}")
+        for name in self.metrics:
+            check_metric_name(name, where)
+        for direction in self.directions.values():
+            check_direction(direction, where)
+        if self.data is not None and not callable(self.data):
+            raise ValueError(f"{where}: data must be a function data(data_dir), got {type(self.data).__name__}")
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Bare names a study may optimise: the objective first, then ``metrics``."""
+        return tuple(dict.fromkeys((self.objective, *self.metrics)))
+
+    def direction_of(self, metric: str) -> str | None:
+        """The direction of bare ``metric`` (None: unknown)."""
+        return direction_of(metric, self.objective, self.direction, self.directions)
+
+    def load_data(self, data_dir: Path) -> LoopData:
+        """Call the task's ``data`` function once (per worker process); its result becomes ``trial.data``."""
+        return LoopData(self.data(data_dir) if self.data is not None else None)
