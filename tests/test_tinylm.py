@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adamtune.errors import DataError
-from adamtune.optim import make_optimizer
+from adamtune.optim import make_optimizer, scheduled_lr
 from adamtune.space import AdamParams
 from adamtune.tasks import tinylm
 
@@ -126,3 +126,26 @@ def test_a_short_training_run_lowers_the_validation_loss(tmp_path: Path) -> None
     after = tinylm.evaluate(model, *data.val)
     assert losses[1] < losses[0] and after < before - 1.0
     assert scheduler.get_last_lr()[0] == params.lr  # 40 steps: the 10-step warmup is over
+
+
+def test_the_loop_task_reports_loss_and_perplexity_and_the_warmup_lr(tmp_path: Path) -> None:
+    """The real ``fit`` (a tiny configuration) through adamtune's runner, on validation then test."""
+    from adamtune.runner import train_once
+    from adamtune.tasks import resolve_task
+
+    assert resolve_task("tinylm").name == "tinylm"
+    config = tinylm.TinyLMConfig(width=32, layers=1, heads=2, context=32, file_bytes=400, windows_per_epoch=96)
+    task = tinylm.make_task(config)
+    assert task.objective == "loss" and task.metric_names == ("loss", "perplexity")
+    data = task.load_data(tmp_path)
+    params = AdamParams(lr=3e-3, beta2=0.98, warmup=8, weight_decay=0.01)
+    run = train_once(task, data, params, device="cpu", epochs=3, batch_size=16, seed=1, split="val")
+    assert set(run.metrics) == {"val_loss", "val_perplexity"} and not run.diverged
+    assert run.metrics["val_perplexity"] == pytest.approx(math.exp(run.metrics["val_loss"]))
+    history = run.curves.history()
+    assert history["val_loss"][-1] < history["val_loss"][0] < math.log(256)
+    # 6 steps per epoch (96 windows / 16): the logged lr is the schedule's after 6, 12 and 18 steps
+    assert history["lr"] == pytest.approx([scheduled_lr(params, t) for t in (6, 12, 18)])
+    assert history["lr"][0] < params.lr == history["lr"][1]
+    test = train_once(task, data, params, device="cpu", epochs=1, batch_size=16, seed=1, split="test")
+    assert set(test.metrics) == {"test_loss", "test_perplexity"}

@@ -23,21 +23,38 @@ blocks of causal self-attention and a 4x GELU MLP, a final LayerNorm, and an out
 token embedding; biases in every Linear and LayerNorm; no dropout; init ``N(0, 0.02)`` with the residual
 projections scaled by ``1/sqrt(2 * LAYERS)``. The loss is the mean next-byte cross-entropy in nats per
 byte (= per token); perplexity is ``exp(loss)``.
+
+Training (:func:`fit`, a :class:`~adamtune.tasks.loop.LoopTask`)
+----------------------------------------------------------------
+An epoch is a fixed amount of text, :data:`WINDOWS_PER_EPOCH` windows (262,144 tokens) whatever the
+batch size, taken in order from an endless sequence of seeded permutations of the training windows
+(:func:`epoch_batches`); 5 epochs see the 7,600 training windows about 1.3 times. After each epoch the
+model is evaluated on ``trial.split`` (validation during the search, test during ``verify``) and
+``loss`` (nats/token) and ``perplexity`` are reported, with ``train_loss`` and ``lr`` logged; the
+untrained model's metrics are reported first (``ln 256 ≈ 5.55`` nats), the reference of the blow-up
+rule and the score of a diverged trial. The optimizer comes from ``trial.make_optimizer(model)``, so
+AdamW's weight decay skips biases and LayerNorm parameters (:func:`adamtune.optim.param_groups`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from adamtune.errors import DataError
+from adamtune.tasks.loop import LoopTask
+
+if TYPE_CHECKING:
+    from adamtune.context import TrialContext
 
 #: Tokens of context the model sees (and predicts) per window.
 CONTEXT = 128
@@ -114,7 +131,7 @@ class LMData:
         return LMData(move(self.train), move(self.val), move(self.test), self.digest)
 
 
-def load_text_data(root: Path | None = None, file_bytes: int = FILE_BYTES) -> LMData:
+def load_text_data(root: Path | None = None, file_bytes: int = FILE_BYTES, context: int = CONTEXT) -> LMData:
     """Read, split and window the corpus (deterministic: the same files give the same tensors).
 
     ``root`` defaults to this Python's standard library; ``file_bytes`` to :data:`FILE_BYTES`.
@@ -123,14 +140,15 @@ def load_text_data(root: Path | None = None, file_bytes: int = FILE_BYTES) -> LM
         DataError: a split has less than one window of text (``root`` holds too few ``.py`` files).
     """
     texts = split_bytes(source_files(root), file_bytes)
-    short = [name for name, text in texts.items() if len(text) <= CONTEXT]
+    short = [name for name, text in texts.items() if len(text) <= context]
     if short:
         where = root if root is not None else stdlib_dir()
         raise DataError(
             f"tinylm needs the Python standard library's source; {where} gives too little text for the "
             f"{', '.join(short)} split (is this a Python without its .py files?)"
         )
-    return LMData(windows(texts["train"]), windows(texts["val"]), windows(texts["test"]), corpus_digest(texts))
+    train, val, test = (windows(texts[name], context) for name in ("train", "val", "test"))
+    return LMData(train, val, test, corpus_digest(texts))
 
 
 class Block(nn.Module):
@@ -248,3 +266,63 @@ def train_epoch(
         total += loss.detach() * len(index)
         count += len(index)
     return (total / max(count, 1)).item()
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; ``inf`` where that overflows (a blown-up loss)."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """The task's sizes; the defaults are ``tinylm``'s (tests build smaller ones with :func:`make_task`)."""
+
+    width: int = WIDTH
+    layers: int = LAYERS
+    heads: int = HEADS
+    context: int = CONTEXT
+    file_bytes: int = FILE_BYTES
+    windows_per_epoch: int = WINDOWS_PER_EPOCH
+
+    def fit(self, trial: TrialContext) -> None:
+        """Train one :class:`TinyGPT` for ``trial.epochs()``; report ``loss``/``perplexity`` on ``trial.split``."""
+        device = torch.device(trial.device)
+        data: LMData = trial.data.to(device)
+        train, held_out = data.train, data.split(trial.split)
+        model = TinyGPT(self.width, self.layers, self.heads, self.context).to(device)  # trial.seed is applied
+        optimizer, scheduler = trial.make_optimizer(model)
+        initial = evaluate(model, *held_out)
+        trial.report_initial(loss=initial, perplexity=perplexity(initial))
+        for epoch in trial.epochs():
+            batches = epoch_batches(len(train[0]), epoch, trial.batch_size, trial.seed, self.windows_per_epoch)
+            train_loss = train_epoch(model, optimizer, scheduler, train, batches)
+            loss = evaluate(model, *held_out)
+            trial.log(train_loss=train_loss, lr=scheduler.get_last_lr()[0])
+            trial.report(loss=loss, perplexity=perplexity(loss))
+
+    def load(self, data_dir: Path) -> LMData:
+        """The task's ``data`` function: this Python's corpus (``data_dir`` is unused: nothing to download)."""
+        return load_text_data(file_bytes=self.file_bytes, context=self.context)
+
+
+def make_task(config: TinyLMConfig | None = None) -> LoopTask:
+    """The ``tinylm`` task (see the module docstring); ``config`` changes its sizes."""
+    c = TinyLMConfig() if config is None else config
+    python = sys.version.split()[0]
+    n_params = sum(p.numel() for p in TinyGPT(c.width, c.layers, c.heads, c.context).parameters())
+    return LoopTask(
+        name="tinylm",
+        fit=c.fit,
+        data=c.load,
+        objective="loss",
+        direction="minimize",
+        metrics=("perplexity",),
+        default_epochs=DEFAULT_EPOCHS,
+        default_batch_size=DEFAULT_BATCH_SIZE,
+        description=(
+            f"byte-level GPT ({c.layers} layers, width {c.width}, {c.heads} heads, context {c.context}) on the "
+            f"first {c.file_bytes} bytes of each top-level module of Python {python}'s standard library"
+        ),
+        dataset=f"Python {python} standard library source (top-level .py files), split by file name hash",
+        model=f"TinyGPT {c.layers}x{c.width}, {c.heads} heads, context {c.context}, tied head, {n_params:,} parameters",
+    )
