@@ -168,3 +168,16 @@ def test_the_schedule_applies_to_every_group() -> None:
         assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([scheduled_lr(params, t)] * 2)
         optimizer.step()
         scheduler.step()
+
+
+def test_the_trainers_lr_curve_shows_the_warmup() -> None:
+    """The built-in trainer's per-epoch ``lr`` (what MLflow plots) is the schedule after that epoch's steps."""
+    from adamtune.tasks.synthetic import load_data, make_task
+    from adamtune.train import train
+
+    params = AdamParams(lr=0.01, warmup=30, decay=1e-3, weight_decay=0.01)
+    data = load_data()
+    steps = -(-len(data.train) // 100)  # batches per epoch at batch size 100
+    curves = train(make_task(), data, params, device="cpu", epochs=4, batch_size=100, seed=0)
+    assert [e.lr for e in curves.epochs] == pytest.approx([scheduled_lr(params, steps * k) for k in (1, 2, 3, 4)])
+    assert curves.epochs[0].lr < curves.epochs[-1].lr  # still warming up after the first epoch
