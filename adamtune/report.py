@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import StorageError
-from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, params_from_optuna
+from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -518,9 +518,11 @@ def render_summary(row: StudySummary) -> Any:
         if row.gain == 0:
             is_baseline = row.recommended is not None and row.baseline is not None
             is_baseline = is_baseline and row.recommended.trial == row.baseline.trial
-            verdict = "the recommendation is Adam's defaults" if is_baseline else "a tie"
+            verdict = (
+                f"the recommendation is {defaults_label(row.defaults.weight_decay > 0)}" if is_baseline else "a tie"
+            )
         else:
-            verdict = f"{'better' if row.gain > 0 else 'worse'} than Adam's defaults"
+            verdict = f"{'better' if row.gain > 0 else 'worse'} than {defaults_label(row.defaults.weight_decay > 0)}"
         caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict}")
     caption += [
         f"trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "

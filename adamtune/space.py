@@ -214,6 +214,11 @@ def baseline_for(space: SearchSpace) -> AdamParams:
     return ADAMW_BASELINE if space.has_weight_decay() else BASELINE
 
 
+def defaults_label(weight_decay: bool) -> str:
+    """How messages name the baseline: ``"AdamW's defaults"`` for a weight-decay study, else ``"Adam's defaults"``."""
+    return "AdamW's defaults" if weight_decay else "Adam's defaults"
+
+
 def baseline_optuna_params(space: SearchSpace) -> dict[str, Any]:
     """Optuna params that make a trial train with :func:`baseline_for` ``(space)``.
 
