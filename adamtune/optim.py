@@ -84,7 +84,8 @@ def make_optimizer(
         model_or_params: an ``nn.Module``, an iterable of parameters (``model.parameters()``), or
             explicit torch param-group dicts. Modules and parameters are grouped by
             :func:`param_groups`; dicts are used as given, and a group without a ``"weight_decay"``
-            key gets ``params.weight_decay`` (set ``"weight_decay": 0.0`` to exempt a group).
+            key gets ``params.weight_decay`` (set ``"weight_decay": 0.0`` to exempt a group; under plain
+            Adam, ``params.weight_decay == 0``, a group's own non-zero value is torch's coupled L2 penalty).
         params: the Adam settings. ``torch.optim.Adam`` is used unless ``params.weight_decay > 0``,
             which selects ``AdamW`` (decoupled weight decay).
         groups: a task's override of the grouping, called as ``groups(model_or_params)`` and returning
@@ -95,7 +96,7 @@ def make_optimizer(
         ``scheduler.step()`` after each ``optimizer.step()``.
 
     Raises:
-        ValueError: no parameters at all (torch's own error).
+        ValueError: no parameters at all.
     """
     if groups is not None:
         group_list = [dict(g) for g in groups(model_or_params)]
@@ -106,7 +107,11 @@ def make_optimizer(
         else:
             group_list = param_groups(items, params.weight_decay)
     for group in group_list:
+        given = group["params"]
+        group["params"] = [given] if isinstance(given, torch.Tensor) else list(given)  # generators: read once
         group.setdefault("weight_decay", params.weight_decay)
+    if not any(group["params"] for group in group_list):
+        raise ValueError("make_optimizer got no parameters to optimize")
     kwargs = {
         "lr": params.lr,
         "betas": (params.beta1, params.beta2),

@@ -155,6 +155,10 @@ def test_explicit_groups_and_a_task_hook_override_the_rule() -> None:
     def only_head(m: Tiny) -> list[dict]:
         return [{"params": list(m.head.parameters())}]
 
+    generator_group, _ = make_optimizer([{"params": model.head.parameters()}], wd)  # a generator is read once
+    assert len(generator_group.param_groups[0]["params"]) == 2
+    with pytest.raises(ValueError, match="no parameters"):
+        make_optimizer([], wd)
     hooked, _ = make_optimizer(model, wd, groups=only_head)
     assert len(hooked.param_groups) == 1 and _names(model, hooked.param_groups[0]) == {"head.weight", "head.bias"}
     assert hooked.param_groups[0]["weight_decay"] == 0.2
