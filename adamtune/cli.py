@@ -367,7 +367,8 @@ def describe_trial(trial: Any) -> str:
 
     state = trial_state(trial)
     params = trial.user_attrs.get(PARAMS_ATTR, {})
-    settings = " ".join(f"{k}={_fmt(params[k])}" for k in ("lr", "beta1", "beta2", "epsilon", "decay") if k in params)
+    shown = ("lr", "beta1", "beta2", "epsilon", "decay", "warmup", "weight_decay")  # the last two when on
+    settings = " ".join(f"{k}={_fmt(params[k])}" for k in shown if k in params and (params[k] or k in shown[:5]))
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
     baseline = " (baseline)" if trial.user_attrs.get("adamtune.baseline") else ""
     prefix = worker_label(trial)

@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import StorageError
-from adamtune.space import BASELINE, BETAS, AdamParams, params_from_optuna
+from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -279,6 +279,7 @@ class StudySummary:
     importance_note: str | None = None
     robust: RobustRange | None = None
     verify: dict[str, Any] | None = None
+    defaults: AdamParams = BASELINE  # what the baseline trains with: space.baseline_for(the space)
 
     @property
     def gain(self) -> float | None:
@@ -365,6 +366,7 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
         importance_note=note,
         robust=robust_range(ranked, spec),
         verify=study.user_attrs.get(VERIFY_ATTR),
+        defaults=baseline_for(spec.space),
     )
 
 
@@ -521,9 +523,11 @@ def render_summary(row: StudySummary) -> Any:
         if row.gain == 0:
             is_baseline = row.recommended is not None and row.baseline is not None
             is_baseline = is_baseline and row.recommended.trial == row.baseline.trial
-            verdict = "the recommendation is Adam's defaults" if is_baseline else "a tie"
+            verdict = (
+                f"the recommendation is {defaults_label(row.defaults.weight_decay > 0)}" if is_baseline else "a tie"
+            )
         else:
-            verdict = f"{'better' if row.gain > 0 else 'worse'} than Adam's defaults"
+            verdict = f"{'better' if row.gain > 0 else 'worse'} than {defaults_label(row.defaults.weight_decay > 0)}"
         caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict}")
     caption += [
         f"trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
@@ -567,7 +571,7 @@ def render_summary(row: StudySummary) -> Any:
         table.add_row(
             key,
             format_value(getattr(row.recommended.params, key), key),
-            format_value(getattr(BASELINE, key), key),
+            format_value(getattr(row.defaults, key), key),
             range_text(ranges.get(key), key),
             f"{weight:.2f}" if weight is not None else "-",
         )

@@ -25,7 +25,6 @@ from adamtune.report import (
     summarize,
     verify_lines,
 )
-from adamtune.space import BASELINE
 from adamtune.study import SPEC_ATTR
 
 
@@ -140,7 +139,7 @@ def _report_page(summary: StudySummary, files: ReportFiles) -> str:
             tr(
                 key,
                 format_value(getattr(rec.params, key), key),
-                format_value(getattr(BASELINE, key), key),
+                format_value(getattr(summary.defaults, key), key),
                 range_text(ranges.get(key), key),
                 "-" if weight is None else f"{weight:.2f}",
             )

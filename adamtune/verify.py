@@ -2,8 +2,8 @@
 
 Procedure
 ---------
-1. The recommendation is the study's first-ranked trial (``report.py``'s rule). Adam's defaults are
-   :data:`adamtune.space.BASELINE`.
+1. The recommendation is the study's first-ranked trial (``report.py``'s rule). The defaults are
+   :func:`adamtune.space.baseline_for` the study's space (Adam's, or AdamW's with weight decay).
 2. Both are trained on the same ``n`` fresh seeds: :data:`FIRST_SEED`, ``FIRST_SEED + 1``, … skipping
    any seed a trial of the study trained with. A seed fixes the model's initialisation, the shuffling
    and the augmentation, so the two settings of one seed see identical starts and batches (a *paired*
@@ -42,7 +42,7 @@ import optuna
 from adamtune.errors import ConfigError
 from adamtune.report import VERIFY_ATTR, StudySummary, recommendation, settings_dict
 from adamtune.runner import split_metric
-from adamtune.space import BASELINE, AdamParams
+from adamtune.space import AdamParams, defaults_label
 from adamtune.study import SEED_ATTR
 
 #: Significance level of the verdict (paired t-test).
@@ -133,9 +133,9 @@ class VerifyResult:
         if outcome == "same":
             return f"no difference on the test split: both settings gave identical results on {n} seeds"
         if outcome == "better":
-            return f"the recommendation beats Adam's defaults on the test split by {by}"
+            return f"the recommendation beats {defaults_label('weight_decay' in self.params)} on the test split by {by}"
         if outcome == "worse":
-            return f"Adam's defaults beat the recommendation on the test split by {by}"
+            return f"{defaults_label('weight_decay' in self.params)} beat the recommendation on the test split by {by}"
         direction = "better" if mean > 0 else "worse"
         return f"no significant difference on the test split (α = {ALPHA}): the recommendation is {direction} by {by}"
 
@@ -282,9 +282,9 @@ def run_verify(
     )
     arms: list[tuple[str, AdamParams, list[RunResult]]] = [
         ("recommended", summary.recommended.params, result.recommended),
-        ("default", BASELINE, result.default),
+        ("default", summary.defaults, result.default),
     ]
-    same_settings = summary.recommended.params == BASELINE  # the defaults won: one run serves both arms
+    same_settings = summary.recommended.params == summary.defaults  # the defaults won: one run serves both arms
     for seed in fresh_seeds(study, seeds):
         shared: RunResult | None = None
         for name, params, runs in arms:
@@ -392,9 +392,10 @@ def render_result(result: VerifyResult) -> str:
     record = result.as_dict()
     n = len(result.seeds)
     lines = [
-        f"verify {result.study} (task {result.task}): trial {result.trial} against Adam's defaults, "
+        f"verify {result.study} (task {result.task}): trial {result.trial} against "
+        f"{defaults_label('weight_decay' in result.params)}, "
         f"{n} seeds x {result.epochs} epochs, test split, {result.device}",
-        f"{'':16}{'recommended':>22}{'Adam default':>22}",
+        f"{'':16}{'recommended':>22}{'AdamW default' if 'weight_decay' in result.params else 'Adam default':>22}",
     ]
     for metric in result.metric_names:
         cells = []

@@ -69,3 +69,21 @@ def test_trainer_imports_neither_optuna_nor_mlflow() -> None:
     code = "import sys, adamtune.train, adamtune.tasks.digits; print('optuna' in sys.modules, 'mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_task_s_param_groups_reach_the_optimizer() -> None:
+    """A task's grouping hook overrides the default rule: here the first layer is frozen by lr 0."""
+    import dataclasses
+
+    import torch
+
+    def groups(model: torch.nn.Module) -> list[dict]:
+        return [{"params": list(model[0].parameters()), "lr": 0.0}, {"params": list(model[2].parameters())}]
+
+    trained: list[torch.nn.Module] = []
+    task = dataclasses.replace(TASK, param_groups=groups)
+    train(task, DATA, AdamParams(lr=1e-2), device="cpu", epochs=1, batch_size=100, seed=0, on_trained=trained.append)
+    torch.manual_seed(0)
+    fresh = task.make_model()
+    assert torch.equal(trained[0][0].weight, fresh[0].weight)  # frozen
+    assert not torch.equal(trained[0][2].weight, fresh[2].weight)  # trained
