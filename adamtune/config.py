@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adamtune.confirm import MIN_SEEDS, ConfirmSettings
 from adamtune.errors import ConfigError
 from adamtune.space import SearchSpace, parse_space
 
@@ -46,7 +47,21 @@ OBJECTIVES: dict[str, str] = {"val_loss": "minimize", "val_accuracy": "maximize"
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
 
-STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed")
+STUDY_KEYS = (
+    "task",
+    "objective",
+    "n_trials",
+    "epochs",
+    "batch_size",
+    "sampler",
+    "pruner",
+    "seed",
+    "confirm",
+    "confirm_top",
+    "confirm_seeds",
+)
+#: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
+CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds"}
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -65,6 +80,7 @@ class StudySpec:
     seed: int | None = None
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
 
     @property
     def direction(self) -> str:
@@ -142,6 +158,19 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
             checked[key] = value
+        elif key == "confirm":
+            if not isinstance(value, bool):
+                raise ConfigError(f"confirm in {where} must be true or false, got {value!r}")
+            checked[key] = value
+        elif key == "confirm_top":
+            checked[key] = _positive_int(value, key, where)
+        elif key == "confirm_seeds":
+            if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SEEDS:
+                raise ConfigError(
+                    f"confirm_seeds in {where} must be a whole number >= {MIN_SEEDS} (an interval needs two "
+                    f"paired runs), got {value!r}"
+                )
+            checked[key] = value
         elif key == "objective":
             checked[key] = _choice(value, key, OBJECTIVES, where)
         elif key == "sampler":
@@ -195,4 +224,5 @@ def build_spec(
     if "task" not in merged:
         raise ConfigError("no task given: pass --task NAME or a study file whose [study] names a task")
     space = parse_space(space_table, source)
-    return StudySpec(study_name=study_name or merged["task"], space=space, source=source, **merged)
+    confirm = ConfirmSettings(**{CONFIRM_KEYS[k]: merged.pop(k) for k in list(merged) if k in CONFIRM_KEYS})
+    return StudySpec(study_name=study_name or merged["task"], space=space, source=source, confirm=confirm, **merged)

@@ -1,0 +1,474 @@
+"""The confirmation stage's rule: finalists, fresh seeds, racing, and the decision (pure; no torch, no MLflow).
+
+Why. Every search trial is one seed on one validation split, so the best of many trials is mostly luck
+(the winner's curse). Before recommending, the stage trains the top finalists and Adam's defaults again,
+for the study's full epochs without pruning, on the same fresh seeds, and scores them on the validation
+split. This module decides *what* to run and *what it means*; ``confirm_stage.py`` runs it inside the
+workers, ``report.py`` reads it (read-only) for ``summary``/``recommend``.
+
+Storage. Each confirmation run is a trial of a second Optuna study in the same storage,
+``<study>.confirm`` (:func:`confirm_study_name`), whose user attributes name the arm
+(:data:`ARM_ATTR`: ``"baseline"`` or ``"trial-<n>"``, the finalist's trial number in the search study),
+the seed and the settings; its value is the objective on the validation split (a diverged run scores as
+its untrained model, as in the search). A run is identified by ``(arm, seed)``: a finished run is never
+repeated, and is reused by a later confirmation (the baseline's runs always are; a finalist's runs when
+it is still a finalist after a later search raised the target).
+
+The plan (:func:`plan_stage`), a deterministic function of the finalists and the runs finished so far,
+so that every worker (and ``summary``) computes the same one:
+
+1. **Finalists**: the top ``top`` (default 3) complete trials of the search by the recommendation rule
+   of ``report.py`` (late-epoch mean), the baseline trial excluded: it is the reference arm.
+2. **Seeds**: ``seeds`` (default 5) seeds from :data:`FIRST_SEED` = 8,000,000 upwards, skipping any seed
+   a search trial used; disjoint from ``verify``'s (7,000,000 upwards, at most a few hundred).
+3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 3)`` seeds. After
+   each round, every live finalist's *gain* is the per-seed paired difference with the baseline (signed
+   so that positive is better than Adam's defaults), with a 95% paired-t interval. A finalist is dropped
+   when its interval lies wholly below zero, or wholly below the interval of the live finalist with the
+   highest lower bound: it can no longer be the recommendation. The decision is *open* while more than
+   one finalist lives, or the one that lives has an interval containing zero; then the next round adds
+   :data:`SEED_STEP` seeds (up to ``seeds``) for the baseline and the live finalists. Otherwise the stage
+   is decided.
+4. **Decision**: the best live finalist (highest mean gain on the seeds of the last round) is recommended
+   **only if its interval's lower bound is above zero**; otherwise the recommendation is Adam's defaults,
+   and the best finalist is reported as the best candidate, with its gain and interval.
+
+The interval is the paired t interval ``mean ± t(0.975, n-1) · sd / sqrt(n)`` of the per-seed differences:
+with 3-5 seeds it is wider, and so more cautious, than a bootstrap interval, which under-covers at such
+small ``n``. Identical differences on every seed (sd = 0) give a zero-width interval.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Suffix of the study holding a study's confirmation runs.
+CONFIRM_SUFFIX = ".confirm"
+#: User attribute of the confirmation study naming the study it confirms (to hide it from listings).
+CONFIRMS_ATTR = "adamtune.confirms"
+#: User attributes of a confirmation run.
+ARM_ATTR = "adamtune.confirm.arm"
+ERROR_ATTR = "adamtune.confirm.error"
+METRICS_ATTR = "adamtune.confirm.metrics"
+SECONDS_ATTR = "adamtune.confirm.seconds"
+#: The baseline arm's name; a finalist's is ``trial-<number>``.
+BASELINE_ARM = "baseline"
+#: First confirmation seed (verify starts at 7,000,000 and needs a handful).
+FIRST_SEED = 8_000_000
+DEFAULT_TOP = 3
+DEFAULT_SEEDS = 5
+#: Seeds of the first round, and seeds added per later round.
+START_SEEDS = 3
+SEED_STEP = 2
+#: Fewest seeds: an interval needs two paired differences.
+MIN_SEEDS = 2
+#: Confidence level of the gain's interval.
+CONFIDENCE = 0.95
+#: A run (arm, seed) that failed with an error this many times stops the stage (the task is broken).
+MAX_RUN_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class ConfirmSettings:
+    """How a study confirms: on/off, finalists, seeds. Stored in the study's settings (``confirm``)."""
+
+    enabled: bool = True
+    top: int = DEFAULT_TOP
+    seeds: int = DEFAULT_SEEDS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "top": self.top, "seeds": self.seeds}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ConfirmSettings:
+        """From the stored form; None (a study made before the stage existed) gives the defaults (on)."""
+        values = values or {}
+        return cls(
+            enabled=bool(values.get("enabled", True)),
+            top=int(values.get("top", DEFAULT_TOP)),
+            seeds=int(values.get("seeds", DEFAULT_SEEDS)),
+        )
+
+
+def confirm_study_name(study_name: str) -> str:
+    return study_name + CONFIRM_SUFFIX
+
+
+def finalist_arm(trial_number: int) -> str:
+    return f"trial-{trial_number}"
+
+
+def arm_trial(arm: str) -> int | None:
+    """The search trial number of a finalist arm; None for the baseline."""
+    return None if arm == BASELINE_ARM else int(arm.removeprefix("trial-"))
+
+
+def confirm_seeds(used: Iterable[Any], n: int) -> list[int]:
+    """``n`` seeds from :data:`FIRST_SEED` upwards, none of them in ``used`` (the search trials' seeds)."""
+    taken = set(used)
+    seeds: list[int] = []
+    candidate = FIRST_SEED
+    while len(seeds) < n:
+        if candidate not in taken:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided Student-t critical value for ``df`` degrees of freedom (scipy, imported lazily)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Paired differences (positive = better than the baseline) and their interval."""
+
+    differences: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+
+def paired_gain(values: Sequence[float], baseline: Sequence[float], direction: str) -> Gain:
+    """The gain of ``values`` over ``baseline`` (same seeds, same order) with its paired-t interval.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_SEEDS` pairs or unequal lengths.
+    """
+    if len(values) != len(baseline) or len(values) < MIN_SEEDS:
+        raise ValueError(f"need at least {MIN_SEEDS} pairs of equal length, got {len(values)} and {len(baseline)}")
+    sign = 1.0 if direction == "minimize" else -1.0
+    differences = tuple(sign * (b - v) for v, b in zip(values, baseline, strict=True))
+    mean = statistics.fmean(differences)
+    sd = statistics.stdev(differences)
+    half = t_quantile(len(differences) - 1) * sd / math.sqrt(len(differences)) if sd > 0 else 0.0
+    return Gain(differences, mean, mean - half, mean + half)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A finalist of the search: its trial, settings (as a dict) and search-time score."""
+
+    trial: int
+    params: dict[str, Any]
+    search_score: float
+
+    @property
+    def arm(self) -> str:
+        return finalist_arm(self.trial)
+
+
+@dataclass(frozen=True)
+class ArmState:
+    """One finalist's standing after the plan's last complete round."""
+
+    finalist: Finalist
+    seeds: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+    gain: Gain | None = None
+    dropped_after: int | None = None  # seeds it had when it was dropped; None while it lives
+
+    @property
+    def confirmed_score(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stage still needs, and what it has shown so far.
+
+    ``needed`` are the ``(arm, seed)`` runs of the current round that have no finished run yet; the
+    stage is ``decided`` when no round is open. ``arms`` is every finalist's standing in rank order;
+    ``recommended`` the finalist chosen by the rule (None: Adam's defaults, or not decided yet);
+    ``best`` the best live finalist so far (the best candidate when the defaults are kept).
+    """
+
+    seeds: tuple[int, ...]
+    round_seeds: int
+    needed: tuple[tuple[str, int], ...]
+    decided: bool
+    arms: tuple[ArmState, ...]
+    baseline_values: tuple[float, ...] = ()
+    best: ArmState | None = None
+    recommended: ArmState | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def plan_stage(
+    finalists: Sequence[Finalist],
+    results: Mapping[tuple[str, int], float],
+    seeds: Sequence[int],
+    direction: str,
+) -> Plan:
+    """Replay the racing rule (module docstring) over ``results`` ((arm, seed) -> objective on val).
+
+    Deterministic: the same finalists, results and seeds give the same plan, whoever computes it. With
+    no finalist (no complete trial besides the baseline), the stage is decided at once and recommends
+    nothing (the defaults).
+    """
+    seeds = tuple(seeds)
+    if not finalists:
+        return Plan(seeds, 0, (), True, ())
+    n = min(len(seeds), START_SEEDS)
+    alive = list(finalists)
+    dropped: dict[str, ArmState] = {}
+    done = 0  # seeds of the last complete round
+    while True:
+        used = seeds[:n]
+        arms = [BASELINE_ARM] + [f.arm for f in alive]
+        needed = tuple((arm, s) for arm in arms for s in used if (arm, s) not in results)
+        if needed:
+            states = _states(finalists, alive, dropped, results, seeds[:done], direction)
+            return Plan(seeds, n, needed, False, states, best=_best(states))
+        baseline = [results[(BASELINE_ARM, s)] for s in used]
+        standing = {f.arm: _arm_state(f, results, used, baseline, direction) for f in alive}
+        best_low = max(standing[f.arm].gain.low for f in alive)  # type: ignore[union-attr]
+        leader = max(alive, key=lambda f: standing[f.arm].gain.mean)  # type: ignore[union-attr]
+        survivors = []
+        for f in alive:
+            gain = standing[f.arm].gain
+            assert gain is not None
+            if f is not leader and (gain.high < 0 or gain.high < best_low):
+                dropped[f.arm] = ArmState(f, *_arm_fields(standing[f.arm]), dropped_after=n)
+            else:
+                survivors.append(f)
+        alive = survivors
+        lead_gain = standing[leader.arm].gain
+        assert lead_gain is not None
+        open_decision = len(alive) > 1 or lead_gain.low <= 0 <= lead_gain.high
+        if not open_decision or n >= len(seeds):
+            states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)
+            best = standing[leader.arm]
+            recommended = best if lead_gain.low > 0 else None
+            return Plan(seeds, n, (), True, states, tuple(baseline), best, recommended)
+        done, n = n, min(len(seeds), n + SEED_STEP)
+
+
+def _arm_fields(state: ArmState) -> tuple[tuple[int, ...], tuple[float, ...], Gain | None]:
+    return state.seeds, state.values, state.gain
+
+
+def _arm_state(
+    finalist: Finalist,
+    results: Mapping[tuple[str, int], float],
+    used: Sequence[int],
+    baseline: Sequence[float],
+    direction: str,
+) -> ArmState:
+    values = [results[(finalist.arm, s)] for s in used]
+    gain = paired_gain(values, baseline, direction) if len(values) >= MIN_SEEDS else None
+    return ArmState(finalist, tuple(used), tuple(values), gain)
+
+
+def _states(
+    finalists: Sequence[Finalist],
+    alive: Sequence[Finalist],
+    dropped: Mapping[str, ArmState],
+    results: Mapping[tuple[str, int], float],
+    done_seeds: Sequence[int],
+    direction: str,
+) -> tuple[ArmState, ...]:
+    """Standings while a round is open: the last complete round's numbers (none before round one ends)."""
+    live = {f.arm for f in alive}
+    states = []
+    for f in finalists:
+        if f.arm in dropped:
+            states.append(dropped[f.arm])
+        elif f.arm in live and done_seeds:
+            baseline = [results[(BASELINE_ARM, s)] for s in done_seeds]
+            states.append(_arm_state(f, results, done_seeds, baseline, direction))
+        else:
+            states.append(ArmState(f))
+    return tuple(states)
+
+
+def _best(states: Sequence[ArmState]) -> ArmState | None:
+    scored = [s for s in states if s.gain is not None and s.dropped_after is None]
+    return max(scored, key=lambda s: s.gain.mean) if scored else None  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- reading the stored stage
+
+
+@dataclass(frozen=True)
+class StageState:
+    """The stage as stored: settings, finalists, seeds, finished results, runs in flight, and the plan."""
+
+    settings: ConfirmSettings
+    direction: str
+    metric: str
+    finalists: tuple[Finalist, ...]
+    seeds: tuple[int, ...]
+    results: dict[tuple[str, int], float]
+    running: frozenset[tuple[str, int]]
+    errors: dict[tuple[str, int], int]
+    plan: Plan
+    runs: int  # finished confirmation runs in the store (all of them, reused or not)
+    seconds: float  # training time of those runs, summed over workers
+    search_seconds: float  # the search trials' time, summed over workers
+
+    @property
+    def started(self) -> bool:
+        return bool(self.results) or bool(self.running)
+
+
+def run_seconds(trial: Any) -> float:
+    """Wall seconds from a trial's start to its end (0 when either is missing)."""
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return 0.0
+    return max(0.0, (trial.datetime_complete - trial.datetime_start).total_seconds())
+
+
+def load_confirm_study(study: Any) -> Any | None:
+    """The confirmation study of ``study`` in the same storage, or None when it was never created."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=confirm_study_name(study.study_name), storage=study._storage)
+    except KeyError:
+        return None
+
+
+def study_settings(study: Any) -> ConfirmSettings:
+    """The confirmation settings the latest ``search`` stored on ``study`` (defaults for older studies)."""
+    from adamtune.study import SETTINGS_ATTR
+
+    return ConfirmSettings.from_dict((study.user_attrs.get(SETTINGS_ATTR) or {}).get("confirm"))
+
+
+def finalists_of(study: Any, trials: Sequence[Any], top: int) -> tuple[Finalist, ...]:
+    """The top ``top`` complete trials by the search's ranking rule, the baseline trial left out."""
+    from adamtune.report import rank_trials
+    from adamtune.study import spec_from_study
+
+    ranked = [c for c in rank_trials(trials, spec_from_study(study)) if not c.baseline]
+    return tuple(Finalist(c.trial, c.params.as_dict(), c.score) for c in ranked[:top])
+
+
+def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSettings | None = None) -> StageState:
+    """Read the stage of ``study`` (read-only: a missing confirmation study is an empty stage)."""
+    from optuna.trial import TrialState
+
+    from adamtune.runner import split_metric
+    from adamtune.study import SEED_ATTR, spec_from_study
+
+    settings = settings or study_settings(study)
+    spec = spec_from_study(study)
+    trials = study.get_trials(deepcopy=False)
+    finalists = finalists_of(study, trials, settings.top)
+    seeds = tuple(confirm_seeds((t.user_attrs.get(SEED_ATTR) for t in trials), settings.seeds))
+    confirm_study = confirm_study if confirm_study is not None else load_confirm_study(study)
+    results: dict[tuple[str, int], float] = {}
+    running: set[tuple[str, int]] = set()
+    errors: dict[tuple[str, int], int] = {}
+    runs, seconds = 0, 0.0
+    for trial in confirm_study.get_trials(deepcopy=False) if confirm_study is not None else []:
+        arm, seed = trial.user_attrs.get(ARM_ATTR), trial.user_attrs.get(SEED_ATTR)
+        if arm is None or seed is None:
+            continue
+        key = (str(arm), int(seed))
+        if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
+            runs += 1
+            seconds += float(trial.user_attrs.get(SECONDS_ATTR) or run_seconds(trial))
+            results.setdefault(key, float(trial.value))
+        elif trial.state == TrialState.RUNNING:
+            running.add(key)
+        elif trial.state == TrialState.FAIL and trial.user_attrs.get(ERROR_ATTR):
+            errors[key] = errors.get(key, 0) + 1
+    search_seconds = math.fsum(run_seconds(t) for t in trials if t.state.is_finished())
+    plan = plan_stage(finalists, results, seeds, spec.direction)
+    return StageState(
+        settings,
+        spec.direction,
+        split_metric(spec.objective, "val"),
+        finalists,
+        seeds,
+        results,
+        frozenset(running),
+        errors,
+        plan,
+        runs,
+        seconds,
+        search_seconds,
+    )
+
+
+def stage_status(state: StageState) -> str:
+    """``off``, ``not run``, ``in progress``, ``confirmed`` (a finalist won) or ``defaults`` (none did)."""
+    if not state.settings.enabled:
+        return "off"
+    if not state.finalists:
+        return "not run"
+    if not state.plan.decided:
+        return "in progress" if state.started else "not run"
+    return "confirmed" if state.plan.recommended is not None else "defaults"
+
+
+def _relative(value: float | None, baseline: Sequence[float]) -> float | None:
+    if value is None or not baseline:
+        return None
+    scale = abs(statistics.fmean(baseline))
+    return value / scale if scale else None
+
+
+def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, Any]:
+    """The documented ``confirmation`` object of ``summary --json`` (see the README)."""
+    from adamtune.report import settings_dict
+    from adamtune.space import AdamParams
+
+    plan = state.plan
+    baseline = list(plan.baseline_values) or [
+        state.results[(BASELINE_ARM, s)] for s in plan.seeds[: plan.round_seeds] if (BASELINE_ARM, s) in state.results
+    ]
+    finalists = []
+    for arm in plan.arms:
+        gain = arm.gain
+        finalists.append(
+            {
+                "trial": arm.finalist.trial,
+                "params": settings_dict(AdamParams.from_dict(arm.finalist.params), extras),
+                "search_score": arm.finalist.search_score,
+                "confirmed_score": arm.confirmed_score,
+                "seeds": len(arm.values),
+                "gain": gain.mean if gain else None,
+                "relative_gain": _relative(gain.mean if gain else None, baseline[: len(arm.values)]),
+                "interval": [gain.low, gain.high] if gain else None,
+                "status": "dropped" if arm.dropped_after is not None else ("kept" if plan.decided else "racing"),
+            }
+        )
+    best = plan.best
+    return {
+        "status": stage_status(state),
+        "enabled": state.settings.enabled,
+        "top": state.settings.top,
+        "max_seeds": state.settings.seeds,
+        "metric": state.metric,
+        "split": "val",
+        "interval": f"paired t, {CONFIDENCE:.0%}",
+        "seeds": list(plan.seeds[: plan.round_seeds]),
+        "baseline": {"confirmed_score": statistics.fmean(baseline) if baseline else None, "seeds": len(baseline)},
+        "finalists": finalists,
+        "best_candidate": best.finalist.trial if best else None,
+        "recommended_trial": plan.recommended.finalist.trial if plan.recommended else None,
+        "runs": {"finished": state.runs, "running": len(state.running), "needed": len(plan.needed)},
+        "seconds": state.seconds,
+        "search_seconds": state.search_seconds,
+        "cost_share": state.seconds / state.search_seconds if state.search_seconds else None,
+    }
