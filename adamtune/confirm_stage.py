@@ -301,8 +301,7 @@ def _start_mlflow_run(worker: Worker, step: _Step) -> Any:
 def _finish_mlflow(run: Any, trial: optuna.Trial, state: str, metrics: dict[str, float], value: float | None) -> None:
     if run is None:
         return
-    run.wait_for_run_id()
-    run_id = run.take_new_run_id()
+    run_id = run.take_new_run_id()  # not waited for: the MLflow writer may create the run later
     if run_id is not None:
         trial.set_user_attr(RUN_ID_ATTR, run_id)
     run.finish(state, dict(metrics), {"adamtune.role": "confirmation"}, value=value)

@@ -294,6 +294,10 @@ class StudySummary:
             return None
         return self.gain / abs(self.baseline.score)
 
+    def rule_text_line(self) -> str:
+        """:func:`rule_text` of this summary."""
+        return rule_text(self)
+
     @property
     def verify_is_current(self) -> bool:
         """True when the stored verification tested the trial that is recommended now."""
@@ -430,10 +434,12 @@ def rule_text(row: StudySummary) -> str:
         "not run": "confirmation has not run yet",
         "in progress": "confirmation is in progress",
     }.get(conf.get("status", "not run"), "confirmation has not run yet")
-    return (
-        f"the best search-time score (one seed each), UNCONFIRMED: {why}; "
-        "run 'adamtune search' again with the same --n-trials to confirm it"
+    hint = (
+        "search again with --confirm to confirm it"
+        if conf.get("status") == "off"
+        else "run 'adamtune search' again with the same --n-trials to confirm it"
     )
+    return f"the best search-time score (one seed each), UNCONFIRMED: {why}; {hint}"
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
@@ -674,8 +680,9 @@ def render_confirmation(row: StudySummary) -> Any:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    for name in ("arm", "search", "confirmed", "gain", "95% CI", "seeds", "status"):
-        table.add_column(name, justify="left" if name in ("arm", "status") else "right", no_wrap=True)
+    for name in ("arm", "search", "confirmed", "gain", "95% CI", "n"):
+        table.add_column(name, justify="left" if name == "arm" else "right", no_wrap=True)
+    table.add_column("status", overflow="fold")
     confirmed = base["confirmed_score"]
     table.add_row(
         "defaults",
@@ -687,14 +694,14 @@ def render_confirmation(row: StudySummary) -> Any:
         "baseline",
     )
     for f in conf["finalists"]:
-        interval = f"{f['interval'][0]:+.3g}..{f['interval'][1]:+.3g}" if f["interval"] else "-"
+        interval = f"{f['interval'][0]:+.2g}..{f['interval'][1]:+.2g}" if f["interval"] else "-"
         status = f["status"]
         if f["trial"] == conf.get("recommended_trial"):
             status = "recommended"
         elif f["trial"] == conf.get("best_candidate") and row.rule == "defaults":
-            status = "best, not confirmed"
+            status = "unconfirmed"  # the best candidate, when the defaults are kept
         table.add_row(
-            f"trial {f['trial']}",
+            f"#{f['trial']}",
             format_value(f["search_score"]),
             format_value(f["confirmed_score"]) if f["confirmed_score"] is not None else "-",
             f"{f['gain']:+.3g}" if f["gain"] is not None else "-",
