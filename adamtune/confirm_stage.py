@@ -43,11 +43,10 @@ from adamtune.confirm import (
     MAX_RUN_FAILURES,
     METRICS_ATTR,
     SECONDS_ATTR,
-    StageState,
     arm_trial,
     confirm_study_name,
-    read_stage,
 )
+from adamtune.confirm_read import StageState, read_stage
 from adamtune.space import BASELINE, AdamParams
 from adamtune.study import (
     CURVES_ATTR,
@@ -121,7 +120,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
         StorageError: the database stayed unreachable for longer than the retry budget.
         KeyboardInterrupt: SIGTERM/Ctrl-C, after the running confirmation run was recorded as failed.
     """
-    from adamtune.confirm import study_settings
+    from adamtune.confirm_read import study_settings
 
     if not study_settings(worker.study).enabled:
         return True

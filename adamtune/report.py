@@ -56,7 +56,7 @@ from adamtune.study import (
 )
 
 if TYPE_CHECKING:
-    from adamtune.confirm import StageState
+    from adamtune.confirm_read import StageState
 
 #: Epochs at the end of each run whose objective values are averaged into the ranking score.
 LATE_EPOCHS = 3
@@ -354,7 +354,7 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
     ``importance=False`` skips the parameter-importance fit (the slowest part) for commands that only
     need the recommendation; ``importance`` is then None with a note saying so.
     """
-    from adamtune.confirm import read_stage, stage_as_dict
+    from adamtune.confirm_read import read_stage, stage_as_dict
 
     spec = spec_from_study(study)
     trials = study.get_trials(deepcopy=False)

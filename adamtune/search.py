@@ -186,7 +186,7 @@ class FinishedTrialWatcher:
         if self.on_confirm_run is None:
             return []
         if self._confirm is None:
-            from adamtune.confirm import load_confirm_study
+            from adamtune.confirm_read import load_confirm_study
 
             self._confirm = load_confirm_study(self.study)
         return self._confirm.get_trials(deepcopy=False) if self._confirm is not None else []

@@ -527,8 +527,13 @@ def load_study(name: str, storage: RDBStorage, *, seed: int | None = None) -> op
 
 
 def study_names(storage: RDBStorage) -> list[str]:
+    """The names of the studies in ``storage``; a study's confirmation runs (``<study>.confirm``) are part of
+    that study and not listed."""
+    from adamtune.confirm import CONFIRMS_ATTR
+
     try:
-        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        return sorted(s.study_name for s in summaries if CONFIRMS_ATTR not in s.user_attrs)
     except Exception as exc:
         raise StorageError(f"cannot list studies: {_first_line(exc)}") from None
 
