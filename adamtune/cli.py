@@ -253,7 +253,7 @@ def search(
         err=True,
     )
     if outcome.summary is not None:
-        for line in outcome_lines(outcome.summary):
+        for line in outcome_lines(outcome.summary, outcome.search_seconds, outcome.stage_seconds):
             click.echo(line, err=True)
     click.echo("Next: adamtune summary", err=True)
 
@@ -277,15 +277,25 @@ def describe_confirm_run(run: Any) -> str:
     return f"{prefix}confirm {run.arm} seed {run.seed}: {run.metric} {run.value:.4g}{note}"
 
 
-def outcome_lines(row: Any) -> list[str]:
-    """What a search ends with: the recommendation, the rule that chose it, and the stage's cost."""
+def outcome_lines(row: Any, search_seconds: float | None = None, stage_seconds: float | None = None) -> list[str]:
+    """What a search ends with: the recommendation, the rule that chose it, and the stage's cost.
+
+    The cost is given as wall time of this command (the stage against the search before it) when the
+    stage ran here, and always as training time (confirmation runs against trials, summed over workers).
+    """
     conf = row.confirmation or {}
     lines = [f"recommendation: {row.rule_text_line()}"]
     if conf.get("status") in ("confirmed", "defaults", "in progress"):
-        share = conf.get("cost_share")
-        runs = conf["runs"]["finished"]
-        cost = f"{share:.0%} of the search's {conf['search_seconds']:.1f} s" if share is not None else "-"
-        lines.append(f"confirmation: {runs} runs, {conf['seconds']:.1f} s of training = {cost} (summed over workers)")
+        share, runs = conf.get("cost_share"), conf["runs"]["finished"]
+        training = f"{conf['seconds']:.1f} s of training vs {conf['search_seconds']:.1f} s of trials"
+        training += f" ({share:.0%})" if share is not None else ""
+        if search_seconds and stage_seconds is not None and stage_seconds >= 1:
+            lines.append(
+                f"confirmation: {runs} runs, {stage_seconds:.0f} s = {stage_seconds / search_seconds:.0%} of the "
+                f"search's {search_seconds:.0f} s (wall time); {training}, summed over workers"
+            )
+        else:
+            lines.append(f"confirmation: {runs} runs; {training}, summed over workers")
     return lines
 
 

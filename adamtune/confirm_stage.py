@@ -211,9 +211,14 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
     metric = split_metric(spec.objective, "val")
     mlflow_run = _start_mlflow_run(worker, step)
 
+    epochs_seen = [0]
+
     def on_epoch(metrics: Any) -> None:
-        if mlflow_run is not None:
-            mlflow_run.log_epoch(int(metrics.epoch), metrics.as_dict())
+        epochs_seen[0] += 1
+        if mlflow_run is not None:  # EpochMetrics from the built-in trainer; a mapping from other loops
+            values = metrics.as_dict() if hasattr(metrics, "as_dict") else dict(metrics)
+            epoch = int(getattr(metrics, "epoch", None) or epochs_seen[0])
+            mlflow_run.log_epoch(epoch, {k: float(v) for k, v in values.items() if k != "epoch"})
             run_id = mlflow_run.take_new_run_id()
             if run_id is not None:  # stored early, so a worker that dies leaves a run that can be closed
                 trial.set_user_attr(RUN_ID_ATTR, run_id)

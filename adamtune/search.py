@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +41,9 @@ class SearchOutcome:
     best_value: float | None
     #: The study's summary after the search (the confirmed recommendation; importance not computed).
     summary: StudySummary | None = None
+    #: Wall seconds of this search until the trial target was reached, and of the confirmation stage after.
+    search_seconds: float | None = None
+    stage_seconds: float | None = None
 
 
 def run_search(
@@ -89,6 +93,7 @@ def run_search(
     from adamtune.tasks import resolve_task
     from adamtune.worker import plan_workers, resolve_devices, run_pool
 
+    started = time.monotonic()
     task = resolve_task(spec.task)
     spec = spec.with_task_defaults(task.default_epochs, task.default_batch_size)
     device_list = resolve_devices(devices if devices is not None else options.device, workers)
@@ -110,13 +115,14 @@ def run_search(
             if on_start is not None:
                 on_start(spec, already)
             ran = worker.run(on_trial)
+            stage_started = worker.stage_started
         else:
             del data  # each worker process loads its own copy once
             if on_start is not None:
                 on_start(spec, already)
             watcher = FinishedTrialWatcher(study, on_trial, on_progress, spec.direction, on_confirm_run)
             result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
-            ran = watcher.seen_since_start
+            ran, stage_started = watcher.seen_since_start, watcher.target_reached
             failures = result.failures()
             if failures:
                 counts = count_trials(study.get_trials(deepcopy=False))
@@ -126,6 +132,8 @@ def run_search(
                 )
     from adamtune.report import summarize
 
+    ended = time.monotonic()
+    stage_started = stage_started if stage_started is not None else ended
     trials = study.get_trials(deepcopy=False)
     return SearchOutcome(
         spec.study_name,
@@ -134,6 +142,8 @@ def run_search(
         spec.n_trials,
         best_value(trials, spec.direction),
         summarize(study, importance=False),
+        stage_started - started,
+        ended - stage_started,
     )
 
 
@@ -159,6 +169,8 @@ class FinishedTrialWatcher:
         self.on_confirm_run = on_confirm_run
         self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self._before = len(self._seen)
+        #: ``time.monotonic()`` at the first poll that found the trial target reached (the stage's start).
+        self.target_reached: float | None = None
         self._confirm: optuna.Study | None = None
         self._confirm_seen = {t.number for t in self._confirm_trials() if t.state.is_finished()}
 
@@ -174,13 +186,21 @@ class FinishedTrialWatcher:
                 self._seen.add(trial.number)
                 if self.on_trial is not None:
                     self.on_trial(self.study, trial)
+        counts = count_trials(trials)
+        if self.target_reached is None and counts.finished >= self._target():
+            self.target_reached = time.monotonic()
         if self.on_progress is not None:
-            self.on_progress(count_trials(trials), best_value(trials, self.direction))
+            self.on_progress(counts, best_value(trials, self.direction))
         if self.on_confirm_run is not None:
             for trial in self._confirm_trials():
                 if trial.state.is_finished() and trial.number not in self._confirm_seen:
                     self._confirm_seen.add(trial.number)
                     self.on_confirm_run(confirm_run_of(trial, self.study))
+
+    def _target(self) -> int:
+        from adamtune.study import SETTINGS_ATTR
+
+        return int((self.study.user_attrs.get(SETTINGS_ATTR) or {}).get("n_trials") or 0) or 1 << 62
 
     def _confirm_trials(self) -> list[FrozenTrial]:
         if self.on_confirm_run is None:

@@ -318,6 +318,8 @@ class Worker:
     handle_sigint: bool = True
     #: Called with each confirmation run this worker finished (see ``confirm_stage.py``).
     on_confirm_run: Callable[[ConfirmRun], None] | None = None
+    #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
+    stage_started: float | None = None
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -353,6 +355,8 @@ class Worker:
                     # study) unless the target was raised meanwhile, then stop.
                     from adamtune.confirm_stage import run_stage
 
+                    if self.stage_started is None:
+                        self.stage_started = time.monotonic()
                     if run_stage(self, interrupts, self.on_confirm_run):
                         return ran
                     continue
