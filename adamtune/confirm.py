@@ -21,14 +21,16 @@ so that every worker (and ``summary``) computes the same one:
    of ``report.py`` (late-epoch mean), the baseline trial excluded: it is the reference arm.
 2. **Seeds**: ``seeds`` (default 5) seeds from :data:`FIRST_SEED` = 8,000,000 upwards, skipping any seed
    a search trial used; disjoint from ``verify``'s (7,000,000 upwards, at most a few hundred).
-3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 3)`` seeds. After
+3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 2)`` seeds. After
    each round, every live finalist's *gain* is the per-seed paired difference with the baseline (signed
    so that positive is better than Adam's defaults), with a 95% paired-t interval. A finalist is dropped
-   when its interval lies wholly below zero, or wholly below the interval of the live finalist with the
-   highest lower bound: it can no longer be the recommendation. The decision is *open* while more than
-   one finalist lives, or the one that lives has an interval containing zero; then the next round adds
-   :data:`SEED_STEP` seeds (up to ``seeds``) for the baseline and the live finalists. Otherwise the stage
-   is decided.
+   when its mean gain is not above zero (futile: it does not beat the defaults even on average) or its
+   interval lies wholly below the interval of the live finalist with the highest lower bound. When even
+   the leader's mean gain is not above zero, the stage is decided at once: Adam's defaults. Otherwise the
+   decision is *open* while more than one finalist lives, or the leader's interval reaches down to zero,
+   or fewer than :data:`MIN_CONFIRM_SEEDS` (3) seeds were run; then the next round adds seeds for the
+   baseline and the live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided.
+   Dropping early can only lose a true winner (the defaults are kept), never recommend a false one.
 4. **Decision**: the best live finalist (highest mean gain on the seeds of the last round) is recommended
    **only if its interval's lower bound is above zero**; otherwise the recommendation is Adam's defaults,
    and the best finalist is reported as the best candidate, with its gain and interval.
@@ -62,8 +64,10 @@ FIRST_SEED = 8_000_000
 DEFAULT_TOP = 3
 DEFAULT_SEEDS = 5
 #: Seeds of the first round, and seeds added per later round.
-START_SEEDS = 3
+START_SEEDS = 2
 SEED_STEP = 2
+#: Fewest seeds a recommendation is confirmed on (when ``seeds`` allows as many).
+MIN_CONFIRM_SEEDS = 3
 #: Fewest seeds: an interval needs two paired differences.
 MIN_SEEDS = 2
 #: Confidence level of the gain's interval.
@@ -245,20 +249,22 @@ def plan_stage(
         for f in alive:
             gain = standing[f.arm].gain
             assert gain is not None
-            if f is not leader and (gain.high < 0 or gain.high < best_low):
+            if f is not leader and (gain.mean <= 0 or gain.high < best_low):
                 dropped[f.arm] = ArmState(f, *_arm_fields(standing[f.arm]), dropped_after=n)
             else:
                 survivors.append(f)
         alive = survivors
         lead_gain = standing[leader.arm].gain
         assert lead_gain is not None
-        open_decision = len(alive) > 1 or lead_gain.low <= 0 <= lead_gain.high
+        enough = n >= min(MIN_CONFIRM_SEEDS, len(seeds))
+        futile = lead_gain.mean <= 0
+        open_decision = not futile and (len(alive) > 1 or lead_gain.low <= 0 or not enough)
         if not open_decision or n >= len(seeds):
             states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)
             best = standing[leader.arm]
-            recommended = best if lead_gain.low > 0 else None
+            recommended = best if lead_gain.low > 0 and enough else None
             return Plan(seeds, n, (), True, states, tuple(baseline), best, recommended)
-        done, n = n, min(len(seeds), n + SEED_STEP)
+        done, n = n, min(len(seeds), n + 1 if n < MIN_CONFIRM_SEEDS else n + SEED_STEP)
 
 
 def _arm_fields(state: ArmState) -> tuple[tuple[int, ...], tuple[float, ...], Gain | None]:

@@ -652,8 +652,7 @@ def render_summary(row: StudySummary) -> Any:
     table.add_section()
     baseline = format_value(row.baseline.score) if row.baseline is not None else "-"
     spread = f"{row.robust.best_score:.4g}–{row.robust.worst_score:.4g}" if row.robust else "-"
-    which = "defaults" if row.rule == "defaults" else f"#{row.recommended.trial}"
-    table.add_row(f"search score ({which})", format_value(row.recommended.score), baseline, spread, "")
+    table.add_row("search score", format_value(row.recommended.score), baseline, spread, "")
     finalists = render_confirmation(row)
     if finalists is None:
         return table

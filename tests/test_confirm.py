@@ -132,7 +132,7 @@ def test_a_clear_winner_is_confirmed_without_more_seeds() -> None:
     assert plan.recommended is not None and plan.recommended.finalist.trial == 3
     assert plan.recommended.gain.low > 0  # type: ignore[union-attr]
     loser = plan.arms[1]
-    assert loser.dropped_after == 3 and loser.gain.high < 0  # type: ignore[union-attr]
+    assert loser.dropped_after == START_SEEDS and loser.gain.mean < 0  # type: ignore[union-attr]
 
 
 def test_an_open_decision_adds_seeds_up_to_the_maximum() -> None:
@@ -142,6 +142,21 @@ def test_an_open_decision_adds_seeds_up_to_the_maximum() -> None:
     assert set(plan.needed) == {(arm, s) for arm in (BASELINE_ARM, "trial-3") for s in SEEDS[3:5]}
     # while the round is open, the standings are those of the last complete round (3 seeds)
     assert plan.best is not None and plan.best.gain.n == 3  # type: ignore[union-attr]
+
+
+def test_futile_finalists_end_the_stage_early_with_the_defaults() -> None:
+    worse = {BASELINE_ARM: [1.0, 1.0], "trial-3": [1.02, 0.99], "trial-5": [1.1, 1.05]}
+    plan = plan_stage([finalist(3), finalist(5)], results_for(worse), SEEDS, "minimize")
+    assert plan.decided and plan.round_seeds == START_SEEDS and plan.recommended is None
+    assert plan.best is not None and plan.best.finalist.trial == 3  # the best candidate, with its interval
+    assert plan.arms[1].dropped_after == START_SEEDS
+
+
+def test_two_seeds_never_confirm_when_more_are_allowed() -> None:
+    tight = {BASELINE_ARM: [1.0, 1.0], "trial-3": [0.5, 0.51]}  # lower bound > 0 already on 2 seeds
+    plan = plan_stage([finalist(3)], results_for(tight), SEEDS, "minimize")
+    assert not plan.decided and plan.round_seeds == 3
+    assert plan_stage([finalist(3)], results_for(tight), SEEDS[:2], "minimize").recommended is not None
 
 
 def test_keep_the_defaults_when_no_finalist_is_confirmed_better() -> None:
@@ -164,7 +179,7 @@ def test_a_finalist_below_the_best_interval_is_dropped_and_the_best_needs_more_s
     )
     plan = plan_stage([finalist(1), finalist(2), finalist(4)], results, SEEDS, "minimize")
     states = {a.finalist.trial: a for a in plan.arms}
-    assert states[2].dropped_after == 3  # its interval lies below trial 1's
+    assert states[2].dropped_after == START_SEEDS  # its interval lies below trial 1's
     assert states[4].dropped_after is None  # wide interval: it may still win
     assert not plan.decided and {arm for arm, _ in plan.needed} == {BASELINE_ARM, "trial-1", "trial-4"}
 
