@@ -24,9 +24,11 @@ so that every worker (and ``summary``) computes the same one:
 3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 2)`` seeds. After
    each round, every live finalist's *gain* is the per-seed paired difference with the baseline (signed
    so that positive is better than Adam's defaults), with a 95% paired-t interval. A finalist is dropped
-   when its mean gain is not above zero (futile: it does not beat the defaults even on average) or its
-   interval lies wholly below the interval of the live finalist with the highest lower bound. When even
-   the leader's mean gain is not above zero, the stage is decided at once: Adam's defaults. Otherwise the
+   when it is *futile* — its *projected* lower bound, the one it would have on all ``seeds`` seeds with
+   the mean and spread it shows now, ``mean - t(0.975, seeds-1) * sd / sqrt(seeds)``, is not above zero
+   (this includes a mean gain <= 0) — or when its interval lies wholly below the interval of the live
+   finalist with the highest lower bound. When even the leader (the highest mean gain) is futile, the
+   stage is decided at once: Adam's defaults. Otherwise the
    decision is *open* while more than one finalist lives, or the leader's interval reaches down to zero,
    or fewer than :data:`MIN_CONFIRM_SEEDS` (3) seeds were run; then the next round adds seeds for the
    baseline and the live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided.
@@ -163,6 +165,12 @@ def paired_gain(values: Sequence[float], baseline: Sequence[float], direction: s
     return Gain(differences, mean, mean - half, mean + half)
 
 
+def projected_low(gain: Gain, seeds: int) -> float:
+    """The lower bound ``gain`` would have on ``seeds`` seeds with its current mean and spread."""
+    sd = statistics.stdev(gain.differences)
+    return gain.mean - (t_quantile(seeds - 1) * sd / math.sqrt(seeds) if sd > 0 else 0.0)
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -249,7 +257,7 @@ def plan_stage(
         for f in alive:
             gain = standing[f.arm].gain
             assert gain is not None
-            if f is not leader and (gain.mean <= 0 or gain.high < best_low):
+            if f is not leader and (projected_low(gain, len(seeds)) <= 0 or gain.high < best_low):
                 dropped[f.arm] = ArmState(f, *_arm_fields(standing[f.arm]), dropped_after=n)
             else:
                 survivors.append(f)
@@ -257,7 +265,7 @@ def plan_stage(
         lead_gain = standing[leader.arm].gain
         assert lead_gain is not None
         enough = n >= min(MIN_CONFIRM_SEEDS, len(seeds))
-        futile = lead_gain.mean <= 0
+        futile = projected_low(lead_gain, len(seeds)) <= 0
         open_decision = not futile and (len(alive) > 1 or lead_gain.low <= 0 or not enough)
         if not open_decision or n >= len(seeds):
             states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)

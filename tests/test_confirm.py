@@ -136,7 +136,7 @@ def test_a_clear_winner_is_confirmed_without_more_seeds() -> None:
 
 
 def test_an_open_decision_adds_seeds_up_to_the_maximum() -> None:
-    noisy = {BASELINE_ARM: [1.0, 1.0, 1.0], "trial-3": [0.9, 1.05, 0.97]}
+    noisy = {BASELINE_ARM: [1.0, 1.0, 1.0], "trial-3": [0.9, 0.94, 0.97]}  # promising, not yet sure
     plan = plan_stage([finalist(3)], results_for(noisy), SEEDS, "minimize")
     assert not plan.decided and plan.round_seeds == 5
     assert set(plan.needed) == {(arm, s) for arm in (BASELINE_ARM, "trial-3") for s in SEEDS[3:5]}
@@ -145,7 +145,7 @@ def test_an_open_decision_adds_seeds_up_to_the_maximum() -> None:
 
 
 def test_futile_finalists_end_the_stage_early_with_the_defaults() -> None:
-    worse = {BASELINE_ARM: [1.0, 1.0], "trial-3": [1.02, 0.99], "trial-5": [1.1, 1.05]}
+    worse = {BASELINE_ARM: [1.0, 1.0], "trial-3": [0.9, 1.05], "trial-5": [1.1, 1.05]}  # even 3 is futile
     plan = plan_stage([finalist(3), finalist(5)], results_for(worse), SEEDS, "minimize")
     assert plan.decided and plan.round_seeds == START_SEEDS and plan.recommended is None
     assert plan.best is not None and plan.best.finalist.trial == 3  # the best candidate, with its interval
@@ -160,7 +160,7 @@ def test_two_seeds_never_confirm_when_more_are_allowed() -> None:
 
 
 def test_keep_the_defaults_when_no_finalist_is_confirmed_better() -> None:
-    noisy = {BASELINE_ARM: [1.0, 1.0, 1.0, 1.0, 1.0], "trial-3": [0.9, 1.05, 0.97, 1.02, 0.95]}
+    noisy = {BASELINE_ARM: [1.0, 1.0, 1.0, 1.0, 1.0], "trial-3": [0.9, 0.94, 0.97, 1.08, 0.98]}
     plan = plan_stage([finalist(3)], results_for(noisy), SEEDS, "minimize")
     assert plan.decided and plan.round_seeds == 5
     assert plan.recommended is None  # Adam's defaults
@@ -174,13 +174,13 @@ def test_a_finalist_below_the_best_interval_is_dropped_and_the_best_needs_more_s
             BASELINE_ARM: [1.0, 1.0, 1.0],
             "trial-1": [0.7, 0.69, 0.71],
             "trial-2": [0.96, 0.97, 0.98],
-            "trial-4": [0.5, 1.2, 0.8],
+            "trial-4": [0.65, 0.75, 0.8],
         }
     )
     plan = plan_stage([finalist(1), finalist(2), finalist(4)], results, SEEDS, "minimize")
     states = {a.finalist.trial: a for a in plan.arms}
     assert states[2].dropped_after == START_SEEDS  # its interval lies below trial 1's
-    assert states[4].dropped_after is None  # wide interval: it may still win
+    assert states[4].dropped_after is None  # a wider interval: it may still win
     assert not plan.decided and {arm for arm, _ in plan.needed} == {BASELINE_ARM, "trial-1", "trial-4"}
 
 
