@@ -29,9 +29,10 @@ so that every worker (and ``summary``) computes the same one:
    (this includes a mean gain <= 0) — or when its interval lies wholly below the interval of the live
    finalist with the highest lower bound. When even the leader (the highest mean gain) is futile, the
    stage is decided at once: Adam's defaults. Otherwise the
-   decision is *open* while more than one finalist lives, or the leader's interval reaches down to zero,
-   or fewer than :data:`MIN_CONFIRM_SEEDS` (3) seeds were run; then the next round adds seeds for the
-   baseline and the live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided.
+   decision is *open* while the leader's interval reaches down to zero, or fewer than
+   :data:`MIN_CONFIRM_SEEDS` (3) seeds were run; then the next round adds seeds for the baseline and the
+   live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided: once the leader is
+   confirmed better than the defaults, seeds are not spent on ranking the other confirmed finalists.
    Dropping early can only lose a true winner (the defaults are kept), never recommend a false one.
 4. **Decision**: the best live finalist (highest mean gain on the seeds of the last round) is recommended
    **only if its interval's lower bound is above zero**; otherwise the recommendation is Adam's defaults,
@@ -266,7 +267,7 @@ def plan_stage(
         assert lead_gain is not None
         enough = n >= min(MIN_CONFIRM_SEEDS, len(seeds))
         futile = projected_low(lead_gain, len(seeds)) <= 0
-        open_decision = not futile and (len(alive) > 1 or lead_gain.low <= 0 or not enough)
+        open_decision = not futile and (lead_gain.low <= 0 or not enough)
         if not open_decision or n >= len(seeds):
             states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)
             best = standing[leader.arm]

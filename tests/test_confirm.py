@@ -168,7 +168,7 @@ def test_keep_the_defaults_when_no_finalist_is_confirmed_better() -> None:
     assert plan.best.gain.low <= 0 < plan.best.gain.mean  # type: ignore[union-attr]
 
 
-def test_a_finalist_below_the_best_interval_is_dropped_and_the_best_needs_more_seeds() -> None:
+def test_a_finalist_below_the_best_interval_is_dropped_and_a_confirmed_leader_ends_the_race() -> None:
     results = results_for(
         {
             BASELINE_ARM: [1.0, 1.0, 1.0],
@@ -181,7 +181,9 @@ def test_a_finalist_below_the_best_interval_is_dropped_and_the_best_needs_more_s
     states = {a.finalist.trial: a for a in plan.arms}
     assert states[2].dropped_after == START_SEEDS  # its interval lies below trial 1's
     assert states[4].dropped_after is None  # a wider interval: it may still win
-    assert not plan.decided and {arm for arm, _ in plan.needed} == {BASELINE_ARM, "trial-1", "trial-4"}
+    # trial 1 is confirmed on 3 seeds: no seeds are spent ranking trial 4, which is also better
+    assert plan.decided and plan.round_seeds == 3 and plan.recommended is not None
+    assert plan.recommended.finalist.trial == 1 and states[4].gain.low > 0  # type: ignore[union-attr]
 
 
 def test_no_finalist_means_nothing_to_run() -> None:
