@@ -399,7 +399,7 @@ def test_a_raised_target_confirms_the_new_finalists_and_reuses_runs(workdir: Pat
     row = json.loads(invoke("summary", "--storage", storage, "--json").output)[0]
     conf = row["confirmation"]
     assert conf["status"] in ("confirmed", "defaults") and conf["top"] == 4
-    assert len(conf["finalists"]) == 4 and all(f["seeds"] >= 3 for f in conf["finalists"])  # all raced
+    assert len(conf["finalists"]) == 4 and all(f["seeds"] >= START_SEEDS for f in conf["finalists"])  # all raced
 
 
 def test_an_old_study_summarises_and_search_runs_only_the_stage(workdir: Path) -> None:
