@@ -176,7 +176,10 @@ def search(
     system_metrics: bool,
     data_dir: Path | None,
 ) -> None:
-    """Create or resume a study and run trials until it holds --n-trials finished ones.
+    """Create or resume a study and run trials until it holds --n-trials finished ones, then confirm.
+
+    The confirmation stage trains the top finalists and Adam's defaults again on fresh seeds and
+    recommends a finalist only if it is better with confidence (see the README's decision rule).
 
     \b
     adamtune search --task digits --workers 2 --devices cpu
@@ -442,8 +445,9 @@ def _fmt(value: Any) -> str:
 def summary(task: str | None, as_json: bool, storage: str) -> None:
     """Recommended Adam settings per study: gain over Adam's defaults, trials, importance, robust ranges.
 
-    Reads only the study database (no training). The recommendation is the complete trial with the best
-    mean objective over its last 3 epochs; see 'adamtune recommend' to export it.
+    Reads only the study database (no training). The recommendation is the best finalist of the
+    confirmation stage when its gain over Adam's defaults on fresh seeds has a 95% interval above 0, else
+    Adam's defaults (the summary names the best candidate and its interval); see 'adamtune recommend'.
     """
     from adamtune.report import summarize_storage
     from adamtune.study import open_storage
