@@ -23,6 +23,7 @@ for the finalists of the larger study.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -178,18 +179,32 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _St
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = confirm.ask()
+        # The heartbeat first: should the next writes fail (and the step be retried), this trial carries no
+        # arm, is ignored by the plan, and is failed as stale after the grace period.
+        with_db_retry(lambda: confirm._storage.record_heartbeat(trial._trial_id), "recording a heartbeat")
         objective = worker.objective
-        for key, value in {
-            ARM_ATTR: arm,
-            SEED_ATTR: seed,
-            PARAMS_ATTR: params.as_dict(),
-            DEVICE_ATTR: objective.device,
-            HOST_ATTR: socket.gethostname(),
-            WORKER_ATTR: objective.worker,
-        }.items():
-            trial.set_user_attr(key, value)
-        confirm._storage.record_heartbeat(trial._trial_id)
+        _set_attrs(
+            trial,
+            {
+                ARM_ATTR: arm,
+                SEED_ATTR: seed,
+                PARAMS_ATTR: params.as_dict(),
+                DEVICE_ATTR: objective.device,
+                HOST_ATTR: socket.gethostname(),
+                WORKER_ATTR: objective.worker,
+            },
+        )
         return _Step("run", trial, arm, seed, params, state)
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Write user attributes, retrying while the database is briefly away (each write is idempotent)."""
+
+    def write() -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    with_db_retry(write, "recording a confirmation run")
 
 
 def _arm_params(state: StageState, arm: str) -> AdamParams:
@@ -221,7 +236,8 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             mlflow_run.log_epoch(epoch, {k: float(v) for k, v in values.items() if k != "epoch"})
             run_id = mlflow_run.take_new_run_id()
             if run_id is not None:  # stored early, so a worker that dies leaves a run that can be closed
-                trial.set_user_attr(RUN_ID_ATTR, run_id)
+                with contextlib.suppress(Exception):  # best effort: it is stored again when the run ends
+                    trial.set_user_attr(RUN_ID_ATTR, run_id)
 
     interval = confirm._storage.get_heartbeat_interval() or 10
     started = time.monotonic()
@@ -248,19 +264,18 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
         except Exception as exc:
             log.warning("confirmation run %s seed %d failed: %s: %s", step.arm, step.seed, type(exc).__name__, exc)
             with interrupts.critical():
-                trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
+                _set_attrs(trial, {ERROR_ATTR: f"{type(exc).__name__}: {exc}"[:500]})
                 _finish_mlflow(mlflow_run, trial, "failed", {}, None)
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             return ConfirmRun(step.arm, step.seed, None, metric, worker=objective.worker, device=objective.device)
         value = float(outcome.metrics[metric])
         state = "diverged" if outcome.diverged else "complete"
         with interrupts.critical():
-            trial.set_user_attr(METRICS_ATTR, outcome.metrics)
-            trial.set_user_attr(STATE_ATTR, state)
-            trial.set_user_attr(SECONDS_ATTR, time.monotonic() - started)
+            attrs = {METRICS_ATTR: outcome.metrics, STATE_ATTR: state, SECONDS_ATTR: time.monotonic() - started}
             history = getattr(outcome.curves, "history", None)
             if callable(history):
-                trial.set_user_attr(CURVES_ATTR, history())
+                attrs[CURVES_ATTR] = history()
+            _set_attrs(trial, attrs)
             _finish_mlflow(mlflow_run, trial, state, outcome.metrics, value)
             if math.isfinite(value):
                 finished = with_db_retry(lambda: confirm.tell(trial, value, skip_if_finished=True), "recording")
@@ -307,7 +322,7 @@ def _finish_mlflow(run: Any, trial: optuna.Trial, state: str, metrics: dict[str,
         return
     run_id = run.take_new_run_id()  # not waited for: the MLflow writer may create the run later
     if run_id is not None:
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        _set_attrs(trial, {RUN_ID_ATTR: run_id})
     run.finish(state, dict(metrics), {"adamtune.role": "confirmation"}, value=value)
 
 
