@@ -284,13 +284,14 @@ def outcome_lines(row: Any, search_seconds: float | None = None, stage_seconds: 
     """What a search ends with: the recommendation, the rule that chose it, and the stage's cost.
 
     The cost is given as wall time of this command (the stage against the search before it) when the
-    stage ran here, and always as training time (confirmation runs against trials, summed over workers).
+    stage ran here, and always as the confirmation runs' time against the trials' (start to end as Optuna
+    records them, summed over workers).
     """
     conf = row.confirmation or {}
     lines = [f"recommendation: {row.rule_text_line()}"]
     if conf.get("status") in ("confirmed", "defaults", "in progress"):
         share, runs = conf.get("cost_share"), conf["runs"]["finished"]
-        training = f"{conf['seconds']:.1f} s of training vs {conf['search_seconds']:.1f} s of trials"
+        training = f"runs {conf['seconds']:.1f} s vs trials {conf['search_seconds']:.1f} s"
         training += f" ({share:.0%})" if share is not None else ""
         if search_seconds and stage_seconds is not None and stage_seconds >= 1:
             lines.append(

@@ -19,7 +19,6 @@ from adamtune.confirm import (
     BASELINE_ARM,
     CONFIDENCE,
     ERROR_ATTR,
-    SECONDS_ATTR,
     ConfirmSettings,
     Finalist,
     Plan,
@@ -43,8 +42,8 @@ class StageState:
     errors: dict[tuple[str, int], int]
     plan: Plan
     runs: int  # finished confirmation runs in the store (all of them, reused or not)
-    seconds: float  # training time of those runs, summed over workers
-    search_seconds: float  # the search trials' time, summed over workers
+    seconds: float  # time of those runs (start to end, as Optuna records it), summed over workers
+    search_seconds: float  # the search trials' time, measured the same way, summed over workers
 
     @property
     def started(self) -> bool:
@@ -108,7 +107,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
         key = (str(arm), int(seed))
         if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             runs += 1
-            seconds += float(trial.user_attrs.get(SECONDS_ATTR) or run_seconds(trial))
+            seconds += run_seconds(trial)  # start to end, bookkeeping included: measured as trials are
             results.setdefault(key, float(trial.value))
         elif trial.state == TrialState.RUNNING:
             running.add(key)

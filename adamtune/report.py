@@ -670,7 +670,7 @@ def render_confirmation(row: StudySummary) -> Any:
     from rich.table import Table
 
     base = conf["baseline"]
-    cost = f", {conf['cost_share']:.0%} of the search's training time" if conf.get("cost_share") else ""
+    cost = f", runs {conf['cost_share']:.0%} of the trials' time" if conf.get("cost_share") else ""
     table = Table(
         title=(
             f"confirmation ({conf['status']}): {conf['metric']} on the same fresh seeds, "

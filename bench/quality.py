@@ -9,8 +9,9 @@ and prints per task:
 * the share of searches whose recommendation is **significantly worse** than the defaults on the test
   split (goal: 0) and **significantly better** (goal: at least 80% on the beatable task);
 * the mean test gain (the paired difference, positive = better, relative to the defaults' mean);
-* the confirmation stage's cost as a share of the search (training seconds summed over workers, as
-  ``search`` prints it).
+* the confirmation stage's cost as a share of the search, as ``search`` prints it: wall time (the stage
+  against the search before it, start-up included) and the runs' time against the trials' (start to
+  end as Optuna records them, summed over workers).
 
 Tasks:
 
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -54,25 +56,27 @@ class Outcome:
     difference: float
     relative: float | None
     cost_share: float | None
+    wall_share: float | None
     seconds: float
 
 
-def adamtune(*args: str, cwd: Path, env: dict[str, str]) -> str:
+def adamtune(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "adamtune", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"adamtune {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return done.stdout
+    return done
 
 
 def one_search(task: str, seed: int, env: dict[str, str]) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="adamtune-quality-") as tmp:
         cwd = Path(tmp)
         started = time.perf_counter()
-        adamtune("search", *TASKS[task], "--seed", str(seed), "--no-tracking", cwd=cwd, env=env)
-        row = json.loads(adamtune("summary", "--json", cwd=cwd, env=env))[0]
-        result = json.loads(adamtune("verify", "--seeds", "5", "--json", "--no-tracking", cwd=cwd, env=env))
+        search = adamtune("search", *TASKS[task], "--seed", str(seed), "--no-tracking", cwd=cwd, env=env)
+        row = json.loads(adamtune("summary", "--json", cwd=cwd, env=env).stdout)[0]
+        verify = adamtune("verify", "--seeds", "5", "--json", "--no-tracking", cwd=cwd, env=env)
+        result = json.loads(verify.stdout)
         seconds = time.perf_counter() - started
     default_mean = result["default"][result["metric"]]["mean"]
     difference = result["difference"]["mean"]
@@ -84,8 +88,15 @@ def one_search(task: str, seed: int, env: dict[str, str]) -> Outcome:
         difference,
         difference / abs(default_mean) if default_mean else None,
         row["confirmation"]["cost_share"],
+        _wall_share(search.stderr),
         seconds,
     )
+
+
+def _wall_share(stderr: str) -> float | None:
+    """The stage's wall time as a share of the search's, from the line ``search`` ends with."""
+    found = re.search(r"confirmation: \d+ runs, [\d.]+ s = (\d+)% of the search's", stderr)
+    return int(found.group(1)) / 100 if found else None
 
 
 def main() -> None:
@@ -107,18 +118,20 @@ def main() -> None:
             outcome = one_search(task, args.first_seed + i, env)
             outcomes.append(outcome)
             share = f"{outcome.cost_share:.0%}" if outcome.cost_share is not None else "-"
+            wall = f"{outcome.wall_share:.0%}" if outcome.wall_share is not None else "-"
             relative = f"{outcome.relative:+.1%}" if outcome.relative is not None else "-"
             print(
                 f"{task} seed {outcome.seed}: rule {outcome.rule}, verify {outcome.verify}, "
-                f"test gain {outcome.difference:+.4g} ({relative}), confirmation cost {share}, {outcome.seconds:.0f} s",
+                f"test gain {outcome.difference:+.4g} ({relative}), confirmation cost {wall} of the search's wall "
+                f"time, {share} of its trials' time; {outcome.seconds:.0f} s",
                 flush=True,
             )
     print()
     print(
         "| task | searches | confirmed / defaults kept | significantly worse | significantly better "
-        "| mean test gain | confirmation cost (median, max) |"
+        "| mean test gain | confirmation cost: wall (median, max) | trials' time (median, max) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks.split(","):
         rows = [o for o in outcomes if o.task == task]
         n = len(rows)
@@ -127,10 +140,14 @@ def main() -> None:
         worse = sum(o.verify == "worse" for o in rows) / n
         better = sum(o.verify == "better" for o in rows) / n
         gains = [o.relative for o in rows if o.relative is not None]
-        shares = [o.cost_share for o in rows if o.cost_share is not None]
-        cost = f"{statistics.median(shares):.0%}, {max(shares):.0%}" if shares else "-"
+        cost = _median_max([o.cost_share for o in rows if o.cost_share is not None])
+        wall = _median_max([o.wall_share for o in rows if o.wall_share is not None])
         gain = f"{statistics.fmean(gains):+.1%}" if gains else "-"
-        print(f"| {task} | {n} | {confirmed} / {kept} | {worse:.0%} | {better:.0%} | {gain} | {cost} |")
+        print(f"| {task} | {n} | {confirmed} / {kept} | {worse:.0%} | {better:.0%} | {gain} | {wall} | {cost} |")
+
+
+def _median_max(shares: list[float]) -> str:
+    return f"{statistics.median(shares):.0%}, {max(shares):.0%}" if shares else "-"
 
 
 if __name__ == "__main__":
