@@ -344,7 +344,7 @@ def test_report_writes_plots_and_one_page(searched: dict, tmp_path: Path) -> Non
         assert (out / f"{name}.html").stat().st_size > 0
         assert f"src='{name}.png'" in page
     assert (out / "plotly.min.js").is_file()  # one shared copy for every interactive plot
-    assert "gain over default" in page and "PED-ANOVA" in page
+    assert "gain over default" in page and "PED-ANOVA" in page and "Recommendation: " in page
 
 
 # --------------------------------------------------------------------------- bad input
