@@ -79,6 +79,16 @@ def tracking_options(command: F) -> F:
     )(command)
 
 
+def checkpoint_store_option(command: F) -> F:
+    return click.option(
+        "--checkpoint-store",
+        envvar="ADAMTUNE_CHECKPOINT_STORE",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="Where trial checkpoints go [env ADAMTUNE_CHECKPOINT_STORE]; every worker of a multi-host study "
+        "must reach it. Default: <database>-checkpoints next to a SQLite file, else ./adamtune-checkpoints.",
+    )(command)
+
+
 def data_dir_option(command: F) -> F:
     return click.option(
         "--data-dir",
@@ -124,6 +134,13 @@ def cli() -> None:
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    metavar="EPOCHS",
+    help="Checkpoint each trial every EPOCHS epochs so a retry resumes (0: never); default: every epoch "
+    "for trials expected to take over a minute, else never.",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -141,6 +158,7 @@ def cli() -> None:
 @storage_option
 @tracking_options
 @data_dir_option
+@checkpoint_store_option
 @handle_errors
 def search(
     task: str | None,
@@ -153,6 +171,7 @@ def search(
     sampler: str | None,
     pruner: str | None,
     seed: int | None,
+    checkpoint_every: int | None,
     workers: int,
     devices: str,
     storage: str,
@@ -160,6 +179,7 @@ def search(
     tracking_uri: str | None,
     system_metrics: bool,
     data_dir: Path | None,
+    checkpoint_store: str | None,
 ) -> None:
     """Create or resume a study and run trials until it holds --n-trials finished ones.
 
@@ -179,6 +199,7 @@ def search(
         "sampler": sampler,
         "pruner": pruner,
         "seed": seed,
+        "checkpoint_every": checkpoint_every,
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)
@@ -196,6 +217,7 @@ def search(
         system_metrics=system_metrics,
         data_dir=data_dir,
         seed=seed,
+        checkpoint_store=checkpoint_store,
     )
     display: dict[str, SearchProgress] = {}
     final: dict[str, Any] = {"spec": spec}
@@ -256,6 +278,7 @@ def search(
 @storage_option
 @tracking_options
 @data_dir_option
+@checkpoint_store_option
 @handle_errors
 def worker(
     study_name: str,
@@ -266,6 +289,7 @@ def worker(
     tracking_uri: str | None,
     system_metrics: bool,
     data_dir: Path | None,
+    checkpoint_store: str | None,
 ) -> None:
     """Join an existing study from this machine and run its trials until it holds its --n-trials.
 
@@ -298,6 +322,7 @@ def worker(
         data_dir=data_dir,
         name=name,
         label=label,
+        checkpoint_store=checkpoint_store,
     )
     runner = join_study(options)
     counts = count_trials(runner.study.get_trials(deepcopy=False))

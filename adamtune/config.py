@@ -47,7 +47,17 @@ else:  # pragma: no cover - exercised on 3.10 only
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
 
-STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed")
+STUDY_KEYS = (
+    "task",
+    "objective",
+    "n_trials",
+    "epochs",
+    "batch_size",
+    "sampler",
+    "pruner",
+    "seed",
+    "checkpoint_every",
+)
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -73,6 +83,7 @@ class StudySpec:
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
     direction: str | None = None
+    checkpoint_every: int | None = None  # None: automatic (see context.py), 0: never
 
     def __post_init__(self) -> None:
         if self.objective is not None:
@@ -200,6 +211,12 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
+            checked[key] = value
+        elif key == "checkpoint_every":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"checkpoint_every in {where} must be a whole number of epochs >= 0 (0: never), got {value!r}"
+                )
             checked[key] = value
         elif key == "objective":
             if not isinstance(value, str) or not value.replace("_", "a").isalnum():

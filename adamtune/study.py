@@ -558,7 +558,10 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
                 study.enqueue_trial(baseline_optuna_params(spec.space), user_attrs={BASELINE_ATTR: True})
         else:
             _check_same_definition(spec, stored)
-        study.set_user_attr(SETTINGS_ATTR, {"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner})
+        settings = {"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner}
+        if spec.checkpoint_every is not None:  # a run setting, like the sampler: workers joining later use it
+            settings["checkpoint_every"] = spec.checkpoint_every
+        study.set_user_attr(SETTINGS_ATTR, settings)
     except ConfigError:
         raise
     except Exception as exc:
@@ -672,6 +675,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         batch_size=stored["batch_size"],
         sampler=settings.get("sampler", "tpe"),
         pruner=settings.get("pruner", "hyperband"),
+        checkpoint_every=settings.get("checkpoint_every"),
         space=parse_space(stored["space"], source),
         source=source,
     )
