@@ -41,6 +41,7 @@ trial ends in any way other than an interruption (which is re-queued and resumes
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import socket
 import tempfile
@@ -128,7 +129,7 @@ class Objective:
             params = suggest(trial, spec.space)
         if is_baseline:
             params = BASELINE
-        system_attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        system_attrs = _system_attrs(trial)
         lineage = lineage_of(trial.number, system_attrs)
         earlier = self._earlier_trials(trial, system_attrs)
         seed = next(
@@ -151,9 +152,12 @@ class Objective:
             if run is not None:
                 run.log_epoch(epoch, metrics)
                 _note_run_id(trial, run)
-            if diverged:
+            value = metrics.get(objective, float("nan"))
+            if diverged:  # its point is kept (when finite) so Optuna's curve shows where it blew up
+                if math.isfinite(value):
+                    trial.report(value, epoch)
                 return False
-            trial.report(metrics[objective], epoch)
+            trial.report(value, epoch)
             return not is_baseline and trial.should_prune()
 
         def on_resume(epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
@@ -363,6 +367,16 @@ def _note_run_id(trial: optuna.Trial, run: TrialRun) -> None:
     run_id = run.take_new_run_id()
     if run_id is not None:
         trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+
+def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's Optuna system attributes (``failed_trial``/``retry_history`` of a retry); {} for a FixedTrial."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return {}
+    return with_db_retry(
+        lambda: study._storage.get_trial_system_attrs(trial._trial_id), f"reading trial {trial.number}"
+    )
 
 
 def _is_requeued_error(exc: BaseException) -> bool:
