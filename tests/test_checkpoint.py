@@ -7,6 +7,7 @@ from the epoch hook (what a kill does to the process, minus the process).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -85,10 +86,8 @@ class Harness:
 
 
 def run(task: object, data: object, context: TrialContext) -> TrialContext:
-    try:
+    with contextlib.suppress(Interrupted):
         run_in_context(task, data, context)
-    except Interrupted:
-        pass
     return context
 
 
@@ -223,5 +222,5 @@ def test_checkpoint_refuses_objects_without_state(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="state_dict"):
         context.checkpoint(model=object())
     context.epochs()
-    with pytest.raises(RuntimeError, match="before trial.epochs"):
+    with pytest.raises(RuntimeError, match=r"before trial\.epochs"):
         context.checkpoint(model=nn.Linear(1, 1))
