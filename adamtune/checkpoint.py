@@ -44,6 +44,8 @@ RESUMED_ATTR = "adamtune.resumed_from_epoch"
 STORE_ENV = "ADAMTUNE_CHECKPOINT_STORE"
 #: ``checkpoint_every`` unset: save every epoch when the first epoch says the trial takes this long, else never.
 AUTO_SECONDS = 60.0
+#: ``checkpoint_every`` unset: the longest share of training time saves may take (the interval widens).
+AUTO_SHARE = 0.01
 FORMAT = 1
 SLOTS = ("a", "b")
 

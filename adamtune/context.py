@@ -53,8 +53,10 @@ is a retry of one whose worker died, ``trial.epochs()`` first loads the lineage'
 into the registered objects and the RNGs, restores the curve (re-reported through ``on_resume``) and
 yields the epochs after the saved one only. A checkpoint that cannot be used is reported in one warning
 line and the trial trains from epoch 1. ``checkpoint_every=None`` is automatic: after the first epoch,
-every epoch when ``n_epochs`` times that epoch's time is at least :data:`adamtune.checkpoint.AUTO_SECONDS`,
-else never; ``0`` is never.
+every epoch when ``n_epochs`` times that epoch's time is at least :data:`adamtune.checkpoint.AUTO_SECONDS`
+(60 s), else never; and when a save takes more than :data:`adamtune.checkpoint.AUTO_SHARE` (1%) of an
+epoch's training time, every ``ceil(save time / (1% of an epoch))`` epochs instead, so saves stay
+under about 1% of the trial's time. ``0`` is never.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamtune.checkpoint import AUTO_SECONDS, CheckpointUnusable
+from adamtune.checkpoint import AUTO_SECONDS, AUTO_SHARE, CheckpointUnusable
 from adamtune.metrics import SPLITS, bare_name, check_metric_name
 
 if TYPE_CHECKING:
@@ -147,6 +149,8 @@ class TrialContext:
         self.diverged_epoch: int | None = None
         self._checkpoints = checkpoints  # adamtune.checkpoint.TrialCheckpoints, or None: no checkpoints
         self.checkpoint_every = checkpoint_every
+        self._auto = checkpoint_every is None
+        self._last_save_seconds = 0.0
         self._on_resume = on_resume
         self._registered: dict[str, Any] = {}
         self._clock: float | None = None
@@ -250,10 +254,16 @@ class TrialContext:
             self._on_resume(epoch, list(history))
 
     def _interval(self, epoch: int) -> int:
-        if self.checkpoint_every is None:  # automatic: decided once, after this run's first epoch
-            assert self._clock is not None
-            per_epoch = (time.perf_counter() - self._clock) / (epoch - self._first_epoch + 1)
+        """Epochs between saves; automatic (see the module docstring) unless ``checkpoint_every`` was given."""
+        if not self._auto:
+            return self.checkpoint_every or 0
+        assert self._clock is not None
+        training = time.perf_counter() - self._clock - self.checkpoint_seconds
+        per_epoch = max(training, 1e-9) / (epoch - self._first_epoch + 1)
+        if self.checkpoint_every is None:  # decided after this run's first epoch
             self.checkpoint_every = 1 if per_epoch * self.n_epochs >= AUTO_SECONDS else 0
+        elif self.checkpoint_every > 0 and self._last_save_seconds > 0:  # keep saves under AUTO_SHARE
+            self.checkpoint_every = max(1, math.ceil(self._last_save_seconds / (AUTO_SHARE * per_epoch)))
         return self.checkpoint_every
 
     def _maybe_save(self, epoch: int) -> None:
@@ -271,6 +281,7 @@ class TrialContext:
             state["initial"] = dict(self._initial) if self._initial is not None else None
             self.checkpoint_bytes = self._checkpoints.save(epoch, state)
             self.checkpoints_saved += 1
+            self._last_save_seconds = time.perf_counter() - started
         except Exception as exc:  # the store is full or away: training goes on, the next save tries again
             if not self._save_failed:
                 name = type(exc).__name__
