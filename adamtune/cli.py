@@ -394,9 +394,14 @@ def describe_trial(trial: Any) -> str:
     params = trial.user_attrs.get(PARAMS_ATTR, {})
     settings = " ".join(f"{k}={_fmt(params[k])}" for k in ("lr", "beta1", "beta2", "epsilon", "decay") if k in params)
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
-    baseline = " (baseline)" if trial.user_attrs.get("adamtune.baseline") else ""
+    notes = ["baseline"] if trial.user_attrs.get("adamtune.baseline") else []
+    if "failed_trial" in trial.system_attrs:
+        notes.append(f"retry of {trial.system_attrs['failed_trial']}")
+    if trial.user_attrs.get("adamtune.resumed_from_epoch"):
+        notes.append(f"resumed after epoch {trial.user_attrs['adamtune.resumed_from_epoch']}")
+    note = f" ({', '.join(notes)})" if notes else ""
     prefix = worker_label(trial)
-    return f"{prefix + ' ' if prefix else ''}trial {trial.number}{baseline}: {state}{value}  {settings}"
+    return f"{prefix + ' ' if prefix else ''}trial {trial.number}{note}: {state}{value}  {settings}"
 
 
 def _fmt(value: Any) -> str:
