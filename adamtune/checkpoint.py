@@ -75,8 +75,10 @@ def resolve_location(explicit: str | None, storage_url: str | None) -> str:
 def open_store(location: str) -> tuple[Any, str]:
     """``(artifact store, id prefix)`` for ``location``: a directory (created) or ``s3://bucket[/prefix]``.
 
+    A directory is created at the first save.
+
     Raises:
-        ConfigError: ``s3://`` without boto3 installed, or a directory that cannot be created.
+        ConfigError: ``s3://`` without boto3 installed, or a path that is a file.
     """
     if location.startswith("s3://"):
         bucket, _, prefix = location[len("s3://") :].partition("/")
@@ -86,13 +88,30 @@ def open_store(location: str) -> tuple[Any, str]:
             return Boto3ArtifactStore(bucket), (prefix.strip("/") + "/" if prefix.strip("/") else "")
         except ImportError:
             raise ConfigError(f"checkpoint store {location} needs boto3: pip install boto3") from None
-    from optuna.artifacts import FileSystemArtifactStore
+    path = Path(location)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"checkpoint store {location} is not a directory; pass a directory or s3://bucket/prefix")
+    return _DirectoryStore(path), ""
 
-    try:
-        Path(location).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the checkpoint directory {location}: {exc.strerror}") from None
-    return FileSystemArtifactStore(location), ""
+
+class _DirectoryStore:
+    """``FileSystemArtifactStore`` on a directory made at the first save (a search of tiny trials leaves none)."""
+
+    def __init__(self, path: Path) -> None:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        self.path = path
+        self._store = FileSystemArtifactStore(path)
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self._store.open_reader(artifact_id)
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._store.write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._store.remove(artifact_id)
 
 
 def lineage_of(number: int, system_attrs: Mapping[str, Any]) -> int:
