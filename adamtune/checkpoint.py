@@ -38,6 +38,8 @@ from adamtune.errors import ConfigError
 
 #: Trial user attribute: the pointer to the trial's latest checkpoint, ``{"artifact": id, "epoch": N}``.
 CHECKPOINT_ATTR = "adamtune.checkpoint"
+#: Trial user attribute: where the study's best trial's final checkpoint is (``keep_best_checkpoint``).
+BEST_ATTR = "adamtune.best_checkpoint"
 #: Trial user attribute and MLflow tag: the epoch a resumed trial restarted after.
 RESUMED_ATTR = "adamtune.resumed_from_epoch"
 #: Environment variable (and ``--checkpoint-store``): where checkpoints go (a directory or ``s3://…``).
@@ -191,6 +193,16 @@ class TrialCheckpoints:
         self.set_pointer(pointer)
         self._latest = pointer
         return len(blob)
+
+    def best_id(self) -> str:
+        return f"{self.prefix}{re.sub(r'[^A-Za-z0-9._-]', '_', self.study_name)}.best"
+
+    def save_best(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Write a finished trial's final ``state`` as the study's best checkpoint (one per study, replaced
+        by each better trial); returns its pointer."""
+        blob = _serialize({**state, "format": FORMAT, "epoch": epoch, "fingerprint": self.fingerprint})
+        self.store.write(self.best_id(), io.BytesIO(blob))
+        return {"artifact": self.best_id(), "epoch": epoch, "bytes": len(blob)}
 
     def remove_all(self) -> None:
         """Remove the lineage's checkpoints (missing ones are fine)."""

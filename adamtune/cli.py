@@ -141,6 +141,12 @@ def cli() -> None:
     "for trials expected to take over a minute, else never.",
 )
 @click.option(
+    "--keep-best-checkpoint",
+    is_flag=True,
+    default=None,
+    help="Keep the final checkpoint of the best complete trial (<store>/<study>.best); others are removed.",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -172,6 +178,7 @@ def search(
     pruner: str | None,
     seed: int | None,
     checkpoint_every: int | None,
+    keep_best_checkpoint: bool | None,
     workers: int,
     devices: str,
     storage: str,
@@ -200,6 +207,7 @@ def search(
         "pruner": pruner,
         "seed": seed,
         "checkpoint_every": checkpoint_every,
+        "keep_best_checkpoint": keep_best_checkpoint,
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)

@@ -57,6 +57,7 @@ STUDY_KEYS = (
     "pruner",
     "seed",
     "checkpoint_every",
+    "keep_best_checkpoint",
 )
 TOP_LEVEL_KEYS = ("study", "space")
 
@@ -84,6 +85,7 @@ class StudySpec:
     source: str = "built-in defaults"
     direction: str | None = None
     checkpoint_every: int | None = None  # None: automatic (see context.py), 0: never
+    keep_best_checkpoint: bool | None = None  # keep the best complete trial's final checkpoint (None: no)
 
     def __post_init__(self) -> None:
         if self.objective is not None:
@@ -217,6 +219,10 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
                 raise ConfigError(
                     f"checkpoint_every in {where} must be a whole number of epochs >= 0 (0: never), got {value!r}"
                 )
+            checked[key] = value
+        elif key == "keep_best_checkpoint":
+            if not isinstance(value, bool):
+                raise ConfigError(f"keep_best_checkpoint in {where} must be true or false, got {value!r}")
             checked[key] = value
         elif key == "objective":
             if not isinstance(value, str) or not value.replace("_", "a").isalnum():

@@ -266,19 +266,27 @@ class TrialContext:
             self.checkpoint_every = max(1, math.ceil(self._last_save_seconds / (AUTO_SHARE * per_epoch)))
         return self.checkpoint_every
 
+    def capture_state(self) -> dict[str, Any] | None:
+        """What a checkpoint of this trial holds now, or None when nothing was registered (imports torch)."""
+        if not self._registered:
+            return None
+        from adamtune.checkpoint import capture
+
+        state = capture(self._registered)
+        state["history"] = [[e, dict(m)] for e, m in self._history]
+        state["initial"] = dict(self._initial) if self._initial is not None else None
+        return state
+
     def _maybe_save(self, epoch: int) -> None:
         if self._checkpoints is None or not self._registered:
             return
         every = self._interval(epoch)
         if every <= 0 or epoch % every:
             return
-        from adamtune.checkpoint import capture
-
         started = time.perf_counter()
         try:
-            state = capture(self._registered)
-            state["history"] = [[e, dict(m)] for e, m in self._history]
-            state["initial"] = dict(self._initial) if self._initial is not None else None
+            state = self.capture_state()
+            assert state is not None
             self.checkpoint_bytes = self._checkpoints.save(epoch, state)
             self.checkpoints_saved += 1
             self._last_save_seconds = time.perf_counter() - started

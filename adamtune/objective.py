@@ -41,6 +41,7 @@ trial ends in any way other than an interruption (which is re-queued and resumes
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import socket
@@ -55,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from adamtune.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_numbers, lineage_of
+from adamtune.checkpoint import BEST_ATTR, CHECKPOINT_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_numbers, lineage_of
 from adamtune.config import StudySpec
 from adamtune.context import TrialContext
 from adamtune.errors import TaskError
@@ -76,6 +77,8 @@ from adamtune.study import (
     with_db_retry,
 )
 from adamtune.tasks.loop import LoopTask
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from adamtune.tracking import Tracker, TrialRun
@@ -117,6 +120,7 @@ class Objective:
     checkpoint_root: Path | None = None
     checkpoint_store: tuple[Any, str] | None = None
     checkpoint_every: int | None = None
+    keep_best_checkpoint: bool = False
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
@@ -226,8 +230,31 @@ class Objective:
             self._fail(run, context, trial, error, started, resumed())
             raise error from None
         trial.set_user_attr(STATE_ATTR, "complete")
+        if self.keep_best_checkpoint and checkpoints is not None:
+            self._keep_if_best(trial, context, checkpoints, value)
         self._finish(run, "complete", curves, trial, value=value, extra_tags=resumed())
         return value
+
+    def _keep_if_best(
+        self, trial: optuna.Trial, context: TrialContext, checkpoints: TrialCheckpoints, value: float
+    ) -> None:
+        """Save this complete trial's final state as the study's best checkpoint if no complete trial beats it."""
+        others = with_db_retry(lambda: trial.study.get_trials(deepcopy=False), "reading the study's trials")
+        scores = [
+            t.value
+            for t in others
+            if t.number != trial.number and t.value is not None and t.user_attrs.get(STATE_ATTR) == "complete"
+        ]
+        better = (min if self.spec.direction != "maximize" else max)([value, *scores]) == value
+        state = context.capture_state()
+        if not better or state is None:
+            return
+        try:
+            pointer = checkpoints.save_best(context.history[-1][0], state)
+        except Exception as exc:  # the store is away: the result stands, the checkpoint is not kept
+            log.warning("trial %d: could not keep its checkpoint as the best (%s)", trial.number, exc)
+            return
+        trial.set_user_attr(BEST_ATTR, pointer)
 
     def _earlier_trials(self, trial: optuna.Trial, system_attrs: Mapping[str, Any]) -> list[optuna.trial.FrozenTrial]:
         """The lineage's earlier trials (oldest first); none for a trial that is no retry."""
@@ -246,7 +273,7 @@ class Objective:
         params: AdamParams,
         seed: int,
     ) -> TrialCheckpoints | None:
-        if self.checkpoint_store is None or self.checkpoint_every == 0:
+        if self.checkpoint_store is None or (self.checkpoint_every == 0 and not self.keep_best_checkpoint):
             return None
         store, prefix = self.checkpoint_store
         fingerprint = {

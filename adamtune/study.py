@@ -561,6 +561,8 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
         settings = {"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner}
         if spec.checkpoint_every is not None:  # a run setting, like the sampler: workers joining later use it
             settings["checkpoint_every"] = spec.checkpoint_every
+        if spec.keep_best_checkpoint:
+            settings["keep_best_checkpoint"] = True
         study.set_user_attr(SETTINGS_ATTR, settings)
     except ConfigError:
         raise
@@ -676,6 +678,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         sampler=settings.get("sampler", "tpe"),
         pruner=settings.get("pruner", "hyperband"),
         checkpoint_every=settings.get("checkpoint_every"),
+        keep_best_checkpoint=settings.get("keep_best_checkpoint"),
         space=parse_space(stored["space"], source),
         source=source,
     )

@@ -520,7 +520,8 @@ def make_worker(
     from adamtune.checkpoint import open_store, resolve_location
 
     location = resolve_location(options.checkpoint_store, options.storage_url)
-    store = None if spec.checkpoint_every == 0 else open_store(location)
+    keep_best = bool(spec.keep_best_checkpoint)
+    store = None if spec.checkpoint_every == 0 and not keep_best else open_store(location)
     objective = Objective(
         spec,
         task,
@@ -531,6 +532,7 @@ def make_worker(
         options.name,
         checkpoint_store=store,
         checkpoint_every=spec.checkpoint_every,
+        keep_best_checkpoint=keep_best,
     )
     return Worker(study, objective, spec.n_trials)
 

@@ -224,3 +224,26 @@ def test_checkpoint_refuses_objects_without_state(tmp_path: Path) -> None:
     context.epochs()
     with pytest.raises(RuntimeError, match=r"before trial\.epochs"):
         context.checkpoint(model=nn.Linear(1, 1))
+
+
+def test_keep_best_checkpoint_leaves_only_the_best_complete_trial_s_final_state(workdir: Path) -> None:
+    import optuna
+
+    from adamtune.checkpoint import BEST_ATTR
+    from tests.test_parallel import finish, start
+
+    args = ("search", "--task", "synthetic", "--n-trials", "4", "--epochs", "3", "--pruner", "none", "--seed", "0")
+    code, stderr = finish(
+        start(*args, "--keep-best-checkpoint", "--checkpoint-every", "1", "--no-tracking", cwd=workdir)
+    )
+
+    assert code == 0, stderr
+    assert [p.name for p in (workdir / "adamtune-checkpoints").iterdir()] == ["synthetic.best"]
+    trials = optuna.load_study(study_name="synthetic", storage=f"sqlite:///{workdir}/adamtune.db").get_trials()
+    best = min(trials, key=lambda t: t.value)
+    writers = [t for t in trials if BEST_ATTR in t.user_attrs]
+    assert writers[-1].number == best.number and best.user_attrs[BEST_ATTR]["epoch"] == 3
+    state = torch.load(workdir / "adamtune-checkpoints" / "synthetic.best", weights_only=True)
+    model = SYNTHETIC.make_model()
+    model.load_state_dict(state["objects"]["model"]["state_dict"])  # a usable model
+    assert [e for e, _ in state["history"]] == [1, 2, 3]
