@@ -164,7 +164,10 @@ class TrialContext:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """This trial's own directory (created on first use); where checkpoints will be kept."""
+        """This trial's own scratch directory (created on first use) for the loop's own files.
+
+        adamtune's checkpoints do not go here: they go to the checkpoint store (see :meth:`checkpoint`).
+        """
         if self._checkpoint_dir is None:
             import tempfile
 
