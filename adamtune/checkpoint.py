@@ -15,7 +15,9 @@ none): a save writes the slot the latest checkpoint is *not* in, and only then r
 ``{"artifact": id, "epoch": N}`` on the Optuna trial (user attribute :data:`CHECKPOINT_ATTR`), so a save
 cut short is never pointed to. A retry reads the pointers of its lineage's trials and loads the one of
 the highest epoch. Disk: at most two checkpoints per unfinished lineage; a lineage's slots are removed
-when its trial ends (complete, pruned, diverged, or failed for a reason that is not retried).
+when its trial ends (complete, pruned, diverged, or failed for a reason that is not retried). With
+``keep_best_checkpoint``, a complete trial that no complete trial beats also writes its final state to
+``<study>.best`` (one per study; :data:`BEST_ATTR` on the trial points to it).
 
 Loading: anything that goes wrong (a truncated or corrupt blob, another model's state, other settings)
 raises :class:`CheckpointUnusable`; the context reports it in one warning line and trains from epoch 1.
