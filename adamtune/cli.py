@@ -79,6 +79,16 @@ def tracking_options(command: F) -> F:
     )(command)
 
 
+def checkpoint_store_option(command: F) -> F:
+    return click.option(
+        "--checkpoint-store",
+        envvar="ADAMTUNE_CHECKPOINT_STORE",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="Where trial checkpoints go [env ADAMTUNE_CHECKPOINT_STORE]; every worker of a multi-host study "
+        "must reach it. Default: <database>-checkpoints next to a SQLite file, else ./adamtune-checkpoints.",
+    )(command)
+
+
 def data_dir_option(command: F) -> F:
     return click.option(
         "--data-dir",
@@ -140,6 +150,19 @@ def cli() -> None:
     help="After the trials, confirm the finalists against Adam's defaults on fresh seeds (default: on).",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    metavar="EPOCHS",
+    help="Checkpoint each trial every EPOCHS epochs so a retry resumes (0: never); default: every epoch "
+    "for trials expected to take over a minute, else never.",
+)
+@click.option(
+    "--keep-best-checkpoint",
+    is_flag=True,
+    default=None,
+    help="Keep the final checkpoint of the best complete trial (<store>/<study>.best); others are removed.",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -157,6 +180,7 @@ def cli() -> None:
 @storage_option
 @tracking_options
 @data_dir_option
+@checkpoint_store_option
 @handle_errors
 def search(
     task: str | None,
@@ -172,6 +196,8 @@ def search(
     confirm_top: int | None,
     confirm_seeds: int | None,
     confirm: bool | None,
+    checkpoint_every: int | None,
+    keep_best_checkpoint: bool | None,
     workers: int,
     devices: str,
     storage: str,
@@ -179,6 +205,7 @@ def search(
     tracking_uri: str | None,
     system_metrics: bool,
     data_dir: Path | None,
+    checkpoint_store: str | None,
 ) -> None:
     """Create or resume a study and run trials until it holds --n-trials finished ones, then confirm.
 
@@ -204,6 +231,8 @@ def search(
         "confirm": confirm,
         "confirm_top": confirm_top,
         "confirm_seeds": confirm_seeds,
+        "checkpoint_every": checkpoint_every,
+        "keep_best_checkpoint": keep_best_checkpoint,
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)
@@ -221,6 +250,7 @@ def search(
         system_metrics=system_metrics,
         data_dir=data_dir,
         seed=seed,
+        checkpoint_store=checkpoint_store,
     )
     display: dict[str, SearchProgress] = {}
     final: dict[str, Any] = {"spec": spec}
@@ -328,6 +358,7 @@ def outcome_lines(row: Any, search_seconds: float | None = None, stage_seconds: 
 @storage_option
 @tracking_options
 @data_dir_option
+@checkpoint_store_option
 @handle_errors
 def worker(
     study_name: str,
@@ -338,6 +369,7 @@ def worker(
     tracking_uri: str | None,
     system_metrics: bool,
     data_dir: Path | None,
+    checkpoint_store: str | None,
 ) -> None:
     """Join an existing study from this machine and run its trials until it holds its --n-trials.
 
@@ -373,6 +405,7 @@ def worker(
         data_dir=data_dir,
         name=name,
         label=label,
+        checkpoint_store=checkpoint_store,
     )
     runner = join_study(options)
     counts = count_trials(runner.study.get_trials(deepcopy=False))
@@ -450,9 +483,14 @@ def describe_trial(trial: Any) -> str:
     shown = ("lr", "beta1", "beta2", "epsilon", "decay", "warmup", "weight_decay")  # the last two when on
     settings = " ".join(f"{k}={_fmt(params[k])}" for k in shown if k in params and (params[k] or k in shown[:5]))
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
-    baseline = " (baseline)" if trial.user_attrs.get("adamtune.baseline") else ""
+    notes = ["baseline"] if trial.user_attrs.get("adamtune.baseline") else []
+    if "failed_trial" in trial.system_attrs:
+        notes.append(f"retry of {trial.system_attrs['failed_trial']}")
+    if trial.user_attrs.get("adamtune.resumed_from_epoch"):
+        notes.append(f"resumed after epoch {trial.user_attrs['adamtune.resumed_from_epoch']}")
+    note = f" ({', '.join(notes)})" if notes else ""
     prefix = worker_label(trial)
-    return f"{prefix + ' ' if prefix else ''}trial {trial.number}{baseline}: {state}{value}  {settings}"
+    return f"{prefix + ' ' if prefix else ''}trial {trial.number}{note}: {state}{value}  {settings}"
 
 
 def _fmt(value: Any) -> str:

@@ -60,6 +60,8 @@ STUDY_KEYS = (
     "confirm",
     "confirm_top",
     "confirm_seeds",
+    "checkpoint_every",
+    "keep_best_checkpoint",
 )
 #: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
 CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds"}
@@ -89,6 +91,8 @@ class StudySpec:
     source: str = "built-in defaults"
     direction: str | None = None
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+    checkpoint_every: int | None = None  # None: automatic (see context.py), 0: never
+    keep_best_checkpoint: bool | None = None  # keep the best complete trial's final checkpoint (None: no)
 
     def __post_init__(self) -> None:
         if self.objective is not None:
@@ -229,6 +233,16 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
                     f"confirm_seeds in {where} must be a whole number >= {MIN_SEEDS} (an interval needs two "
                     f"paired runs), got {value!r}"
                 )
+            checked[key] = value
+        elif key == "checkpoint_every":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"checkpoint_every in {where} must be a whole number of epochs >= 0 (0: never), got {value!r}"
+                )
+            checked[key] = value
+        elif key == "keep_best_checkpoint":
+            if not isinstance(value, bool):
+                raise ConfigError(f"keep_best_checkpoint in {where} must be true or false, got {value!r}")
             checked[key] = value
         elif key == "objective":
             if not isinstance(value, str) or not value.replace("_", "a").isalnum():

@@ -42,17 +42,33 @@ trial scores its objective as the untrained model's (``report_initial``) when gi
 finite value it reported, else the worst possible (±inf): training that blew up is worth no more than
 no training.
 
-Checkpoints (issue 13) will live here too: ``epochs()`` starts from ``self._first_epoch``, which a
-restored checkpoint will move past the last saved epoch, and ``checkpoint_dir`` is where they go.
+Checkpoints and resuming (see ``checkpoint.py`` for where and how they are stored):
+``trial.checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, ...)`` registers the objects
+that make the loop resumable: anything with ``state_dict()``/``load_state_dict()``, and
+``torch.Generator`` objects (``get_state()``/``set_state()``). Call it once, before ``trial.epochs()``;
+without it a loop is not checkpointed. In a search trial that has a checkpoint store, every
+``checkpoint_every`` epochs (after the epoch's report; never after the last epoch) the context saves
+their states, the global RNG states (torch, CUDA, ``random``, numpy) and the curve so far. When a trial
+is a retry of one whose worker died, ``trial.epochs()`` first loads the lineage's latest checkpoint
+into the registered objects and the RNGs, restores the curve (re-reported through ``on_resume``) and
+yields the epochs after the saved one only. A checkpoint that cannot be used is reported in one warning
+line and the trial trains from epoch 1. ``checkpoint_every=None`` is automatic: after the first epoch,
+every epoch when ``n_epochs`` times that epoch's time is at least :data:`adamtune.checkpoint.AUTO_SECONDS`
+(60 s), else never; and when a save takes more than :data:`adamtune.checkpoint.AUTO_SHARE` (1%) of an
+epoch's training time, every ``ceil(save time / (1% of an epoch))`` epochs instead, so saves stay
+under about 1% of the trial's time. ``0`` is never.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adamtune.checkpoint import AUTO_SECONDS, AUTO_SHARE, CheckpointUnusable
 from adamtune.metrics import SPLITS, bare_name, check_metric_name
 
 if TYPE_CHECKING:
@@ -66,6 +82,11 @@ DIVERGENCE_FACTOR = 10.0
 #: intermediate values); return True to prune the trial. ``diverged`` epochs are passed for the curves
 #: only: their return value is ignored, the trial stops as diverged.
 EpochHook = Callable[[int, Mapping[str, float], bool], bool]
+#: ``on_resume(epoch, history)``: a checkpoint of ``epoch`` was restored; ``history`` is its curve
+#: (``(epoch, metrics)`` pairs) for adamtune's side to re-report (Optuna, MLflow).
+ResumeHook = Callable[[int, list[tuple[int, dict[str, float]]]], None]
+
+log = logging.getLogger(__name__)
 
 
 class StopTrial(Exception):
@@ -98,6 +119,9 @@ class TrialContext:
         checkpoint_dir: Path | None = None,
         data: Any = None,
         on_epoch: EpochHook | None = None,
+        checkpoints: Any = None,
+        checkpoint_every: int | None = None,
+        on_resume: ResumeHook | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -123,12 +147,27 @@ class TrialContext:
         self._stop: StopTrial | None = None
         self.state = "running"  # running -> pruned | diverged (complete is decided by the caller)
         self.diverged_epoch: int | None = None
+        self._checkpoints = checkpoints  # adamtune.checkpoint.TrialCheckpoints, or None: no checkpoints
+        self.checkpoint_every = checkpoint_every
+        self._auto = checkpoint_every is None
+        self._last_save_seconds = 0.0
+        self._on_resume = on_resume
+        self._registered: dict[str, Any] = {}
+        self._clock: float | None = None
+        self._save_failed = False
+        self.resumed_from_epoch: int | None = None
+        self.checkpoint_seconds = 0.0  # time spent saving checkpoints in this run
+        self.checkpoint_bytes = 0  # size of the last checkpoint written
+        self.checkpoints_saved = 0
 
     # ---- the user's side -------------------------------------------------------------------------------
 
     @property
     def checkpoint_dir(self) -> Path:
-        """This trial's own directory (created on first use); where checkpoints will be kept."""
+        """This trial's own scratch directory (created on first use) for the loop's own files.
+
+        adamtune's checkpoints do not go here: they go to the checkpoint store (see :meth:`checkpoint`).
+        """
         if self._checkpoint_dir is None:
             import tempfile
 
@@ -142,8 +181,31 @@ class TrialContext:
 
         return make_optimizer(model_or_parameters, self.params)
 
+    def checkpoint(self, **objects: Any) -> None:
+        """Register ``objects`` (by name) to save in this trial's checkpoints and restore when it resumes.
+
+        Each is a ``torch.Generator`` or has ``state_dict()`` and ``load_state_dict()`` (a model, an
+        optimizer, a scheduler, a ``GradScaler``...). Call before ``trial.epochs()``.
+
+        Raises:
+            RuntimeError: called after ``trial.epochs()`` started.
+            TypeError: an object that has no state to save.
+        """
+        if self._epochs_started:
+            raise RuntimeError("call trial.checkpoint(...) before trial.epochs(): it restores what it registers")
+        for name, obj in objects.items():
+            stateful = hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+            if not stateful and not (hasattr(obj, "get_state") and hasattr(obj, "set_state")):
+                raise TypeError(
+                    f"trial.checkpoint({name}=...) needs an object with state_dict()/load_state_dict() "
+                    f"or a torch.Generator, got {type(obj).__name__}"
+                )
+        self._registered.update(objects)
+
     def epochs(self) -> Iterator[int]:
         """Yield the epochs to train, 1..``n_epochs``; stop early once the trial was pruned or diverged.
+
+        A resumed trial (see the module docstring) restores its checkpoint first and starts after it.
 
         Raises:
             RuntimeError: iterated a second time in one trial.
@@ -154,14 +216,90 @@ class TrialContext:
         return self._epoch_iterator()
 
     def _epoch_iterator(self) -> Iterator[int]:
+        self._resume()
+        self._clock = time.perf_counter()
         try:
             for epoch in range(self._first_epoch, self.n_epochs + 1):
                 if self._stop is not None:
                     return
                 self._current = epoch
                 yield epoch
+                if self._stop is None and epoch < self.n_epochs and self._last_epoch == epoch:
+                    self._maybe_save(epoch)
         finally:
             self._current = None
+
+    def _resume(self) -> None:
+        """Load the lineage's latest checkpoint into the registered objects, the RNGs and the curve."""
+        if self._checkpoints is None or not self._registered or self._history:
+            return
+        from adamtune.checkpoint import restore, restore_rng
+
+        try:
+            state = self._checkpoints.load()
+            if state is None:
+                return
+            restore(self._registered, state)
+            history = [(int(e), {str(k): float(v) for k, v in metrics.items()}) for e, metrics in state["history"]]
+        except CheckpointUnusable as exc:
+            log.warning("trial %s: %s; training from epoch 1", self.number, exc)
+            return
+        except Exception as exc:  # a malformed curve inside a readable checkpoint
+            log.warning("trial %s: checkpoint unusable (%s); training from epoch 1", self.number, exc)
+            return
+        restore_rng(state)
+        epoch = int(state["epoch"])
+        self._history, self._last_epoch, self._first_epoch = history, epoch, epoch + 1
+        if state.get("initial") is not None:
+            self._initial = {str(k): float(v) for k, v in state["initial"].items()}
+        self.resumed_from_epoch = epoch
+        if self._on_resume is not None:
+            self._on_resume(epoch, list(history))
+
+    def _interval(self, epoch: int) -> int:
+        """Epochs between saves; automatic (see the module docstring) unless ``checkpoint_every`` was given."""
+        if not self._auto:
+            return self.checkpoint_every or 0
+        assert self._clock is not None
+        training = time.perf_counter() - self._clock - self.checkpoint_seconds
+        per_epoch = max(training, 1e-9) / (epoch - self._first_epoch + 1)
+        if self.checkpoint_every is None:  # decided after this run's first epoch
+            self.checkpoint_every = 1 if per_epoch * self.n_epochs >= AUTO_SECONDS else 0
+        elif self.checkpoint_every > 0 and self._last_save_seconds > 0:  # keep saves under AUTO_SHARE
+            self.checkpoint_every = max(1, math.ceil(self._last_save_seconds / (AUTO_SHARE * per_epoch)))
+        return self.checkpoint_every
+
+    def capture_state(self) -> dict[str, Any] | None:
+        """What a checkpoint of this trial holds now, or None when nothing was registered (imports torch)."""
+        if not self._registered:
+            return None
+        from adamtune.checkpoint import capture
+
+        state = capture(self._registered)
+        state["history"] = [[e, dict(m)] for e, m in self._history]
+        state["initial"] = dict(self._initial) if self._initial is not None else None
+        return state
+
+    def _maybe_save(self, epoch: int) -> None:
+        if self._checkpoints is None or not self._registered:
+            return
+        every = self._interval(epoch)
+        if every <= 0 or epoch % every:
+            return
+        started = time.perf_counter()
+        try:
+            state = self.capture_state()
+            assert state is not None
+            self.checkpoint_bytes = self._checkpoints.save(epoch, state)
+            self.checkpoints_saved += 1
+            self._last_save_seconds = time.perf_counter() - started
+        except Exception as exc:  # the store is full or away: training goes on, the next save tries again
+            if not self._save_failed:
+                name = type(exc).__name__
+                log.warning("trial %s: could not save a checkpoint (%s: %s); training goes on", self.number, name, exc)
+            self._save_failed = True
+        finally:
+            self.checkpoint_seconds += time.perf_counter() - started
 
     def report(self, **metrics: Any) -> None:
         """Record this epoch's metrics on ``trial.split``; may stop the trial (see the module docstring).
@@ -215,6 +353,21 @@ class TrialContext:
     def objective_name(self) -> str:
         """The stored name of the objective on this context's split, e.g. ``val_mae``."""
         return f"{self.split}_{self.objective}"
+
+    def no_better_than_untrained(self) -> bool:
+        """True when the last reported objective is not better than the untrained model's (``report_initial``).
+
+        Such a run learned nothing (a far too large learning rate often leaves a network at chance level
+        without blowing up); adamtune labels it diverged. False without untrained metrics or a report.
+        """
+        name = self.objective_name
+        untrained = (self._initial or {}).get(name)
+        if untrained is None or not math.isfinite(untrained) or not self._history:
+            return False
+        last = self._history[-1][1].get(name, math.nan)
+        if not math.isfinite(last):
+            return True
+        return last >= untrained if self.direction == "minimize" else last <= untrained
 
     def report_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """:meth:`report` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning)."""

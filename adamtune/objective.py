@@ -12,7 +12,11 @@ What each outcome becomes (see ``study.py`` for the bookkeeping):
   last reported epoch.
 * pruned: ``optuna.TrialPruned`` propagates; Optuna records the trial as PRUNED.
 * diverged: a non-finite or exploded metric (see ``context.py``; for built-in tasks the rule of
-  ``train.py``). The trial returns the *untrained* model's objective (training that blew up is worth no
+  ``train.py``), or a run that ended no better than the untrained model (its last objective is not
+  better than the untrained model's: with a far too large learning rate a network often settles at
+  chance level without blowing up; such a trial is no result to rank). The second rule needs the
+  untrained metrics: always there for built-in tasks, for a loop task when it calls
+  ``trial.report_initial``. The trial returns the *untrained* model's objective (training that blew up is worth no
   more than no training; the exact rule for a loop task is in ``context.py``), so the sampler learns the
   region is bad; the state ``diverged`` and the epoch are recorded on the trial and in MLflow.
 * failed: any other exception (including one raised by a user's ``fit``, or a ``fit`` that reported
@@ -23,16 +27,28 @@ What each outcome becomes (see ``study.py`` for the bookkeeping):
 
 The baseline trial (enqueued first in a new study) trains with exactly Adam's defaults and is never
 pruned, so every result can be compared with a full-length baseline curve.
+
+Retries and checkpoints: a retry (``study.requeue_trial``) belongs to the *lineage* of the trial it
+retries (``failed_trial``, the original number). It trains with the lineage's seed (the one recorded on
+the original trial, else derived from the original number), and resumes from the lineage's latest
+checkpoint (``checkpoint.py``): the restored epochs are re-reported to Optuna (so the pruner sees the
+whole curve) and logged to the retry's new MLflow run, which is tagged ``adamtune.resumed_from_epoch``
+and ``adamtune.resumed_from_run`` (the earlier run's id): the retry's run holds the whole curve, the
+earlier, failed run links nowhere and keeps its part. The lineage's checkpoints are removed when the
+trial ends in any way other than an interruption (which is re-queued and resumes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import re
 import socket
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from adamtune.checkpoint import BEST_ATTR, CHECKPOINT_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_numbers, lineage_of
 from adamtune.config import StudySpec
 from adamtune.context import TrialContext
 from adamtune.errors import TaskError
@@ -57,8 +74,11 @@ from adamtune.study import (
     SEED_ATTR,
     STATE_ATTR,
     WORKER_ATTR,
+    with_db_retry,
 )
 from adamtune.tasks.loop import LoopTask
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from adamtune.tracking import Tracker, TrialRun
@@ -86,6 +106,8 @@ class Objective:
     ``task`` is a built-in ``Task`` (``data``: its ``TaskData`` on ``device``) or a ``LoopTask``
     (``data``: its ``LoopData``). ``checkpoint_root`` holds one directory per study and trial (default:
     ``<tmp>/adamtune-checkpoints``), created only when a trial asks for ``trial.checkpoint_dir``.
+    ``checkpoint_store`` is an opened ``(artifact store, id prefix)`` (``checkpoint.open_store``); None:
+    no checkpoints. ``checkpoint_every``: see ``context.py`` (None: automatic, 0: never).
     """
 
     spec: StudySpec
@@ -96,15 +118,28 @@ class Objective:
     base_seed: int | None = None
     worker: str = "worker-0"
     checkpoint_root: Path | None = None
+    checkpoint_store: tuple[Any, str] | None = None
+    checkpoint_every: int | None = None
+    keep_best_checkpoint: bool = False
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        params = suggest(trial, spec.space)
+        with warnings.catch_warnings():
+            # The baseline is enqueued at Adam's defaults, which may lie outside a study's range (lr in
+            # [1, 10]): Optuna warns about that fixed value; the baseline trains with the defaults anyway.
+            warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+            params = suggest(trial, spec.space)
         if is_baseline:
             params = baseline_for(spec.space)
-        seed = trial_seed(self.base_seed, trial.number)
+        system_attrs = _system_attrs(trial)
+        lineage = lineage_of(trial.number, system_attrs)
+        earlier = self._earlier_trials(trial, system_attrs)
+        seed = next(
+            (int(t.user_attrs[SEED_ATTR]) for t in earlier if isinstance(t.user_attrs.get(SEED_ATTR), int)),
+            trial_seed(self.base_seed, lineage),
+        )
         host = socket.gethostname()
         for key, value in {
             SEED_ATTR: seed,
@@ -121,10 +156,24 @@ class Objective:
             if run is not None:
                 run.log_epoch(epoch, metrics)
                 _note_run_id(trial, run)
-            if diverged:
+            value = metrics.get(objective, float("nan"))
+            if diverged:  # its point is kept (when finite) so Optuna's curve shows where it blew up
+                if math.isfinite(value):
+                    trial.report(value, epoch)
                 return False
-            trial.report(metrics[objective], epoch)
+            trial.report(value, epoch)
             return not is_baseline and trial.should_prune()
+
+        def on_resume(epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
+            for number, metrics in history:  # the pruner and the MLflow run see the whole curve
+                if run is not None:
+                    run.log_epoch(number, metrics)
+                value = metrics.get(objective)
+                if value is not None and value == value:
+                    trial.report(value, number)
+            trial.set_user_attr(RESUMED_ATTR, epoch)
+
+        checkpoints = self._checkpoints(trial, lineage, earlier, params, seed)
 
         context = TrialContext(
             params=params,
@@ -139,47 +188,143 @@ class Objective:
             checkpoint_dir=self._checkpoint_dir(trial.number),
             data=self.data.value if isinstance(self.task, LoopTask) else self.data,
             on_epoch=on_epoch,
+            checkpoints=checkpoints,
+            checkpoint_every=self.checkpoint_every,
+            on_resume=on_resume,
         )
+        resumed = self._resume_tags(context, earlier)
         started = time.perf_counter()
         try:
             run_in_context(self.task, self.data, context)
         except Exception as exc:
             if context.state == "running":  # the task's own error, not adamtune stopping it
-                self._fail(run, context, trial, exc, started)
+                self._fail(run, context, trial, exc, started, resumed())
+                if not _is_requeued_error(exc) and checkpoints is not None:
+                    checkpoints.remove_all()
                 raise
-        except BaseException as exc:  # an interruption: the worker re-queues the trial
-            self._fail(run, context, trial, exc, started)
+        except BaseException as exc:  # an interruption: the worker re-queues the trial, which resumes
+            self._fail(run, context, trial, exc, started, resumed())
             raise
+        if checkpoints is not None:
+            checkpoints.remove_all()
+        if context.state == "running" and context.no_better_than_untrained():
+            context.state, context.diverged_epoch = "diverged", context.history[-1][0]
         curves = context.curves()
         curves.seconds = time.perf_counter() - started
         if context.state == "pruned":
             trial.set_user_attr(STATE_ATTR, "pruned")
             trial.set_user_attr(CURVES_ATTR, curves.history())
-            self._finish(run, "pruned", curves, trial)
+            self._finish(run, "pruned", curves, trial, extra_tags=resumed())
             raise optuna.TrialPruned(f"pruned at epoch {context.history[-1][0]}")
         trial.set_user_attr(CURVES_ATTR, curves.history())
         if context.state == "diverged":
             value, _ = context.result()
             trial.set_user_attr(STATE_ATTR, "diverged")
             trial.set_user_attr(DIVERGED_EPOCH_ATTR, context.diverged_epoch)
-            self._finish(run, "diverged", curves, trial, value=value)
+            self._finish(run, "diverged", curves, trial, value=value, extra_tags=resumed())
             return value
         try:
             value, _ = context.result()
         except RuntimeError as exc:
             error = TaskError(f"task {spec.task!r}: {exc}")
-            self._fail(run, context, trial, error, started)
+            self._fail(run, context, trial, error, started, resumed())
             raise error from None
         trial.set_user_attr(STATE_ATTR, "complete")
-        self._finish(run, "complete", curves, trial, value=value)
+        if self.keep_best_checkpoint and checkpoints is not None:
+            self._keep_if_best(trial, context, checkpoints, value)
+        self._finish(run, "complete", curves, trial, value=value, extra_tags=resumed())
         return value
+
+    def _keep_if_best(
+        self, trial: optuna.Trial, context: TrialContext, checkpoints: TrialCheckpoints, value: float
+    ) -> None:
+        """Save this complete trial's final state as the study's best checkpoint if no complete trial beats it."""
+        others = with_db_retry(lambda: trial.study.get_trials(deepcopy=False), "reading the study's trials")
+        scores = [
+            t.value
+            for t in others
+            if t.number != trial.number and t.value is not None and t.user_attrs.get(STATE_ATTR) == "complete"
+        ]
+        better = (min if self.spec.direction != "maximize" else max)([value, *scores]) == value
+        state = context.capture_state()
+        if not better or state is None:
+            return
+        try:
+            pointer = checkpoints.save_best(context.history[-1][0], state)
+        except Exception as exc:  # the store is away: the result stands, the checkpoint is not kept
+            log.warning("trial %d: could not keep its checkpoint as the best (%s)", trial.number, exc)
+            return
+        trial.set_user_attr(BEST_ATTR, pointer)
+
+    def _earlier_trials(self, trial: optuna.Trial, system_attrs: Mapping[str, Any]) -> list[optuna.trial.FrozenTrial]:
+        """The lineage's earlier trials (oldest first); none for a trial that is no retry."""
+        numbers = lineage_numbers(trial.number, system_attrs)
+        if not numbers:
+            return []
+        wanted = set(numbers)
+        found = [t for t in trial.study.get_trials(deepcopy=False) if t.number in wanted]
+        return sorted(found, key=lambda t: t.number)
+
+    def _checkpoints(
+        self,
+        trial: optuna.Trial,
+        lineage: int,
+        earlier: list[optuna.trial.FrozenTrial],
+        params: AdamParams,
+        seed: int,
+    ) -> TrialCheckpoints | None:
+        if self.checkpoint_store is None or (self.checkpoint_every == 0 and not self.keep_best_checkpoint):
+            return None
+        store, prefix = self.checkpoint_store
+        fingerprint = {
+            "task": self.spec.task,
+            "params": params.as_dict(),
+            "seed": seed,
+            "epochs": self.spec.epochs,
+            "batch_size": self.spec.batch_size,
+        }
+
+        def set_pointer(pointer: dict[str, Any]) -> None:
+            what = f"recording trial {trial.number}'s checkpoint"
+            with_db_retry(lambda: trial.set_user_attr(CHECKPOINT_ATTR, pointer), what)
+
+        return TrialCheckpoints(
+            store=store,
+            prefix=prefix,
+            study_name=self.spec.study_name,
+            lineage=lineage,
+            fingerprint=json_safe(fingerprint),
+            set_pointer=set_pointer,
+            pointers=[t.user_attrs[CHECKPOINT_ATTR] for t in earlier if CHECKPOINT_ATTR in t.user_attrs],
+        )
+
+    @staticmethod
+    def _resume_tags(context: TrialContext, earlier: list[optuna.trial.FrozenTrial]) -> Any:
+        """A function giving the MLflow tags of a resumed trial (empty until it resumed)."""
+
+        def tags() -> dict[str, object]:
+            if context.resumed_from_epoch is None:
+                return {}
+            found: dict[str, object] = {RESUMED_ATTR: context.resumed_from_epoch}
+            runs = [t.user_attrs[RUN_ID_ATTR] for t in earlier if RUN_ID_ATTR in t.user_attrs]
+            if runs:
+                found["adamtune.resumed_from_run"] = runs[-1]
+            return found
+
+        return tags
 
     def _checkpoint_dir(self, number: int) -> Path:
         root = self.checkpoint_root or Path(tempfile.gettempdir()) / "adamtune-checkpoints"
         return root / re.sub(r"[^A-Za-z0-9._-]", "_", self.spec.study_name) / f"trial-{number}"
 
     def _fail(
-        self, run: TrialRun | None, context: TrialContext, trial: optuna.Trial, exc: BaseException, started: float
+        self,
+        run: TrialRun | None,
+        context: TrialContext,
+        trial: optuna.Trial,
+        exc: BaseException,
+        started: float,
+        extra_tags: Mapping[str, object] | None = None,
     ) -> None:
         """Record a failed trial: its traceback on the trial, its MLflow run closed as failed."""
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS:]
@@ -188,7 +333,7 @@ class Objective:
                 trial.set_user_attr(ERROR_ATTR, text)
         curves = context.curves()
         curves.seconds = time.perf_counter() - started
-        self._finish(run, "failed", curves, trial, error=exc, error_text=text)
+        self._finish(run, "failed", curves, trial, error=exc, error_text=text, extra_tags=extra_tags)
 
     def _start_run(
         self, trial: optuna.Trial, params: AdamParams, seed: int, is_baseline: bool, host: str
@@ -221,6 +366,7 @@ class Objective:
         value: float | None = None,
         error: BaseException | None = None,
         error_text: str | None = None,
+        extra_tags: Mapping[str, object] | None = None,
     ) -> None:
         """Close the trial's MLflow run as ``state`` (while the trial still runs, so its run id can be stored)."""
         if run is None:
@@ -229,7 +375,7 @@ class Objective:
         _note_run_id(trial, run)
         last = curves.last if curves is not None else None
         final = last.as_dict() if last is not None else {}
-        tags: dict[str, object] = {"adamtune.trial_number": trial.number}
+        tags: dict[str, object] = {"adamtune.trial_number": trial.number, **(extra_tags or {})}
         if curves is not None:
             tags["adamtune.stopped_epoch"] = curves.diverged_epoch or (last.epoch if last is not None else 0)
             if curves.diverged:
@@ -248,6 +394,30 @@ def _note_run_id(trial: optuna.Trial, run: TrialRun) -> None:
     run_id = run.take_new_run_id()
     if run_id is not None:
         trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+
+def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's Optuna system attributes (``failed_trial``/``retry_history`` of a retry); {} for a FixedTrial."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return {}
+    return with_db_retry(
+        lambda: study._storage.get_trial_system_attrs(trial._trial_id), f"reading trial {trial.number}"
+    )
+
+
+def _is_requeued_error(exc: BaseException) -> bool:
+    """The worker re-queues a trial that failed because the study database went away: keep its checkpoint."""
+    from adamtune.study import is_transient_db_error
+
+    return is_transient_db_error(exc)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so fingerprints compare equal."""
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 def _logged_param_names(spec: StudySpec) -> set[str]:

@@ -105,6 +105,7 @@ def _fit_builtin(task: Any, data: Any, context: TrialContext) -> None:
         seed=context.seed,
         on_epoch=on_epoch,
         on_initial=lambda initial: context.report_initial(**initial),
+        resume=context,
     )
     if curves.diverged and not context.stopped:  # train() stops at divergence without calling on_epoch
         assert curves.last is not None

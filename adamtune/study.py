@@ -566,15 +566,17 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
                 study.enqueue_trial(baseline_optuna_params(spec.space), user_attrs={BASELINE_ATTR: True})
         else:
             _check_same_definition(spec, stored)
-        study.set_user_attr(
-            SETTINGS_ATTR,
-            {
-                "n_trials": spec.n_trials,
-                "sampler": spec.sampler,
-                "pruner": spec.pruner,
-                "confirm": spec.confirm.as_dict(),
-            },
-        )
+        settings = {
+            "n_trials": spec.n_trials,
+            "sampler": spec.sampler,
+            "pruner": spec.pruner,
+            "confirm": spec.confirm.as_dict(),
+        }
+        if spec.checkpoint_every is not None:  # a run setting, like the sampler: workers joining later use it
+            settings["checkpoint_every"] = spec.checkpoint_every
+        if spec.keep_best_checkpoint:
+            settings["keep_best_checkpoint"] = True
+        study.set_user_attr(SETTINGS_ATTR, settings)
     except ConfigError:
         raise
     except Exception as exc:
@@ -694,6 +696,8 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         sampler=settings.get("sampler", "tpe"),
         pruner=settings.get("pruner", "hyperband"),
         confirm=ConfirmSettings.from_dict(settings.get("confirm")),
+        checkpoint_every=settings.get("checkpoint_every"),
+        keep_best_checkpoint=settings.get("keep_best_checkpoint"),
         space=parse_space(stored["space"], source),
         source=source,
     )

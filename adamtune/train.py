@@ -14,6 +14,12 @@ mid-epoch is caught at that epoch's end.
 
 ``on_epoch(metrics)`` is called after each epoch's validation; an exception it raises (for example
 Optuna's ``TrialPruned``) propagates out of :func:`train` unchanged.
+
+Resuming: with ``resume`` (a trial context, see ``context.py``), the trainer registers its model,
+optimizer, scheduler and shuffling generator with ``resume.checkpoint(...)`` and trains the epochs that
+``resume.epochs()`` yields: a resumed trial starts after its checkpoint with every state as it was, so
+on CPU its epochs are bit-for-bit those of an uninterrupted run. ``Curves`` then hold this run's epochs
+only (the context holds the whole curve).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -93,6 +100,14 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class Resumable(Protocol):
+    """What :func:`train` needs of a trial context to checkpoint and resume (``TrialContext`` is one)."""
+
+    def checkpoint(self, **objects: Any) -> None: ...
+
+    def epochs(self) -> Iterator[int]: ...
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global RNG (used by model initialisation and dropout)."""
     torch.manual_seed(seed)
@@ -159,6 +174,7 @@ def train(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_trained: Callable[[torch.nn.Module], None] | None = None,
     on_initial: Callable[[dict[str, float]], None] | None = None,
+    resume: Resumable | None = None,
 ) -> Curves:
     """Train ``task``'s model on ``data.train`` with Adam ``params``; validate on ``data.val`` each epoch.
 
@@ -174,6 +190,8 @@ def train(
         on_trained: called once with the model (in eval mode) when training stops after the last epoch or
             at divergence, before returning; not called when ``on_epoch`` raised. For callers that
             evaluate the trained model further, e.g. on the test split (``adamtune verify``).
+        resume: a trial context to checkpoint to and resume from (see the module docstring); its
+            ``n_epochs`` must equal ``epochs``.
 
     Returns:
         The curves. ``diverged_epoch`` is set (and training stopped) when a loss became non-finite.
@@ -191,7 +209,11 @@ def train(
         on_initial(initial)
     initial_val_loss = initial["loss"]
     blow_up = DIVERGENCE_FACTOR * initial_val_loss if math.isfinite(initial_val_loss) else math.inf
-    for epoch in range(1, epochs + 1):
+    schedule: Iterable[int] = range(1, epochs + 1)
+    if resume is not None:
+        resume.checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator)
+        schedule = resume.epochs()
+    for epoch in schedule:
         model.train()
         total_loss = torch.zeros((), device=device)
         order = torch.randperm(n, device=device, generator=generator)

@@ -112,6 +112,7 @@ class WorkerOptions:
     label: str = "w0"
     index: int = 0
     system_metrics: bool = False
+    checkpoint_store: str | None = None  # None: $ADAMTUNE_CHECKPOINT_STORE, else next to the study database
 
 
 class TooManyFailures(AdamtuneError):
@@ -529,7 +530,23 @@ def make_worker(
         torch.cuda.set_device(options.device)  # implicit "current device" uses (synchronize, caches) stay on it
     if tracker is not None:
         tracker.attach(study, storage_url=options.storage_url)  # the study's MLflow parent run
-    objective = Objective(spec, task, data.to(options.device), options.device, tracker, options.seed, options.name)
+    from adamtune.checkpoint import open_store, resolve_location
+
+    location = resolve_location(options.checkpoint_store, options.storage_url)
+    keep_best = bool(spec.keep_best_checkpoint)
+    store = None if spec.checkpoint_every == 0 and not keep_best else open_store(location)
+    objective = Objective(
+        spec,
+        task,
+        data.to(options.device),
+        options.device,
+        tracker,
+        options.seed,
+        options.name,
+        checkpoint_store=store,
+        checkpoint_every=spec.checkpoint_every,
+        keep_best_checkpoint=keep_best,
+    )
     return Worker(study, objective, spec.n_trials)
 
 

@@ -126,8 +126,9 @@ def test_default_stores_in_the_working_directory(workdir: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name(experiment_name("synthetic"))
     roles = Counter(r.data.tags.get("adamtune.role") for r in client.search_runs([experiment.experiment_id]))
-    # the study's parent run, one run per trial, and the confirmation runs (1 finalist + defaults, 3+ seeds)
-    assert roles["study"] == 1 and roles["trial"] == 2 and roles["confirmation"] >= 6 and len(roles) == 3
+    # the study's parent run, one run per trial, and the confirmation runs (1 finalist + defaults on 2 seeds
+    # at least; more while the decision is open: the unseeded trial's settings decide)
+    assert roles["study"] == 1 and roles["trial"] == 2 and roles["confirmation"] >= 4 and len(roles) == 3
 
 
 def test_seed_makes_a_one_worker_search_reproducible(tmp_path: Path) -> None:
