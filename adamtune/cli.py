@@ -124,6 +124,12 @@ def cli() -> None:
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
 @click.option(
+    "--batch-trials",
+    type=click.IntRange(min=1),
+    envvar="ADAMTUNE_BATCH_TRIALS",
+    help="Trials each worker trains at once as one vectorised model (default 1; tasks that cannot batch run one at a time).",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -153,6 +159,7 @@ def search(
     sampler: str | None,
     pruner: str | None,
     seed: int | None,
+    batch_trials: int | None,
     workers: int,
     devices: str,
     storage: str,
@@ -179,6 +186,7 @@ def search(
         "sampler": sampler,
         "pruner": pruner,
         "seed": seed,
+        "batch_trials": batch_trials,
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)

@@ -47,7 +47,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
 
-STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed")
+STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed", "batch_trials")
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -70,6 +70,7 @@ class StudySpec:
     sampler: str = "tpe"
     pruner: str = "hyperband"
     seed: int | None = None
+    batch_trials: int = 1  # trials a worker trains at once as one vectorised model (batched.py)
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
     direction: str | None = None
@@ -195,7 +196,7 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
     for key, value in values.items():
         if value is None:
             continue
-        if key in ("n_trials", "epochs", "batch_size"):
+        if key in ("n_trials", "epochs", "batch_size", "batch_trials"):
             checked[key] = _positive_int(value, key, where)
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -80,6 +80,16 @@ def trial_seed(base_seed: int | None, trial_number: int) -> int:
 
 
 @dataclass
+class StartedTrial:
+    """A trial between :meth:`Objective.begin` and :meth:`Objective.conclude`: its context and MLflow run."""
+
+    trial: optuna.Trial
+    context: TrialContext
+    run: TrialRun | None
+    started: float
+
+
+@dataclass
 class Objective:
     """Callable objective for ``study.optimize``; holds what stays the same across a worker's trials.
 
@@ -98,6 +108,24 @@ class Objective:
     checkpoint_root: Path | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        started = self.begin(trial)
+        try:
+            run_in_context(self.task, self.data, started.context)
+        except Exception as exc:
+            if started.context.state == "running":  # the task's own error, not adamtune stopping it
+                self.fail(started, exc)
+                raise
+        except BaseException as exc:  # an interruption: the worker re-queues the trial
+            self.fail(started, exc)
+            raise
+        return self.conclude(started)
+
+    def begin(self, trial: optuna.Trial) -> StartedTrial:
+        """Sample the trial's settings, record them on the trial, open its MLflow run and build its context.
+
+        :meth:`__call__` is ``begin`` → train against ``context`` → :meth:`conclude` (or :meth:`fail`);
+        the batched worker (``batch_worker.py``) calls the three steps itself for K trials at once.
+        """
         spec = self.spec
         assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
@@ -140,18 +168,21 @@ class Objective:
             data=self.data.value if isinstance(self.task, LoopTask) else self.data,
             on_epoch=on_epoch,
         )
-        started = time.perf_counter()
-        try:
-            run_in_context(self.task, self.data, context)
-        except Exception as exc:
-            if context.state == "running":  # the task's own error, not adamtune stopping it
-                self._fail(run, context, trial, exc, started)
-                raise
-        except BaseException as exc:  # an interruption: the worker re-queues the trial
-            self._fail(run, context, trial, exc, started)
-            raise
+        return StartedTrial(trial, context, run, time.perf_counter())
+
+    def fail(self, started: StartedTrial, exc: BaseException) -> None:
+        """Record ``started`` as failed with ``exc`` (traceback on the trial, MLflow run closed as failed)."""
+        self._fail(started.run, started.context, started.trial, exc, started.started)
+
+    def conclude(self, started: StartedTrial) -> float:
+        """Score a trial whose training ended (complete, pruned or diverged) and close its MLflow run.
+
+        Raises:
+            optuna.TrialPruned: the trial was pruned. TaskError: a loop task reported nothing.
+        """
+        trial, context, run = started.trial, started.context, started.run
         curves = context.curves()
-        curves.seconds = time.perf_counter() - started
+        curves.seconds = time.perf_counter() - started.started
         if context.state == "pruned":
             trial.set_user_attr(STATE_ATTR, "pruned")
             trial.set_user_attr(CURVES_ATTR, curves.history())
@@ -167,8 +198,8 @@ class Objective:
         try:
             value, _ = context.result()
         except RuntimeError as exc:
-            error = TaskError(f"task {spec.task!r}: {exc}")
-            self._fail(run, context, trial, error, started)
+            error = TaskError(f"task {self.spec.task!r}: {exc}")
+            self.fail(started, error)
             raise error from None
         trial.set_user_attr(STATE_ATTR, "complete")
         self._finish(run, "complete", curves, trial, value=value)

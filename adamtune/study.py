@@ -558,7 +558,15 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
                 study.enqueue_trial(baseline_optuna_params(spec.space), user_attrs={BASELINE_ATTR: True})
         else:
             _check_same_definition(spec, stored)
-        study.set_user_attr(SETTINGS_ATTR, {"n_trials": spec.n_trials, "sampler": spec.sampler, "pruner": spec.pruner})
+        study.set_user_attr(
+            SETTINGS_ATTR,
+            {
+                "n_trials": spec.n_trials,
+                "sampler": spec.sampler,
+                "pruner": spec.pruner,
+                "batch_trials": spec.batch_trials,
+            },
+        )
     except ConfigError:
         raise
     except Exception as exc:
@@ -672,6 +680,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         batch_size=stored["batch_size"],
         sampler=settings.get("sampler", "tpe"),
         pruner=settings.get("pruner", "hyperband"),
+        batch_trials=int(settings.get("batch_trials", 1)),
         space=parse_space(stored["space"], source),
         source=source,
     )
