@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Trial attribute: how many trials were admitted (and started training) together with this one.
+BATCH_ATTR = "adamtune.batch"
+
 
 class Heartbeats(Heartbeat):
     """One thread recording the heartbeats of several running trials (see :class:`Heartbeat`)."""
@@ -49,7 +52,7 @@ class Heartbeats(Heartbeat):
                 failing = False
             except Exception as exc:
                 if not failing:
-                    log.warning("could not record the heartbeats of the running trials (%s); retrying", db_error_text(exc))
+                    log.warning("could not record the trials' heartbeats (%s); retrying", db_error_text(exc))
                 failing = True
 
 
@@ -84,7 +87,7 @@ def fit_batched(task: Any, data: Any, contexts: list[TrialContext]) -> list[Exce
     trials = [hooks(c) for c in contexts]
     train_batched(task, data, trials, device=first.device, epochs=first.n_epochs, batch_size=first.batch_size)
     errors: list[Exception | None] = []
-    for trial, context in zip(trials, contexts):
+    for trial, context in zip(trials, contexts, strict=True):
         error = trial.error
         if isinstance(error, StopTrial) or context.stopped:
             errors.append(None)
@@ -96,7 +99,7 @@ def fit_batched(task: Any, data: Any, contexts: list[TrialContext]) -> list[Exce
                 context.mark_diverged(trial.curves.last.epoch, "the trainer detected it")
             except StopTrial:
                 pass
-            except Exception as exc:  # noqa: BLE001 - this trial's own failure
+            except Exception as exc:  # this trial's own failure
                 error = exc
         errors.append(error if isinstance(error, Exception) else None)
     return errors
@@ -116,6 +119,7 @@ def run_batch(
             interrupts.raise_pending()
             for trial in trials:
                 try:
+                    trial.set_user_attr(BATCH_ATTR, len(trials))
                     started.append(objective.begin(trial))
                 except Exception as exc:  # its settings or run could not be recorded: it fails alone
                     log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
@@ -128,10 +132,12 @@ def run_batch(
                 for trial in trials:
                     failed = worker._tell(trial, TrialState.FAIL, None)
                     if failed.state == TrialState.FAIL:
-                        with_db_retry(lambda f=failed: requeue_trial(worker.study, f), f"re-queueing trial {trial.number}")
-            log.warning("trials %s: interrupted; recorded as failed and queued to run again", [t.number for t in trials])
+                        requeue = lambda f=failed: requeue_trial(worker.study, f)  # noqa: E731
+                        with_db_retry(requeue, f"re-queueing trial {trial.number}")
+            numbers = [t.number for t in trials]
+            log.warning("trials %s: interrupted; recorded as failed and queued to run again", numbers)
             raise
-        for s, error in zip(started, errors):
+        for s, error in zip(started, errors, strict=True):
             results.append(_conclude(worker, s, error, interrupts))
     return results
 

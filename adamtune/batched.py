@@ -105,15 +105,15 @@ class BatchedAdam:
         b1 = [s.beta1 for s in self.settings]
         b2 = [s.beta2 for s in self.settings]
         # Computed per trial in double precision, as torch does with Python floats.
-        shrink = [1.0 - lr * s.weight_decay for lr, s in zip(rates, self.settings)]
-        step_size = [lr / (1.0 - beta1 ** (t + 1)) for lr, beta1 in zip(rates, b1)]
+        shrink = [1.0 - lr * s.weight_decay for lr, s in zip(rates, self.settings, strict=True)]
+        step_size = [lr / (1.0 - beta1 ** (t + 1)) for lr, beta1 in zip(rates, b1, strict=True)]
         bc2_sqrt = [math.sqrt(1.0 - beta2 ** (t + 1)) for beta2 in b2]
         amsgrad = any(s.amsgrad for s in self.settings)
         for name, p in self.params.items():
             grad = p.grad
             if grad is None:
                 continue
-            col = lambda values: self._column(values, p)  # noqa: E731
+            col = lambda values, like=p: self._column(values, like)  # noqa: E731
             if decays(p[0]) and any(s.weight_decay > 0 for s in self.settings):
                 p.mul_(col(shrink))
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
@@ -157,11 +157,11 @@ def batch_blocker(task: object, data: TaskData | None = None, device: str = "cpu
 
     if isinstance(task, LoopTask) or not isinstance(task, Task):
         return "a loop task trains in its own fit(trial)"
-    if task.augment is not None:
-        return "its training augmentation is not batched"
     model = task.make_model()
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return "its model uses batch norm (running statistics updated in training mode)"
+    if task.augment is not None:
+        return "its training augmentation is not batched"
     if data is None:
         return None
     try:
@@ -170,7 +170,7 @@ def batch_blocker(task: object, data: TaskData | None = None, device: str = "cpu
         y = data.train.y[:2].to(device)
         losses = trainer.losses(torch.stack([x, x]), torch.stack([y, y]))
         losses.sum().backward()
-    except Exception as exc:  # noqa: BLE001 - any failure to trace means: train one at a time
+    except Exception as exc:  # any failure to trace means: train one at a time
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"its model cannot be vectorised ({type(exc).__name__}: {first[:120]})"
     return None
@@ -285,7 +285,7 @@ def train_batched(
 
     blow_up: dict[int, float] = {}
     gone: set[int] = set()
-    for k, initial in zip(active, stack.evaluate(data.val, device)):
+    for k, initial in zip(active, stack.evaluate(data.val, device), strict=True):
         trials[k].curves.initial = {f"val_{name}": value for name, value in initial.items()}
         loss = initial["loss"]
         blow_up[k] = DIVERGENCE_FACTOR * loss if math.isfinite(loss) else math.inf
@@ -307,7 +307,7 @@ def train_batched(
             total += losses.detach().float() * index.shape[1]
         train_losses = (total / n).tolist()
         gone = set()
-        for slot, (k, val) in enumerate(zip(active, stack.evaluate(data.val, device))):
+        for slot, (k, val) in enumerate(zip(active, stack.evaluate(data.val, device), strict=True)):
             train_loss, val_loss = train_losses[slot], val["loss"]
             values = {"train_loss": train_loss, **{f"val_{m}": v for m, v in val.items()}}
             values["lr"] = optimizer.current_lr(slot)

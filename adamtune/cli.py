@@ -127,7 +127,7 @@ def cli() -> None:
     "--batch-trials",
     type=click.IntRange(min=1),
     envvar="ADAMTUNE_BATCH_TRIALS",
-    help="Trials each worker trains at once as one vectorised model (default 1; tasks that cannot batch run one at a time).",
+    help="Trials a worker trains at once as one vectorised model (default 1; tasks that cannot batch: one at a time).",
 )
 @click.option(
     "--workers",

@@ -387,9 +387,7 @@ class Worker:
                             f"check task {self.objective.spec.task!r} and its data"
                         )
 
-    def _run_admitted(
-        self, admission: Admission, interrupts: Interrupts
-    ) -> list[tuple[FrozenTrial, Exception | None]]:
+    def _run_admitted(self, admission: Admission, interrupts: Interrupts) -> list[tuple[FrozenTrial, Exception | None]]:
         """Run the admitted trial(s): one as usual, several as one batch (``batch_worker.run_batch``)."""
         if not admission.more:
             assert admission.trial is not None
@@ -403,7 +401,7 @@ class Worker:
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """Under the admission lock: fail stale trials, count, and create trials (up to ``batch_trials``) in free places."""
+        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places."""
         storage = self.study._storage
         with interrupts.critical(), admission_lock(storage, self.study.study_name):
             optuna.storages.fail_stale_trials(self.study)
