@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -29,13 +30,16 @@ def invoke(*args: str) -> Result:
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("batch")
     storage, tracking = f"sqlite:///{root}/adamtune.db", f"sqlite:///{root}/mlflow.db"
     common = ("--storage", storage, "--tracking-uri", tracking)
     args = ("--task", "digits", "--n-trials", str(N_TRIALS), "--epochs", str(EPOCHS), "--seed", "5")
-    result = invoke("search", *args, "--batch-trials", "16", *common)
-    return {"root": root, "storage": storage, "tracking": tracking, "result": result, "common": common}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # MLflow's artifacts (./mlruns) stay in the test's directory
+        patch.delenv("ADAMTUNE_BATCH_TRIALS", raising=False)
+        result = invoke("search", *args, "--batch-trials", "16", *common)
+        yield {"root": root, "storage": storage, "tracking": tracking, "result": result, "common": common}
 
 
 def test_batched_search_finishes_with_exactly_its_trials(searched: dict) -> None:
@@ -82,7 +86,7 @@ def test_verify_after_a_batched_search(searched: dict) -> None:
     assert "recommended: test_loss" in result.output and "default: test_loss" in result.output
 
 
-def test_the_study_file_key_is_honoured_by_adamtune_worker(tmp_path: Path) -> None:
+def test_the_study_file_key_is_honoured_by_adamtune_worker(tmp_path: Path, workdir: Path) -> None:
     config = tmp_path / "study.toml"
     config.write_text('[study]\ntask = "synthetic"\nn_trials = 3\nepochs = 1\nbatch_trials = 4\n')
     storage = f"sqlite:///{tmp_path}/adamtune.db"
@@ -96,7 +100,9 @@ def test_the_study_file_key_is_honoured_by_adamtune_worker(tmp_path: Path) -> No
     assert [t.user_attrs[BATCH_ATTR] for t in study.trials] == [3, 3, 3]  # never more than the free places
 
 
-def test_a_task_that_cannot_batch_runs_one_trial_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_task_that_cannot_batch_runs_one_trial_at_a_time(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     reference = write_task(tmp_path, epochs=2)
     storage = f"sqlite:///{tmp_path}/adamtune.db"
@@ -116,6 +122,7 @@ def test_a_task_that_cannot_batch_runs_one_trial_at_a_time(tmp_path: Path, monke
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "trains one trial at a time: a loop task trains in its own fit(trial)" in caplog.text
     study = optuna.load_study(study_name=reference, storage=storage)
     assert count_trials(study.trials).finished == 2
     assert all(BATCH_ATTR not in t.user_attrs for t in study.trials)
