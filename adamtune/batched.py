@@ -86,46 +86,60 @@ class BatchedAdam:
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         self.max_exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def current_lr(self, k: int, step: int | None = None) -> float:
         """Trial ``k``'s learning rate for update ``step`` (default: the next one)."""
         s = self.settings[k]
         return s.lr * lr_factor(self.steps if step is None else step, getattr(s, "warmup", 0), s.decay)
 
-    def _column(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
-        """``values`` as a ``[K, 1, 1, …]`` tensor broadcasting over one stacked parameter ``like``."""
-        column = torch.tensor(values, dtype=torch.float64).to(like.dtype).to(like.device, non_blocking=True)
-        return column.view(-1, *([1] * (like.dim() - 1)))
+    def _columns(self, rows: list[list[float]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``rows`` (each K values) as one ``[len(rows), K]`` tensor: one host-to-device copy."""
+        return torch.tensor(rows, dtype=torch.float64).to(dtype).to(device, non_blocking=True)
+
+    def _constants(self, like: torch.Tensor) -> torch.Tensor:
+        """The per-trial constants ``[5, K]``: 1-beta1, beta2, 1-beta2, epsilon, amsgrad (cached per dtype)."""
+        key = (like.device, like.dtype)
+        if key not in self._cache:
+            s = self.settings
+            rows = [[1.0 - x.beta1 for x in s], [x.beta2 for x in s], [1.0 - x.beta2 for x in s]]
+            rows += [[x.epsilon for x in s], [1.0 if x.amsgrad else 0.0 for x in s]]
+            self._cache[key] = self._columns(rows, like.device, like.dtype)
+        return self._cache[key]
 
     @torch.no_grad()
     def step(self) -> None:
         t = self.steps
         self.steps += 1
         rates = [self.current_lr(k, t) for k in range(len(self.settings))]
-        b1 = [s.beta1 for s in self.settings]
-        b2 = [s.beta2 for s in self.settings]
         # Computed per trial in double precision, as torch does with Python floats.
         shrink = [1.0 - lr * s.weight_decay for lr, s in zip(rates, self.settings, strict=True)]
-        step_size = [lr / (1.0 - beta1 ** (t + 1)) for lr, beta1 in zip(rates, b1, strict=True)]
-        bc2_sqrt = [math.sqrt(1.0 - beta2 ** (t + 1)) for beta2 in b2]
+        step_size = [-lr / (1.0 - s.beta1 ** (t + 1)) for lr, s in zip(rates, self.settings, strict=True)]
+        bc2_sqrt = [math.sqrt(1.0 - s.beta2 ** (t + 1)) for s in self.settings]
         amsgrad = any(s.amsgrad for s in self.settings)
+        decoupled = any(s.weight_decay > 0 for s in self.settings)
+        per_step: dict[tuple, torch.Tensor] = {}
         for name, p in self.params.items():
             grad = p.grad
             if grad is None:
                 continue
-            col = lambda values, like=p: self._column(values, like)  # noqa: E731
-            if decays(p[0]) and any(s.weight_decay > 0 for s in self.settings):
-                p.mul_(col(shrink))
+            key = (p.device, p.dtype)
+            if key not in per_step:
+                per_step[key] = self._columns([shrink, step_size, bc2_sqrt], p.device, p.dtype)
+            shape = (-1, *([1] * (p.dim() - 1)))
+            one_minus_b1, b2, one_minus_b2, eps, use_ams = (c.view(shape) for c in self._constants(p))
+            shrink_t, step_t, bc2_t = (c.view(shape) for c in per_step[key])
+            if decoupled and decays(p[0]):
+                p.mul_(shrink_t)
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
-            m.lerp_(grad, col([1.0 - beta1 for beta1 in b1]))
-            v.mul_(col(b2)).add_(col([1.0 - beta2 for beta2 in b2]) * grad * grad)
+            m.lerp_(grad, one_minus_b1)
+            v.mul_(b2).addcmul_(grad, grad * one_minus_b2)
             if amsgrad:
                 vmax = self.max_exp_avg_sq[name]
                 torch.maximum(vmax, v, out=vmax)
-                use = col([1.0 if s.amsgrad else 0.0 for s in self.settings]).bool()
-                v = torch.where(use, vmax, v)
-            denom = (v.sqrt() / col(bc2_sqrt)).add_(col([s.epsilon for s in self.settings]))
-            p.add_(col([-s for s in step_size]) * m / denom)
+                v = torch.where(use_ams.bool(), vmax, v)
+            denom = v.sqrt().div_(bc2_t).add_(eps)
+            p.addcdiv_(m * step_t, denom)
 
     def keep(self, index: torch.Tensor, kept: Sequence[int]) -> None:
         """Shrink to the trials at ``index`` (also given as Python ints ``kept``); ``params`` is replaced."""
@@ -134,6 +148,7 @@ class BatchedAdam:
             for n in state:
                 state[n] = state[n][index]
         self.settings = [self.settings[k] for k in kept]
+        self._cache.clear()
 
 
 @dataclass
