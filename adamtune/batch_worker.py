@@ -124,7 +124,10 @@ def run_batch(
                 except Exception as exc:  # its settings or run could not be recorded: it fails alone
                     log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
                     results.append((_tell_failed(worker, trial, exc, interrupts), exc))
-            errors = fit_batched(objective.task, objective.data, [s.context for s in started]) if started else []
+            try:
+                errors = fit_batched(objective.task, objective.data, [s.context for s in started]) if started else []
+            except Exception as exc:  # the batch itself broke (out of memory, a task error): each trial fails
+                errors = [exc] * len(started)
         except KeyboardInterrupt as exc:
             with interrupts.critical():
                 for s in started:

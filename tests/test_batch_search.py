@@ -126,3 +126,39 @@ def test_a_task_that_cannot_batch_runs_one_trial_at_a_time(
     study = optuna.load_study(study_name=reference, storage=storage)
     assert count_trials(study.trials).finished == 2
     assert all(BATCH_ATTR not in t.user_attrs for t in study.trials)
+
+
+BROKEN_TASK = """
+from adamtune.tasks.base import cross_entropy
+from adamtune.tasks.digits import make_task as digits
+
+CALLS = [0]
+
+
+def loss(logits, targets):
+    CALLS[0] += 1
+    if CALLS[0] > 3:  # the probe and the first steps pass, then training breaks
+        raise RuntimeError("the task's loss broke")
+    return cross_entropy(logits, targets)
+
+
+def make_task():
+    import dataclasses
+
+    return dataclasses.replace(digits(), name="broken", loss=loss)
+"""
+
+
+def test_a_batch_that_breaks_fails_each_trial_and_leaves_none_running(
+    tmp_path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_batch_task.py").write_text(BROKEN_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    storage = f"sqlite:///{tmp_path}/adamtune.db"
+    args = ["search", "--task", "broken_batch_task:make_task", "--n-trials", "4", "--epochs", "1"]
+    result = CliRunner().invoke(cli, [*args, "--batch-trials", "4", "--no-tracking", "--storage", storage])
+    assert result.exit_code != 0
+    assert "trials in a row failed" in result.output
+    study = optuna.load_study(study_name="broken_batch_task:make_task", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 4
+    assert all("the task's loss broke" in t.user_attrs["adamtune.error"] for t in study.trials)
