@@ -27,12 +27,14 @@ Models with dropout train with ``vmap(randomness="different")``: each trial gets
 the masks its sequential run would draw, so such curves match sequential runs in distribution only.
 
 Not batchable (:func:`batch_blocker` says why, and the caller trains one trial at a time): loop tasks
-(the user's own ``fit``), tasks with a training augmentation, models with batch norm (running
-statistics are buffers updated in training mode), and models that ``vmap`` cannot trace (for example
-data-dependent Python control flow), found by a probe on two samples.
+(the user's own ``fit``), tasks with a training augmentation or their own parameter groups, models with
+batch norm (running statistics are buffers updated in training mode), and models that ``vmap`` cannot
+trace (for example data-dependent Python control flow), found by a probe on two samples.
 
-Weight decay (AdamW, ``weight_decay > 0``) applies only to parameters with two or more dimensions,
-the rule of :func:`adamtune.optim.param_groups`. Nothing here imports optuna or mlflow.
+The schedule is :func:`adamtune.optim.lr_factor` (warmup and decay). Weight decay (AdamW,
+``weight_decay > 0``) applies only to parameters with two or more dimensions, the default rule of
+:func:`adamtune.optim.param_groups`; a task with its own ``param_groups`` trains one trial at a time.
+Nothing here imports optuna or mlflow.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from adamtune.optim import lr_factor
 from adamtune.space import AdamParams
 from adamtune.tasks.base import Split, Task, TaskData
 from adamtune.train import (
@@ -59,14 +62,9 @@ from adamtune.train import (
 )
 
 
-def lr_factor(step: int, warmup: int, decay: float) -> float:
-    """``min(1, (step+1)/warmup) / (1 + decay*step)``: the schedule of ``adamtune.optim`` (warmup 0: none)."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    return ramp / (1.0 + decay * step)
-
-
 def decays(parameter: torch.Tensor) -> bool:
-    """Whether AdamW's weight decay applies to a (per-trial) parameter: two or more dimensions."""
+    """Whether AdamW's weight decay applies to a (per-trial) parameter: two or more dimensions, the default
+    rule of :func:`adamtune.optim.param_groups` (a task with its own ``param_groups`` does not batch)."""
     return parameter.dim() >= 2
 
 
@@ -91,7 +89,7 @@ class BatchedAdam:
     def current_lr(self, k: int, step: int | None = None) -> float:
         """Trial ``k``'s learning rate for update ``step`` (default: the next one)."""
         s = self.settings[k]
-        return s.lr * lr_factor(self.steps if step is None else step, getattr(s, "warmup", 0), s.decay)
+        return s.lr * lr_factor(self.steps if step is None else step, warmup=s.warmup, decay=s.decay)
 
     def _columns(self, rows: list[list[float]], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``rows`` (each K values) as one ``[len(rows), K]`` tensor: one host-to-device copy."""
@@ -177,6 +175,8 @@ def batch_blocker(task: object, data: TaskData | None = None, device: str = "cpu
         return "its model uses batch norm (running statistics updated in training mode)"
     if task.augment is not None:
         return "its training augmentation is not batched"
+    if task.param_groups is not None:
+        return "its own optimizer parameter groups (param_groups) are not batched"
     if data is None:
         return None
     try:

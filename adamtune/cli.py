@@ -124,6 +124,22 @@ def cli() -> None:
 @click.option("--pruner", type=click.Choice(PRUNER_NAMES), help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make a one-worker search reproducible.")
 @click.option(
+    "--confirm-top",
+    type=click.IntRange(min=1),
+    help="Finalists the confirmation stage trains again on fresh seeds (default 3).",
+)
+@click.option(
+    "--confirm-seeds",
+    type=click.IntRange(min=2),
+    help="Most fresh seeds per finalist and for Adam's defaults in the confirmation stage (default 5).",
+)
+@click.option(
+    "--confirm/--no-confirm",
+    "confirm",
+    default=None,
+    help="After the trials, confirm the finalists against Adam's defaults on fresh seeds (default: on).",
+)
+@click.option(
     "--batch-trials",
     type=click.IntRange(min=1),
     envvar="ADAMTUNE_BATCH_TRIALS",
@@ -159,6 +175,9 @@ def search(
     sampler: str | None,
     pruner: str | None,
     seed: int | None,
+    confirm_top: int | None,
+    confirm_seeds: int | None,
+    confirm: bool | None,
     batch_trials: int | None,
     workers: int,
     devices: str,
@@ -168,7 +187,10 @@ def search(
     system_metrics: bool,
     data_dir: Path | None,
 ) -> None:
-    """Create or resume a study and run trials until it holds --n-trials finished ones.
+    """Create or resume a study and run trials until it holds --n-trials finished ones, then confirm.
+
+    The confirmation stage trains the top finalists and Adam's defaults again on fresh seeds and
+    recommends a finalist only if it is better with confidence (see the README's decision rule).
 
     \b
     adamtune search --task digits --workers 2 --devices cpu
@@ -186,6 +208,9 @@ def search(
         "sampler": sampler,
         "pruner": pruner,
         "seed": seed,
+        "confirm": confirm,
+        "confirm_top": confirm_top,
+        "confirm_seeds": confirm_seeds,
         "batch_trials": batch_trials,
     }
     spec = build_spec(task, config, study_name, overrides)
@@ -236,6 +261,7 @@ def search(
             devices=devices,
             on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
             on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
+            on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
         )
     finally:
         if "bar" in display:
@@ -243,9 +269,12 @@ def search(
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "
-        f"({outcome.ran} run now), best {final['spec'].objective} {best}. Next: adamtune summary",
+        f"({outcome.ran} run now), best search-time {final['spec'].objective} {best}.",
         err=True,
     )
+    if outcome.summary is not None:
+        for line in outcome_lines(outcome.summary, outcome.search_seconds, outcome.stage_seconds):
+            click.echo(line, err=True)
     if tracking:
         from adamtune.tracking import study_ui_url
 
@@ -253,6 +282,49 @@ def search(
         if url is not None:
             local = not (tracking_uri or "").startswith(("http://", "https://"))
             click.echo(f"learning curves: {url}" + (" (after 'adamtune ui')" if local else ""), err=True)
+    click.echo("Next: adamtune summary", err=True)
+
+
+def _log_line(display: dict[str, Any], line: str) -> None:
+    """A line above the live display when there is one, else on stderr."""
+    if "bar" in display:
+        display["bar"].log(line)
+    else:
+        click.echo(line, err=True)
+
+
+def describe_confirm_run(run: Any) -> str:
+    """One log line for a finished confirmation run: worker and device, arm, seed, value."""
+    host = __import__("socket").gethostname()
+    worker = run.worker.removeprefix(f"{host}-")
+    prefix = f"[{' '.join(p for p in (worker, run.device) if p)}] " if worker or run.device else ""
+    if run.value is None:
+        return f"{prefix}confirm {run.arm} seed {run.seed}: failed"
+    note = " (diverged)" if run.diverged else ""
+    return f"{prefix}confirm {run.arm} seed {run.seed}: {run.metric} {run.value:.4g}{note}"
+
+
+def outcome_lines(row: Any, search_seconds: float | None = None, stage_seconds: float | None = None) -> list[str]:
+    """What a search ends with: the recommendation, the rule that chose it, and the stage's cost.
+
+    The cost is given as wall time of this command (the stage against the search before it) when the
+    stage ran here, and always as the confirmation runs' time against the trials' (start to end as Optuna
+    records them, summed over workers).
+    """
+    conf = row.confirmation or {}
+    lines = [f"recommendation: {row.rule_text_line()}"]
+    if conf.get("status") in ("confirmed", "defaults", "in progress"):
+        share, runs = conf.get("cost_share"), conf["runs"]["finished"]
+        training = f"runs {conf['seconds']:.1f} s vs trials {conf['search_seconds']:.1f} s"
+        training += f" ({share:.0%})" if share is not None else ""
+        if search_seconds and stage_seconds is not None and stage_seconds >= 1:
+            lines.append(
+                f"confirmation: {runs} runs, {stage_seconds:.0f} s = {stage_seconds / search_seconds:.0%} of the "
+                f"search's {search_seconds:.0f} s (wall time); {training}, summed over workers"
+            )
+        else:
+            lines.append(f"confirmation: {runs} runs; {training}, summed over workers")
+    return lines
 
 
 @cli.command()
@@ -276,6 +348,9 @@ def worker(
     data_dir: Path | None,
 ) -> None:
     """Join an existing study from this machine and run its trials until it holds its --n-trials.
+
+    Then it shares the study's confirmation stage (finalists against Adam's defaults on fresh seeds), as
+    every worker does.
 
     \b
     adamtune worker --study cifar10 --storage postgresql+psycopg://user@db/adamtune --device cuda:0
@@ -314,6 +389,7 @@ def worker(
         f"{counts.finished} of {runner.n_trials} trials done",
         err=True,
     )
+    runner.on_confirm_run = lambda run: click.echo(describe_confirm_run(run), err=True)
     try:
         ran = runner.run(on_trial=lambda _study, trial: click.echo(describe_trial(trial), err=True))
     finally:
@@ -321,6 +397,10 @@ def worker(
             runner.objective.tracker.close()  # send what is queued for MLflow, or say what was dropped
     counts = count_trials(runner.study.get_trials(deepcopy=False))
     click.echo(f"worker {name}: ran {ran} trial(s); the study holds {counts.finished} finished trials", err=True)
+    from adamtune.report import summarize
+
+    for line in outcome_lines(summarize(runner.study, importance=False)):
+        click.echo(line, err=True)
 
 
 @cli.command()
@@ -375,7 +455,8 @@ def describe_trial(trial: Any) -> str:
 
     state = trial_state(trial)
     params = trial.user_attrs.get(PARAMS_ATTR, {})
-    settings = " ".join(f"{k}={_fmt(params[k])}" for k in ("lr", "beta1", "beta2", "epsilon", "decay") if k in params)
+    shown = ("lr", "beta1", "beta2", "epsilon", "decay", "warmup", "weight_decay")  # the last two when on
+    settings = " ".join(f"{k}={_fmt(params[k])}" for k in shown if k in params and (params[k] or k in shown[:5]))
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
     baseline = " (baseline)" if trial.user_attrs.get("adamtune.baseline") else ""
     prefix = worker_label(trial)
@@ -394,8 +475,9 @@ def _fmt(value: Any) -> str:
 def summary(task: str | None, as_json: bool, storage: str) -> None:
     """Recommended Adam settings per study: gain over Adam's defaults, trials, importance, robust ranges.
 
-    Reads only the study database (no training). The recommendation is the complete trial with the best
-    mean objective over its last 3 epochs; see 'adamtune recommend' to export it.
+    Reads only the study database (no training). The recommendation is the best finalist of the
+    confirmation stage when its gain over Adam's defaults on fresh seeds has a 95% interval above 0, else
+    Adam's defaults (the summary names the best candidate and its interval); see 'adamtune recommend'.
     """
     from adamtune.report import summarize_storage
     from adamtune.study import open_storage

@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adamtune.confirm import MIN_SEEDS, ConfirmSettings
 from adamtune.errors import ConfigError
 from adamtune.metrics import KNOWN_DIRECTIONS, bare_name, on_split
 from adamtune.space import SearchSpace, parse_space
@@ -47,7 +48,22 @@ else:  # pragma: no cover - exercised on 3.10 only
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
 
-STUDY_KEYS = ("task", "objective", "n_trials", "epochs", "batch_size", "sampler", "pruner", "seed", "batch_trials")
+STUDY_KEYS = (
+    "task",
+    "objective",
+    "n_trials",
+    "epochs",
+    "batch_size",
+    "sampler",
+    "pruner",
+    "seed",
+    "confirm",
+    "confirm_top",
+    "confirm_seeds",
+    "batch_trials",
+)
+#: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
+CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds"}
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -74,6 +90,7 @@ class StudySpec:
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
     direction: str | None = None
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
 
     def __post_init__(self) -> None:
         if self.objective is not None:
@@ -202,6 +219,19 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
             checked[key] = value
+        elif key == "confirm":
+            if not isinstance(value, bool):
+                raise ConfigError(f"confirm in {where} must be true or false, got {value!r}")
+            checked[key] = value
+        elif key == "confirm_top":
+            checked[key] = _positive_int(value, key, where)
+        elif key == "confirm_seeds":
+            if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SEEDS:
+                raise ConfigError(
+                    f"confirm_seeds in {where} must be a whole number >= {MIN_SEEDS} (an interval needs two "
+                    f"paired runs), got {value!r}"
+                )
+            checked[key] = value
         elif key == "objective":
             if not isinstance(value, str) or not value.replace("_", "a").isalnum():
                 raise ConfigError(f"objective in {where} must be a metric name such as val_loss, got {value!r}")
@@ -258,4 +288,5 @@ def build_spec(
         raise ConfigError("no task given: pass --task NAME or a study file whose [study] names a task")
     space = parse_space(space_table, source)
     merged.setdefault("objective", None)  # None: the task's objective (StudySpec.with_task)
-    return StudySpec(study_name=study_name or merged["task"], space=space, source=source, **merged)
+    confirm = ConfirmSettings(**{CONFIRM_KEYS[k]: merged.pop(k) for k in list(merged) if k in CONFIRM_KEYS})
+    return StudySpec(study_name=study_name or merged["task"], space=space, source=source, confirm=confirm, **merged)

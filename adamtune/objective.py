@@ -45,7 +45,7 @@ from adamtune.context import TrialContext
 from adamtune.errors import TaskError
 from adamtune.metrics import bare_name
 from adamtune.runner import run_in_context
-from adamtune.space import BASELINE, AdamParams, suggest
+from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -131,7 +131,7 @@ class Objective:
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
         params = suggest(trial, spec.space)
         if is_baseline:
-            params = BASELINE
+            params = baseline_for(spec.space)
         seed = trial_seed(self.base_seed, trial.number)
         host = socket.gethostname()
         for key, value in {

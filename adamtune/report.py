@@ -32,15 +32,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import StorageError
-from adamtune.space import BASELINE, BETAS, AdamParams, params_from_optuna
+from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -54,6 +54,9 @@ from adamtune.study import (
     study_names,
     trial_state,
 )
+
+if TYPE_CHECKING:
+    from adamtune.confirm_read import StageState
 
 #: Epochs at the end of each run whose objective values are averaged into the ranking score.
 LATE_EPOCHS = 3
@@ -279,6 +282,11 @@ class StudySummary:
     importance_note: str | None = None
     robust: RobustRange | None = None
     verify: dict[str, Any] | None = None
+    defaults: AdamParams = BASELINE  # what the baseline trains with: space.baseline_for(the space)
+    #: Which rule chose ``recommended``: ``confirmed``, ``defaults`` or ``search`` (see :func:`choose`).
+    rule: str = "search"
+    #: The confirmation stage as ``confirm.stage_as_dict`` (None for summaries built without it).
+    confirmation: dict[str, Any] | None = None
 
     @property
     def gain(self) -> float | None:
@@ -291,6 +299,10 @@ class StudySummary:
         if self.gain is None or self.baseline is None or not self.baseline.score:
             return None
         return self.gain / abs(self.baseline.score)
+
+    def rule_text_line(self) -> str:
+        """:func:`rule_text` of this summary."""
+        return rule_text(self)
 
     @property
     def verify_is_current(self) -> bool:
@@ -331,6 +343,9 @@ class StudySummary:
             "importance_note": self.importance_note,
             "robust_range": self.robust.as_dict() if self.robust else None,
             "verify": verify,
+            "rule": self.rule,
+            "rule_text": rule_text(self),
+            "confirmation": self.confirmation,
         }
 
 
@@ -345,10 +360,16 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
     ``importance=False`` skips the parameter-importance fit (the slowest part) for commands that only
     need the recommendation; ``importance`` is then None with a note saying so.
     """
+    from adamtune.confirm_read import read_stage, stage_as_dict
+
     spec = spec_from_study(study)
     trials = study.get_trials(deepcopy=False)
     ranked = rank_trials(trials, spec)
+    baseline = baseline_candidate(trials, spec)
     scores, note = param_importance(study, trials) if importance else (None, "not computed")
+    stage = read_stage(study)
+    extras = tuple(spec.space.extra_dimensions())
+    rule, recommended = choose(ranked, baseline, stage, baseline_for(spec.space))
     return StudySummary(
         study=study.study_name,
         task=spec.task,
@@ -357,15 +378,78 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
         epochs=int(spec.epochs or 0),
         batch_size=int(spec.batch_size or 0),
         counts=count_trials(trials),
-        recommended=ranked[0] if ranked else None,
-        baseline=baseline_candidate(trials, spec),
-        extra_dimensions=tuple(spec.space.extra_dimensions()),
+        recommended=recommended,
+        baseline=baseline,
+        extra_dimensions=extras,
         devices=device_counts(trials),
         importance=scores,
         importance_note=note,
         robust=robust_range(ranked, spec),
         verify=study.user_attrs.get(VERIFY_ATTR),
+        defaults=baseline_for(spec.space),
+        rule=rule,
+        confirmation=stage_as_dict(stage, extras),
     )
+
+
+def choose(
+    ranked: list[Candidate], baseline: Candidate | None, stage: StageState, defaults: AdamParams = BASELINE
+) -> tuple[str, Candidate | None]:
+    """The recommendation and the rule that chose it (the README's decision rule).
+
+    * ``confirmed``: the confirmation stage is decided and its best finalist's gain interval lies above
+      zero: that finalist.
+    * ``defaults``: the stage is decided and no finalist was confirmed better: the defaults (the baseline
+      trial; settings ``defaults``, i.e. ``space.baseline_for`` the study's space: Adam's, or AdamW's with
+      weight decay; scored with the baseline's values).
+    * ``search``: no decided stage (confirmation off, not run yet, in progress, or no finalist): the best
+      search-time score, which summaries flag as unconfirmed.
+    """
+    plan = stage.plan
+    if stage.settings.enabled and stage.finalists and plan.decided:
+        if plan.recommended is not None:
+            number = plan.recommended.finalist.trial
+            return "confirmed", next(c for c in ranked if c.trial == number)
+        if baseline is not None:
+            return "defaults", replace(baseline, params=defaults)
+        mean = math.fsum(plan.baseline_values) / len(plan.baseline_values)
+        return "defaults", Candidate(-1, defaults, mean, mean, baseline=True)
+    return "search", ranked[0] if ranked else None
+
+
+def rule_text(row: StudySummary) -> str:
+    """One sentence saying which rule chose the recommendation, with the confirmed gain and interval."""
+    conf = row.confirmation or {}
+    metric = conf.get("metric", row.objective)
+    if row.rule in ("confirmed", "defaults"):
+        best = next((f for f in conf["finalists"] if f["trial"] == conf["best_candidate"]), None)
+        detail = ""
+        if best is not None:
+            relative = f" ({best['relative_gain']:+.1%})" if best.get("relative_gain") is not None else ""
+            low, high = best["interval"]
+            detail = (
+                f"trial {best['trial']}: {metric} {best['confirmed_score']:.4g} "
+                f"vs {conf['baseline']['confirmed_score']:.4g} "
+                f"for Adam's defaults, gain {best['gain']:+.3g}{relative}, 95% CI {low:+.3g} to {high:+.3g} "
+                f"over {best['seeds']} fresh seeds"
+            )
+        if row.rule == "confirmed":
+            return f"confirmed on fresh seeds: {detail}"
+        return (
+            "Adam's defaults: no finalist was confirmed better on fresh seeds (the interval of the gain must "
+            f"lie above 0); best candidate {detail}"
+        )
+    why = {
+        "off": "confirmation is off for this study",
+        "not run": "confirmation has not run yet",
+        "in progress": "confirmation is in progress",
+    }.get(conf.get("status", "not run"), "confirmation has not run yet")
+    hint = (
+        "search again with --confirm to confirm it"
+        if conf.get("status") == "off"
+        else "run 'adamtune search' again with the same --n-trials to confirm it"
+    )
+    return f"the best search-time score (one seed each), UNCONFIRMED: {why}; {hint}"
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
@@ -459,9 +543,13 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
 
     Studies not made by adamtune are listed too, with ``"adamtune": false`` and null task/objective.
     """
+    from adamtune.confirm import CONFIRMS_ATTR
+
     rows = []
     for name in study_names(storage):
         study = _load(name, storage)
+        if CONFIRMS_ATTR in study.user_attrs:
+            continue  # a study's confirmation runs: part of that study, not one of its own
         trials = study.get_trials(deepcopy=False)
         spec = study.user_attrs.get(SPEC_ATTR) or {}
         settings = study.user_attrs.get(SETTINGS_ATTR) or {}
@@ -515,16 +603,18 @@ def render_summary(row: StudySummary) -> Any:
     from rich.table import Table
 
     counts = row.counts
-    caption = []
-    if row.gain is not None:
+    caption = [f"recommendation: {rule_text(row)}"]
+    if row.gain is not None and row.rule == "search":
         relative = f" ({row.relative_gain:+.1%})" if row.relative_gain is not None else ""
         if row.gain == 0:
             is_baseline = row.recommended is not None and row.baseline is not None
             is_baseline = is_baseline and row.recommended.trial == row.baseline.trial
-            verdict = "the recommendation is Adam's defaults" if is_baseline else "a tie"
+            verdict = (
+                f"the recommendation is {defaults_label(row.defaults.weight_decay > 0)}" if is_baseline else "a tie"
+            )
         else:
-            verdict = f"{'better' if row.gain > 0 else 'worse'} than Adam's defaults"
-        caption.append(f"gain over default: {row.gain:+.3g}{relative}, {verdict}")
+            verdict = f"{'better' if row.gain > 0 else 'worse'} than {defaults_label(row.defaults.weight_decay > 0)}"
+        caption.append(f"search-time gain over default (one seed, unconfirmed): {row.gain:+.3g}{relative}, {verdict}")
     caption += [
         f"trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
         f"{counts.failed} failed"
@@ -535,8 +625,8 @@ def render_summary(row: StudySummary) -> Any:
         per_device = ", ".join(f"{d} {sum(c.values())}" for d, c in row.devices.items())
         caption.append(f"trials per device: {per_device}")
     caption.append(
-        f"score: mean {row.objective} over the last {LATE_EPOCHS} epochs of a complete trial; "
-        f"recommended: the best score, trial {row.recommended.trial if row.recommended else '-'}"
+        f"search-time score: mean {row.objective} over the last {LATE_EPOCHS} epochs of a complete trial "
+        "(one seed); finalists: the best search-time scores"
     )
     if row.robust is not None:
         caption.append(f"top-trial range: the {len(row.robust.trials)} best-scoring trials (top 10%, at least 3)")
@@ -567,14 +657,69 @@ def render_summary(row: StudySummary) -> Any:
         table.add_row(
             key,
             format_value(getattr(row.recommended.params, key), key),
-            format_value(getattr(BASELINE, key), key),
+            format_value(getattr(row.defaults, key), key),
             range_text(ranges.get(key), key),
             f"{weight:.2f}" if weight is not None else "-",
         )
     table.add_section()
     baseline = format_value(row.baseline.score) if row.baseline is not None else "-"
     spread = f"{row.robust.best_score:.4g}–{row.robust.worst_score:.4g}" if row.robust else "-"
-    table.add_row(f"score (#{row.recommended.trial})", format_value(row.recommended.score), baseline, spread, "")
+    table.add_row("search score", format_value(row.recommended.score), baseline, spread, "")
+    finalists = render_confirmation(row)
+    if finalists is None:
+        return table
+    from rich.console import Group
+
+    return Group(table, finalists)
+
+
+def render_confirmation(row: StudySummary) -> Any:
+    """A rich table of the finalists: search-time vs confirmed score, gain, interval, seeds; None if none."""
+    conf = row.confirmation
+    if not conf or not conf.get("finalists"):
+        return None
+    from rich import box
+    from rich.table import Table
+
+    base = conf["baseline"]
+    cost = f", runs {conf['cost_share']:.0%} of the trials' time" if conf.get("cost_share") else ""
+    table = Table(
+        title=(
+            f"confirmation ({conf['status']}): {conf['metric']} on the same fresh seeds, "
+            f"{conf['interval']} interval of the gain{cost}"
+        ),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for name in ("arm", "search", "confirmed", "gain", "95% CI", "n"):
+        table.add_column(name, justify="left" if name == "arm" else "right", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    confirmed = base["confirmed_score"]
+    table.add_row(
+        "defaults",
+        format_value(row.baseline.score) if row.baseline else "-",
+        format_value(confirmed) if confirmed is not None else "-",
+        "",
+        "",
+        str(base["seeds"]),
+        "baseline",
+    )
+    for f in conf["finalists"]:
+        interval = f"{f['interval'][0]:+.2g}..{f['interval'][1]:+.2g}" if f["interval"] else "-"
+        status = f["status"]
+        if f["trial"] == conf.get("recommended_trial"):
+            status = "recommended"
+        elif f["trial"] == conf.get("best_candidate") and row.rule == "defaults":
+            status = "unconfirmed"  # the best candidate, when the defaults are kept
+        table.add_row(
+            f"#{f['trial']}",
+            format_value(f["search_score"]),
+            format_value(f["confirmed_score"]) if f["confirmed_score"] is not None else "-",
+            f"{f['gain']:+.3g}" if f["gain"] is not None else "-",
+            interval,
+            str(f["seeds"]),
+            status,
+        )
     return table
 
 

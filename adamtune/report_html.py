@@ -22,10 +22,10 @@ from adamtune.report import (
     format_value,
     range_text,
     recommendation,
+    rule_text,
     summarize,
     verify_lines,
 )
-from adamtune.space import BASELINE
 from adamtune.study import SPEC_ATTR
 
 
@@ -140,18 +140,19 @@ def _report_page(summary: StudySummary, files: ReportFiles) -> str:
             tr(
                 key,
                 format_value(getattr(rec.params, key), key),
-                format_value(getattr(BASELINE, key), key),
+                format_value(getattr(summary.defaults, key), key),
                 range_text(ranges.get(key), key),
                 "-" if weight is None else f"{weight:.2f}",
             )
         )
     baseline = format_value(summary.baseline.score) if summary.baseline else "-"
-    rows.append(tr(f"score (trial {rec.trial})", format_value(rec.score), baseline, "", "", cls="sep"))
+    rows.append(tr(f"search score (trial {rec.trial})", format_value(rec.score), baseline, "", "", cls="sep"))
     if summary.gain is not None:
         relative = f" ({summary.relative_gain:+.1%})" if summary.relative_gain is not None else ""
-        rows.append(tr("gain over default", f"{summary.gain:+.4g}{relative}", "", "", ""))
+        rows.append(tr("search-time gain over default", f"{summary.gain:+.4g}{relative}", "", "", ""))
     counts = summary.counts
     notes = [
+        f"Recommendation: {rule_text(summary)}.",
         f"Trials: {counts.complete} complete, {counts.pruned} pruned, {counts.diverged} diverged, "
         f"{counts.failed} failed.",
         f"Score: mean {summary.objective} over the last {LATE_EPOCHS} epochs of a complete trial "

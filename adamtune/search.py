@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -22,6 +24,10 @@ from adamtune.data import default_data_dir
 from adamtune.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
 from adamtune.tracking import search_tracking
 from adamtune.worker import WorkerFailed, WorkerOptions, make_worker, open_tracker
+
+if TYPE_CHECKING:
+    from adamtune.confirm_stage import ConfirmRun
+    from adamtune.report import StudySummary
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,11 @@ class SearchOutcome:
     finished: int
     target: int
     best_value: float | None
+    #: The study's summary after the search (the confirmed recommendation; importance not computed).
+    summary: StudySummary | None = None
+    #: Wall seconds of this search until the trial target was reached, and of the confirmation stage after.
+    search_seconds: float | None = None
+    stage_seconds: float | None = None
 
 
 def run_search(
@@ -45,6 +56,7 @@ def run_search(
     devices: str | None = None,
     on_log: Callable[[str], None] | None = None,
     on_progress: Callable[[Counts, float | None], None] | None = None,
+    on_confirm_run: Callable[[ConfirmRun], None] | None = None,
 ) -> SearchOutcome:
     """Create or resume ``spec``'s study in ``options.storage_url`` and run ``workers`` workers on it.
 
@@ -68,6 +80,9 @@ def run_search(
         on_log: receives the log lines of worker processes (default: stderr).
         on_progress: with several workers, called at every poll with the study's counts (all workers,
             all machines) and best value, e.g. to show how many trials are running.
+        on_confirm_run: called with each confirmation run that finished (any worker), see
+            ``confirm_stage.py``. The stage runs in the workers once the trial target is reached, unless
+            ``spec.confirm`` turns it off.
 
     Raises:
         ConfigError, DeviceError, TaskError, DataError, StorageError, TrackingError: bad input, before
@@ -78,6 +93,7 @@ def run_search(
     from adamtune.tasks import resolve_task
     from adamtune.worker import plan_workers, resolve_devices, run_pool
 
+    started = time.monotonic()
     task = resolve_task(spec.task)
     spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad objective
     device_list = resolve_devices(devices if devices is not None else options.device, workers)
@@ -95,16 +111,18 @@ def run_search(
     with search_tracking(tracker, study):  # ends the parent run (plots, status) and flushes MLflow
         if workers == 1 or already >= spec.n_trials:  # a complete study needs no worker processes
             worker = make_worker(study, spec, task, data, options, tracker)
+            worker.on_confirm_run = on_confirm_run
             if on_start is not None:
                 on_start(spec, already)
             ran = worker.run(on_trial)
+            stage_started = worker.stage_started
         else:
             del data  # each worker process loads its own copy once
             if on_start is not None:
                 on_start(spec, already)
-            watcher = FinishedTrialWatcher(study, on_trial, on_progress, spec.direction)
+            watcher = FinishedTrialWatcher(study, on_trial, on_progress, spec.direction, on_confirm_run)
             result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
-            ran = watcher.seen_since_start
+            ran, stage_started = watcher.seen_since_start, watcher.target_reached
             failures = result.failures()
             if failures:
                 counts = count_trials(study.get_trials(deepcopy=False))
@@ -112,16 +130,28 @@ def run_search(
                     f"{'; '.join(failures)} (see its messages above); the study holds {counts.finished} of "
                     f"{spec.n_trials} finished trials, and running the same command resumes it"
                 )
+    from adamtune.report import summarize
+
+    ended = time.monotonic()
+    stage_started = stage_started if stage_started is not None else ended
     trials = study.get_trials(deepcopy=False)
     return SearchOutcome(
-        spec.study_name, ran, count_trials(trials).finished, spec.n_trials, best_value(trials, spec.direction)
+        spec.study_name,
+        ran,
+        count_trials(trials).finished,
+        spec.n_trials,
+        best_value(trials, spec.direction),
+        summarize(study, importance=False),
+        stage_started - started,
+        ended - stage_started,
     )
 
 
 class FinishedTrialWatcher:
     """Calls ``on_trial`` once for each trial that has finished since the watcher was made (by polling).
 
-    Trials finished before are not reported; those finished since are reported in number order.
+    Trials finished before are not reported; those finished since are reported in number order. With
+    ``on_confirm_run``, the confirmation runs finished since (by any worker) are reported too.
     """
 
     def __init__(
@@ -130,13 +160,19 @@ class FinishedTrialWatcher:
         on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
         on_progress: Callable[[Counts, float | None], None] | None = None,
         direction: str = "minimize",
+        on_confirm_run: Callable[[ConfirmRun], None] | None = None,
     ) -> None:
         self.study = study
         self.on_trial = on_trial
         self.on_progress = on_progress
         self.direction = direction
+        self.on_confirm_run = on_confirm_run
         self._seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         self._before = len(self._seen)
+        #: ``time.monotonic()`` at the first poll that found the trial target reached (the stage's start).
+        self.target_reached: float | None = None
+        self._confirm: optuna.Study | None = None
+        self._confirm_seen = {t.number for t in self._confirm_trials() if t.state.is_finished()}
 
     @property
     def seen_since_start(self) -> int:
@@ -150,8 +186,49 @@ class FinishedTrialWatcher:
                 self._seen.add(trial.number)
                 if self.on_trial is not None:
                     self.on_trial(self.study, trial)
+        counts = count_trials(trials)
+        if self.target_reached is None and counts.finished >= self._target():
+            self.target_reached = time.monotonic()
         if self.on_progress is not None:
-            self.on_progress(count_trials(trials), best_value(trials, self.direction))
+            self.on_progress(counts, best_value(trials, self.direction))
+        if self.on_confirm_run is not None:
+            for trial in self._confirm_trials():
+                if trial.state.is_finished() and trial.number not in self._confirm_seen:
+                    self._confirm_seen.add(trial.number)
+                    self.on_confirm_run(confirm_run_of(trial, self.study))
+
+    def _target(self) -> int:
+        from adamtune.study import SETTINGS_ATTR
+
+        return int((self.study.user_attrs.get(SETTINGS_ATTR) or {}).get("n_trials") or 0) or 1 << 62
+
+    def _confirm_trials(self) -> list[FrozenTrial]:
+        if self.on_confirm_run is None:
+            return []
+        if self._confirm is None:
+            from adamtune.confirm_read import load_confirm_study
+
+            self._confirm = load_confirm_study(self.study)
+        return self._confirm.get_trials(deepcopy=False) if self._confirm is not None else []
+
+
+def confirm_run_of(trial: FrozenTrial, study: optuna.Study) -> ConfirmRun:
+    """A finished confirmation trial as the :class:`~adamtune.confirm_stage.ConfirmRun` progress lines show."""
+    from adamtune.confirm import ARM_ATTR
+    from adamtune.confirm_stage import ConfirmRun
+    from adamtune.runner import split_metric
+    from adamtune.study import DEVICE_ATTR, SEED_ATTR, STATE_ATTR, WORKER_ATTR, spec_from_study
+
+    value = trial.value if trial.state == TrialState.COMPLETE else None
+    return ConfirmRun(
+        str(trial.user_attrs.get(ARM_ATTR, "?")),
+        int(trial.user_attrs.get(SEED_ATTR, 0)),
+        value,
+        split_metric(spec_from_study(study).objective, "val"),
+        trial.user_attrs.get(STATE_ATTR) == "diverged",
+        str(trial.user_attrs.get(WORKER_ATTR, "")),
+        str(trial.user_attrs.get(DEVICE_ATTR, "")),
+    )
 
 
 def best_value(trials: list[FrozenTrial], direction: str) -> float | None:

@@ -38,6 +38,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
+from adamtune.confirm import ConfirmSettings
 from adamtune.errors import ConfigError, StorageError
 from adamtune.space import baseline_optuna_params
 
@@ -58,6 +59,8 @@ DIVERGED_EPOCH_ATTR = "adamtune.diverged_epoch"
 DEVICE_ATTR = "adamtune.device"
 HOST_ATTR = "adamtune.host"
 WORKER_ATTR = "adamtune.worker"
+#: Marks a confirmation run (``confirm.ARM_ATTR``): never re-queued, the stage plans it again.
+CONFIRM_ARM_ATTR = "adamtune.confirm.arm"
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 #: Environment overrides of the two above (whole seconds), e.g. 1 and 3 in tests.
@@ -351,6 +354,8 @@ def requeue_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int | None
     Used for trials that failed for reasons that say nothing about their settings: a dead worker (stale
     heartbeat) or an interruption (Ctrl-C/SIGTERM).
     """
+    if trial.user_attrs.get(CONFIRM_ARM_ATTR) is not None:
+        return False  # a confirmation run: the stage's plan creates it again (see confirm_stage.py)
     system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
     system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
     is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
@@ -395,6 +400,9 @@ class RetryStaleTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         with self._lock:
             self._stale.append(trial)
+        if trial.user_attrs.get(CONFIRM_ARM_ATTR) is not None:
+            log.warning("confirmation run %d was stale (its worker stopped beating): failed it", trial.number)
+            return
         if not requeue_trial(study, trial, self.max_retry):
             log.warning("trial %d was stale (its worker died) and has been retried enough; not retrying", trial.number)
             return
@@ -564,6 +572,7 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
                 "n_trials": spec.n_trials,
                 "sampler": spec.sampler,
                 "pruner": spec.pruner,
+                "confirm": spec.confirm.as_dict(),
                 "batch_trials": spec.batch_trials,
             },
         )
@@ -611,8 +620,13 @@ def load_study(name: str, storage: RDBStorage, *, seed: int | None = None) -> op
 
 
 def study_names(storage: RDBStorage) -> list[str]:
+    """The names of the studies in ``storage``; a study's confirmation runs (``<study>.confirm``) are part of
+    that study and not listed."""
+    from adamtune.confirm import CONFIRMS_ATTR
+
     try:
-        return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        return sorted(s.study_name for s in summaries if CONFIRMS_ATTR not in s.user_attrs)
     except Exception as exc:
         raise StorageError(f"cannot list studies: {_first_line(exc)}") from None
 
@@ -680,6 +694,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         batch_size=stored["batch_size"],
         sampler=settings.get("sampler", "tpe"),
         pruner=settings.get("pruner", "hyperband"),
+        confirm=ConfirmSettings.from_dict(settings.get("confirm")),
         batch_trials=int(settings.get("batch_trials", 1)),
         space=parse_space(stored["space"], source),
         source=source,

@@ -181,7 +181,7 @@ def train(
     device = torch.device(device)
     started = time.perf_counter()
     model = build_model(task, seed, device)
-    optimizer, scheduler = make_optimizer(model.parameters(), params)
+    optimizer, scheduler = make_optimizer(model, params, groups=task.param_groups)
     generator = torch.Generator(device=device).manual_seed(seed)
     train_x, train_y = data.train.x, data.train.y
     n = len(data.train)

@@ -71,6 +71,7 @@ from adamtune.study import (
 )
 
 if TYPE_CHECKING:
+    from adamtune.confirm_stage import ConfirmRun
     from adamtune.objective import Objective
     from adamtune.study import Counts
     from adamtune.tasks.base import Task, TaskData
@@ -326,10 +327,14 @@ class Worker:
     n_trials: int
     wait_poll_seconds: float = WAIT_POLL_SECONDS
     handle_sigint: bool = True
+    #: Called with each confirmation run this worker finished (see ``confirm_stage.py``).
+    on_confirm_run: Callable[[ConfirmRun], None] | None = None
+    #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
+    stage_started: float | None = None
     batch_trials: int = 1
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
-        """Run trials until the study holds its target number of finished ones.
+        """Run trials until the study holds its target number of finished ones, then the confirmation stage.
 
         Waits (polling the study) while the remaining places are taken by other workers' running trials,
         in case one of them fails and must be replaced.
@@ -358,7 +363,15 @@ class Worker:
                 admission = with_db_retry(lambda: self._admit(interrupts), "starting a trial")
                 self._close_stale_runs()
                 if admission.done:
-                    return ran
+                    # The trial target is reached: confirm the finalists (shared by every worker of the
+                    # study) unless the target was raised meanwhile, then stop.
+                    from adamtune.confirm_stage import run_stage
+
+                    if self.stage_started is None:
+                        self.stage_started = time.monotonic()
+                    if run_stage(self, interrupts, self.on_confirm_run):
+                        return ran
+                    continue
                 if admission.trial is None:
                     poll = min(longest, poll * 1.5)
                     if waiting_since != admission.counts.finished:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from dataset_files import write_mnist
 
-from adamtune.batched import BatchedAdam, BatchTrial, batch_blocker, decays, lr_factor, train_batched
+from adamtune.batched import BatchedAdam, BatchTrial, batch_blocker, train_batched
+from adamtune.optim import make_optimizer
 from adamtune.space import AdamParams
 from adamtune.tasks import resolve_task
 from adamtune.tasks.base import Task
@@ -22,32 +23,15 @@ from adamtune.train import Curves, train
 
 torch.set_num_threads(1)
 
-HAS_WARMUP = "warmup" in AdamParams.__dataclass_fields__  # issue 12 adds the warmup dimension
 SETTINGS = [
     AdamParams(),  # the baseline: Adam's defaults
     AdamParams(lr=3e-3, beta1=0.8, beta2=0.99, epsilon=1e-6, decay=1e-2),
     AdamParams(lr=2e-3, weight_decay=0.1),  # AdamW
     AdamParams(lr=1e-3, beta1=0.5, amsgrad=True),
     AdamParams(lr=5e-3, weight_decay=0.01, decay=5e-3, amsgrad=True),
+    AdamParams(lr=1e-2, decay=1e-3, warmup=10),
+    AdamParams(lr=4e-3, weight_decay=0.05, warmup=30),
 ]
-if HAS_WARMUP:
-    SETTINGS.append(AdamParams(lr=1e-2, decay=1e-3, warmup=10))  # type: ignore[call-arg]
-
-
-def torch_optimizer(params: list[torch.nn.Parameter], s: AdamParams) -> tuple[torch.optim.Optimizer, object]:
-    """torch's own Adam/AdamW for one trial, weight decay on >= 2-D parameters only (optim.py's rule)."""
-    kwargs = {"lr": s.lr, "betas": (s.beta1, s.beta2), "eps": s.epsilon, "amsgrad": s.amsgrad}
-    if s.weight_decay > 0:
-        groups = [
-            {"params": [p for p in params if decays(p)], "weight_decay": s.weight_decay},
-            {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
-        ]
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, **kwargs)
-    else:
-        optimizer = torch.optim.Adam(params, **kwargs)
-    warmup = getattr(s, "warmup", 0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(t, warmup, s.decay))
-    return optimizer, scheduler
 
 
 def test_the_batched_step_is_torchs_adam_and_adamw_per_trial() -> None:
@@ -58,7 +42,7 @@ def test_the_batched_step_is_torchs_adam_and_adamw_per_trial() -> None:
     stacked = {n: t.clone().requires_grad_() for n, t in start.items()}
     batched = BatchedAdam(stacked, SETTINGS)
     singles = [[torch.nn.Parameter(start[n][i].clone()) for n in shapes] for i in range(k)]
-    optimizers = [torch_optimizer(p, s) for p, s in zip(singles, SETTINGS, strict=True)]
+    optimizers = [make_optimizer(p, s) for p, s in zip(singles, SETTINGS, strict=True)]  # torch's, as trials use
     for _ in range(steps):
         grads = {n: torch.randn(k, *shape, generator=generator) for n, shape in shapes.items()}
         for n, p in stacked.items():
@@ -108,8 +92,7 @@ def digits():
 
 def test_digits_batched_curves_are_the_sequential_curves(digits) -> None:
     task, data = digits
-    settings = [s for s in SETTINGS if s.weight_decay == 0 or HAS_WARMUP]  # main's AdamW decays 1-D params too
-    trials, singles = run_both(task, data, settings, epochs=3, batch_size=64)
+    trials, singles = run_both(task, data, SETTINGS, epochs=3, batch_size=64)
     for trial, single in zip(trials, singles, strict=True):
         assert trial.error is None
         assert_same_curves(trial.curves, single)
@@ -186,6 +169,7 @@ def test_which_builtin_tasks_batch(tmp_path: Path) -> None:
         assert batch_blocker(resolve_task(name)) is None, name
     assert "batch norm" in batch_blocker(resolve_task("cifar10"))  # (and its crop/flip augmentation)
     assert "loop task" in batch_blocker(resolve_task("diabetes"))
+    assert "loop task" in batch_blocker(resolve_task("tinylm"))
     task, data = resolve_task("synthetic"), resolve_task("synthetic").load_data(tmp_path)
     assert batch_blocker(task, data) is None  # the probe traces its model
 

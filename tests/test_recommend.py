@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from adamtune.cli import cli
 from adamtune.export import format_keras, format_toml, format_torch
-from adamtune.optim import decayed_lr
+from adamtune.optim import decayed_lr, make_optimizer, scheduled_lr
 from adamtune.report import Candidate, StudySummary
 from adamtune.space import AdamParams
 from adamtune.study import Counts
@@ -158,7 +158,7 @@ def test_weight_decay_selects_adamw_and_amsgrad_is_passed(tmp_path: Path) -> Non
     adamw = _calls(format_keras(summary))["keras.optimizers.AdamW"]
     assert adamw["weight_decay"] == pytest.approx(0.05) and adamw["amsgrad"] is True
     assert adamw["learning_rate"] == "learning_rate"
-    assert tomllib.loads(format_toml(summary)) == {**params.as_dict()}
+    assert tomllib.loads(format_toml(summary)) == {k: v for k, v in params.as_dict().items() if k != "warmup"}
 
 
 def test_zero_decay_gives_a_constant_schedule() -> None:
@@ -169,3 +169,91 @@ def test_zero_decay_gives_a_constant_schedule() -> None:
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+class SmallNet(torch.nn.Module):
+    """Embedding, LayerNorm, Linear with bias: both sides of the grouping rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.norm = torch.nn.LayerNorm(3)
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(x)))
+
+
+def _run(optimizer: torch.optim.Optimizer, scheduler, model: SmallNet, steps: int) -> list[list[float]]:
+    """Train a few steps on a fixed batch; the learning rate of every group at every step."""
+    rates = []
+    x = torch.tensor([0, 1, 2, 3, 4])
+    for _ in range(steps):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_torch_snippet_rebuilds_make_optimizers_groups_and_warmup_schedule() -> None:
+    params = AdamParams(lr=3e-3, beta1=0.9, beta2=0.95, epsilon=1e-8, decay=2e-3, warmup=7, weight_decay=0.1)
+    snippet = format_torch(_summary(params, ("warmup", "weight_decay")))
+    assert "warmup = 7 steps" in snippet
+    torch.manual_seed(0)
+    ours = SmallNet()
+    theirs = SmallNet()
+    theirs.load_state_dict(ours.state_dict())
+    expected_opt, expected_sched = make_optimizer(ours, params)
+    namespace: dict = {"model": theirs}
+    exec(snippet, namespace)
+    optimizer, scheduler = namespace["optimizer"], namespace["scheduler"]
+    assert type(optimizer) is type(expected_opt) is torch.optim.AdamW
+    names = {id(p): n for n, p in theirs.named_parameters()}
+    our_names = {id(p): n for n, p in ours.named_parameters()}
+    assert [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups] == [
+        [our_names[id(p)] for p in g["params"]] for g in expected_opt.param_groups
+    ]
+    assert [names[id(p)] for p in optimizer.param_groups[0]["params"]] == ["embed.weight", "head.weight"]
+    for got, want in zip(optimizer.param_groups, expected_opt.param_groups, strict=True):
+        for key in ("lr", "eps", "weight_decay"):
+            assert got[key] == pytest.approx(want[key], rel=1e-7), key
+        assert got["betas"] == pytest.approx(want["betas"], rel=1e-7) and got["amsgrad"] is want["amsgrad"]
+    got_rates = _run(optimizer, scheduler, theirs, 12)
+    want_rates = _run(expected_opt, expected_sched, ours, 12)
+    assert [r for rs in got_rates for r in rs] == pytest.approx([r for rs in want_rates for r in rs], rel=1e-7)
+    assert [r[0] for r in got_rates] == pytest.approx([scheduled_lr(params, t) for t in range(12)], rel=1e-7)
+    for (name, a), b in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_warmup_is_emitted_in_every_format() -> None:
+    params = AdamParams(lr=1e-3, beta2=0.98, decay=1e-4, warmup=250, weight_decay=0.05)
+    summary = _summary(params, ("warmup", "weight_decay"))
+    assert tomllib.loads(format_toml(summary))["warmup"] == 250
+    from adamtune.export import format_json
+
+    assert json.loads(format_json(summary))["warmup"] == 250
+    keras = format_keras(summary)
+    assert "class WarmupInverseTimeDecay" in keras and "/ 250)" in keras
+    assert "exclude_from_weight_decay" in keras and "len(v.shape) < 2" in keras
+    assert _calls(keras)["keras.optimizers.AdamW"]["weight_decay"] == pytest.approx(0.05)
+    ns: dict = {}
+    exec(keras.split("import keras")[1].split("learning_rate = WarmupInverseTimeDecay()")[0], _fake_keras(ns))
+    schedule = ns["WarmupInverseTimeDecay"]()
+    assert [float(schedule(t)) for t in (0, 124, 249, 1000)] == pytest.approx(
+        [scheduled_lr(params, t) for t in (0, 124, 249, 1000)], rel=1e-6
+    )
+
+
+def _fake_keras(namespace: dict) -> dict:
+    """Just enough of ``keras`` (not installed here) to evaluate the schedule class with Python floats."""
+    import types
+
+    keras = types.SimpleNamespace(
+        optimizers=types.SimpleNamespace(schedules=types.SimpleNamespace(LearningRateSchedule=object)),
+        ops=types.SimpleNamespace(cast=lambda x, dtype: float(x), minimum=min),
+    )
+    namespace["keras"] = keras
+    return namespace

@@ -65,6 +65,9 @@ SUMMARY_KEYS = {
     "importance_note",
     "robust_range",
     "verify",
+    "rule",
+    "rule_text",
+    "confirmation",
 }
 COUNT_KEYS = {"complete", "pruned", "diverged", "failed", "running", "waiting"}
 SETTINGS = {"lr", "beta1", "beta2", "epsilon", "decay"}
@@ -196,7 +199,12 @@ def test_summary_json_shape_and_consistency(searched: dict) -> None:
     assert row["gain"] == pytest.approx(row["baseline_score"] - row["score"])
     assert row["relative_gain"] == pytest.approx(row["gain"] / row["baseline_score"])
     scores = [late_score(t, "val_loss") for t in study.trials if t.user_attrs.get(STATE_ATTR) == "complete"]
-    assert row["score"] == pytest.approx(min(s for s in scores if s is not None))
+    if row["rule"] == "search":  # unconfirmed: the best search-time score
+        assert row["score"] == pytest.approx(min(s for s in scores if s is not None))
+    elif row["rule"] == "confirmed":  # the finalist the confirmation stage chose
+        assert row["recommended_trial"] == row["confirmation"]["recommended_trial"]
+    else:  # Adam's defaults: the baseline trial
+        assert row["recommended_trial"] == row["baseline_trial"] and row["gain"] == 0
 
 
 def test_summary_importance_and_ranges(searched: dict) -> None:
@@ -208,10 +216,11 @@ def test_summary_importance_and_ranges(searched: dict) -> None:
     assert set(importance) == SETTINGS  # betas named as settings, not one_minus_beta*
     assert math.isclose(sum(importance.values()), 1.0, rel_tol=1e-6) and min(importance.values()) >= 0
     top = row["robust_range"]
-    assert len(top["trials"]) >= 3 and top["trials"][0] == row["recommended_trial"]
-    assert top["score"]["best"] == pytest.approx(row["score"]) and top["score"]["worst"] >= top["score"]["best"]
+    best = row["confirmation"]["finalists"][0]  # the best search-time score (the range is search-time too)
+    assert len(top["trials"]) >= 3 and top["trials"][0] == best["trial"]
+    assert top["score"]["best"] == pytest.approx(best["search_score"]) and top["score"]["worst"] >= top["score"]["best"]
     for name in SETTINGS:
-        assert top["params"][name]["low"] <= row["recommended"][name] <= top["params"][name]["high"]
+        assert top["params"][name]["low"] <= best["params"][name] <= top["params"][name]["high"]
 
 
 def test_summary_of_a_study_without_finished_trials(searched: dict) -> None:
@@ -228,7 +237,7 @@ def test_summary_of_a_study_without_finished_trials(searched: dict) -> None:
 def test_summary_table(searched: dict) -> None:
     result = invoke("summary", "--storage", searched["storage"], "--task", "synthetic")
     assert result.exit_code == 0, result.output
-    for fragment in ("recommended", "top-trial range", "importance", "gain over default", "trials per device: cpu"):
+    for fragment in ("recommended", "top-trial range", "importance", "recommendation:", "trials per device: cpu"):
         assert fragment in result.output
     assert "verify: not run yet" in result.output
 
@@ -335,7 +344,7 @@ def test_report_writes_plots_and_one_page(searched: dict, tmp_path: Path) -> Non
         assert (out / f"{name}.html").stat().st_size > 0
         assert f"src='{name}.png'" in page
     assert (out / "plotly.min.js").is_file()  # one shared copy for every interactive plot
-    assert "gain over default" in page and "PED-ANOVA" in page
+    assert "gain over default" in page and "PED-ANOVA" in page and "Recommendation: " in page
 
 
 # --------------------------------------------------------------------------- bad input

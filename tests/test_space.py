@@ -9,7 +9,16 @@ import pytest
 from optuna.trial import FixedTrial
 
 from adamtune.errors import ConfigError
-from adamtune.space import BASELINE, AdamParams, SearchSpace, baseline_optuna_params, params_from_optuna, parse_space
+from adamtune.space import (
+    ADAMW_BASELINE,
+    BASELINE,
+    AdamParams,
+    SearchSpace,
+    baseline_for,
+    baseline_optuna_params,
+    params_from_optuna,
+    parse_space,
+)
 from adamtune.space import suggest as suggest_params
 
 
@@ -31,7 +40,8 @@ def test_defaults_are_the_documented_ranges() -> None:
     assert (space["epsilon"].low, space["epsilon"].high) == (1e-10, 1.0)
     assert (space["decay"].low, space["decay"].high) == (1e-6, 1e-2)
     assert space["weight_decay"].value == 0.0 and space["amsgrad"].value is False
-    assert AdamParams(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, decay=0.0) == BASELINE
+    assert space["warmup"].value == 0 and space.extra_dimensions() == []
+    assert AdamParams(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, decay=0.0, warmup=0) == BASELINE
 
 
 def test_samples_stay_in_range_and_are_log_scaled() -> None:
@@ -97,6 +107,12 @@ def test_baseline_params_reproduce_the_defaults_where_the_scale_allows() -> None
         ({"lr": {"low": 1e-4, "hi": 1}}, "unknown: hi"),
         ({"lr": "fast"}, "finite number"),
         ({"amsgrad": "yes"}, "true, false or a list"),
+        ({"warmup": 10.5}, "whole number of optimizer steps"),
+        ({"warmup": -1}, "whole number of optimizer steps >= 0"),
+        ({"warmup": {"low": 0, "high": 100}}, "must be >= 1 step"),
+        ({"warmup": {"low": 100, "high": 10}}, "must be below high"),
+        ({"warmup": {"low": 1, "high": "many"}}, "whole number of optimizer steps"),
+        ({"warmup": {"low": 1}}, "whole number or { low"),
     ],
 )
 def test_bad_ranges_name_the_key_and_file(table: dict, fragment: str) -> None:
@@ -104,3 +120,33 @@ def test_bad_ranges_name_the_key_and_file(table: dict, fragment: str) -> None:
         parse_space(table, "my.toml")
     assert fragment in str(error.value)
     assert "my.toml" in str(error.value)
+
+
+def test_warmup_is_an_integer_log_scale_dimension_off_by_default() -> None:
+    space = parse_space({"warmup": {"low": 1, "high": 1000}}, "t.toml")
+    assert space.extra_dimensions() == ["warmup"]
+    samples = sample(space, 300)
+    for params, optuna_params in samples:
+        assert isinstance(params.warmup, int) and 1 <= params.warmup <= 1000
+        assert optuna_params["warmup"] == params.warmup
+    below = sum(p.warmup < 32 for p, _ in samples) / len(samples)  # geometric midpoint of [1, 1000]
+    assert 0.4 < below < 0.6
+    assert params_from_optuna(samples[0][1], space) == samples[0][0]
+    assert parse_space(space.to_dict(), "round trip") == space
+    assert parse_space({"warmup": 1e3}, "t.toml")["warmup"].value == 1000  # a whole float is fine
+    assert baseline_optuna_params(space)["warmup"] == 1  # 0 is off the log scale; 1 is the same schedule
+    assert "warmup" not in sample(SearchSpace(), 1)[0][1]
+
+
+def test_baseline_is_adamw_defaults_when_the_space_turns_weight_decay_on() -> None:
+    assert baseline_for(SearchSpace()) is BASELINE
+    assert AdamParams(lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=0.01) == ADAMW_BASELINE
+    sampled = parse_space({"weight_decay": {"low": 1e-3, "high": 0.3}, "warmup": {"low": 1, "high": 500}}, "t")
+    assert baseline_for(sampled) == ADAMW_BASELINE and sampled.has_weight_decay()
+    assert baseline_for(parse_space({"weight_decay": 0.1}, "t")) == ADAMW_BASELINE
+    assert baseline_for(parse_space({"weight_decay": 0}, "t")) == BASELINE
+    params = baseline_optuna_params(sampled)
+    assert params["weight_decay"] == 0.01 and params["warmup"] == 1
+    # a default outside the range is recorded at the nearest bound
+    narrow = parse_space({"weight_decay": {"low": 0.05, "high": 0.3}, "lr": {"low": 1e-2, "high": 1e-1}}, "t")
+    assert baseline_optuna_params(narrow)["weight_decay"] == 0.05 and baseline_optuna_params(narrow)["lr"] == 1e-2

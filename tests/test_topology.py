@@ -47,6 +47,7 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from sqlalchemy import create_engine
 
 from adamtune.study import RUN_ID_ATTR, WORKER_ATTR, admission_lock, count_trials, spec_from_study, trial_state
@@ -194,9 +195,17 @@ def test_study_service_and_two_workers_share_one_study_and_one_mlflow_server(
     (parent,) = [r for r in runs if r.data.tags.get("adamtune.role") == "study"]
     assert parent.info.run_id == study.user_attrs[PARENT_RUN_ATTR]
     assert parent.info.status == "FINISHED"
-    children = {r.info.run_id: r for r in runs if r is not parent}
-    assert {r.data.tags.get(PARENT_TAG) for r in children.values()} == {parent.info.run_id}
+    assert {r.data.tags.get(PARENT_TAG) for r in runs if r is not parent} == {parent.info.run_id}
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("adamtune.role") == "trial"}
     assert sorted(children) == sorted(t.user_attrs[RUN_ID_ATTR] for t in trials)  # one run per trial, no other
+    # The confirmation stage ran after the trials, shared by the processes: one FINISHED run per stored run.
+    confirm_runs = [r for r in runs if r.data.tags.get("adamtune.role") == "confirmation"]
+    stored = optuna.load_study(study_name=f"{STUDY}.confirm", storage=postgres_url).trials
+    finished = [t for t in stored if t.state == TrialState.COMPLETE]
+    assert finished and len(confirm_runs) == len(finished) and len(runs) == 1 + len(trials) + len(finished)
+    assert all(r.info.status == "FINISHED" for r in confirm_runs)
+    keys = {(t.user_attrs["adamtune.confirm.arm"], t.user_attrs["adamtune.seed"]) for t in finished}
+    assert len(keys) == len(finished)  # no run twice
 
     objective = spec_from_study(study).objective
     for trial in trials:

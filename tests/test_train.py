@@ -69,3 +69,48 @@ def test_trainer_imports_neither_optuna_nor_mlflow() -> None:
     code = "import sys, adamtune.train, adamtune.tasks.digits; print('optuna' in sys.modules, 'mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_task_s_param_groups_reach_the_optimizer() -> None:
+    """A task's grouping hook overrides the default rule: here the first layer is frozen by lr 0."""
+    import dataclasses
+
+    import torch
+
+    def groups(model: torch.nn.Module) -> list[dict]:
+        return [{"params": list(model[0].parameters()), "lr": 0.0}, {"params": list(model[2].parameters())}]
+
+    trained: list[torch.nn.Module] = []
+    task = dataclasses.replace(TASK, param_groups=groups)
+    train(task, DATA, AdamParams(lr=1e-2), device="cpu", epochs=1, batch_size=100, seed=0, on_trained=trained.append)
+    torch.manual_seed(0)
+    fresh = task.make_model()
+    assert torch.equal(trained[0][0].weight, fresh[0].weight)  # frozen
+    assert not torch.equal(trained[0][2].weight, fresh[2].weight)  # trained
+
+
+def test_digits_loads_without_importing_scikit_learn_and_keeps_its_split() -> None:
+    """The stored split is the one scikit-learn's stratified train_test_split gives (and the data the same)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from adamtune.tasks.digits import load_data; d = load_data(); "
+        "print(d.sizes(), 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "{'train': 1077, 'val': 360, 'test': 360} False"
+
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from adamtune.tasks.digits import SPLIT_SEED, load_data
+
+    digits, data = load_digits(), load_data()
+    index = torch.arange(len(digits.target)).numpy()
+    rest, test = train_test_split(index, test_size=0.2, random_state=SPLIT_SEED, stratify=digits.target)
+    train_index, val = train_test_split(rest, test_size=0.25, random_state=SPLIT_SEED, stratify=digits.target[rest])
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    for split, picked in ((data.train, train_index), (data.val, val), (data.test, test)):
+        assert torch.equal(split.x, x[picked]) and torch.equal(split.y, torch.tensor(digits.target[picked]))

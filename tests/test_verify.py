@@ -40,6 +40,8 @@ VERIFY_KEYS = {
     "recommended",
     "default",
     "difference",
+    "bootstrap",
+    "probability_of_improvement",
     "p_value",
     "alpha",
     "outcome",
@@ -234,3 +236,17 @@ def test_identical_runs_have_no_p_value() -> None:
     assert result.p_values() == {"paired": None, "welch": 1.0}  # no paired difference to test at all
     assert result.outcome() == "same" and "identical results on 2 seeds" in result.verdict()
     json.dumps(result.as_dict(), allow_nan=False)  # JSON-safe: no NaN anywhere
+
+
+def test_bootstrap_interval_and_probability_of_improvement() -> None:
+    better = result_of([0.10, 0.11, 0.12, 0.10, 0.11], [0.20, 0.22, 0.21, 0.20, 0.23]).as_dict()
+    boot = better["bootstrap"]
+    assert set(boot) == {"low", "high", "confidence", "resamples", "probability_of_improvement"}
+    assert 0 < boot["low"] <= better["difference"]["mean"] <= boot["high"] and boot["confidence"] == 0.95
+    assert better["probability_of_improvement"] == 1.0
+    mixed = result_of([0.10, 0.30, 0.12], [0.20, 0.11, 0.25])
+    assert mixed.bootstrap() == mixed.bootstrap()  # deterministic
+    assert mixed.bootstrap()["low"] < 0 < mixed.bootstrap()["high"]
+    assert 0 < mixed.as_dict()["probability_of_improvement"] < 1
+    same = result_of([0.1, 0.2], [0.1, 0.2]).as_dict()
+    assert same["probability_of_improvement"] == 0.5 and same["bootstrap"]["low"] == same["bootstrap"]["high"] == 0

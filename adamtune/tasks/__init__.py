@@ -31,6 +31,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "cifar10": "adamtune.tasks.cifar:make_task",
     "cifar10-paper": "adamtune.tasks.cifar:make_paper_task",
     "imdb-bow": "adamtune.tasks.imdb:make_task",
+    "tinylm": "adamtune.tasks.tinylm:make_task",
 }
 
 _USER_TASK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

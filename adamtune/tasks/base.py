@@ -31,9 +31,10 @@ the objective ``val_loss``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,6 +106,9 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    #: The optimizer's parameter groups, overriding the default rule (weight decay on >= 2-D parameters
+    #: only; see ``optim.py``): ``param_groups(model) -> [{"params": [...], "weight_decay": ...}, ...]``.
+    param_groups: Callable[[nn.Module], Iterable[Mapping[str, Any]]] | None = None
     dataset: str = ""
     model: str = ""
     extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,319 @@
+"""The confirmation stage's rule: finalists, fresh seeds, racing, and the decision (pure; no torch, no MLflow).
+
+Why. Every search trial is one seed on one validation split, so the best of many trials is mostly luck
+(the winner's curse). Before recommending, the stage trains the top finalists and Adam's defaults again,
+for the study's full epochs without pruning, on the same fresh seeds, and scores them on the validation
+split. This module decides *what* to run and *what it means*; ``confirm_stage.py`` runs it inside the
+workers, ``report.py`` reads it (read-only) for ``summary``/``recommend``.
+
+Storage. Each confirmation run is a trial of a second Optuna study in the same storage,
+``<study>.confirm`` (:func:`confirm_study_name`), whose user attributes name the arm
+(:data:`ARM_ATTR`: ``"baseline"`` or ``"trial-<n>"``, the finalist's trial number in the search study),
+the seed and the settings; its value is the objective on the validation split (a diverged run scores as
+its untrained model, as in the search). A run is identified by ``(arm, seed)``: a finished run is never
+repeated, and is reused by a later confirmation (the baseline's runs always are; a finalist's runs when
+it is still a finalist after a later search raised the target).
+
+The plan (:func:`plan_stage`), a deterministic function of the finalists and the runs finished so far,
+so that every worker (and ``summary``) computes the same one:
+
+1. **Finalists**: the top ``top`` (default 3) complete trials of the search by the recommendation rule
+   of ``report.py`` (late-epoch mean), the baseline trial excluded: it is the reference arm.
+2. **Seeds**: ``seeds`` (default 5) seeds from :data:`FIRST_SEED` = 8,000,000 upwards, skipping any seed
+   a search trial used; disjoint from ``verify``'s (7,000,000 upwards, at most a few hundred).
+3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 2)`` seeds. After
+   each round, every live finalist's *gain* is the per-seed paired difference with the baseline (signed
+   so that positive is better than Adam's defaults), with a 95% paired-t interval. A finalist is dropped
+   when it is *futile* — its *projected* lower bound, the one it would have on all ``seeds`` seeds with
+   the mean and spread it shows now, ``mean - t(0.975, seeds-1) * sd / sqrt(seeds)``, is not above zero
+   (this includes a mean gain <= 0) — or when its interval lies wholly below the interval of the live
+   finalist with the highest lower bound. When even the leader (the highest mean gain) is futile, the
+   stage is decided at once: Adam's defaults. Otherwise the
+   decision is *open* while the leader's interval reaches down to zero, or fewer than
+   :data:`MIN_CONFIRM_SEEDS` (3) seeds were run; then the next round adds seeds for the baseline and the
+   live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided: once the leader is
+   confirmed better than the defaults, seeds are not spent on ranking the other confirmed finalists.
+   Dropping early can only lose a true winner (the defaults are kept), never recommend a false one.
+4. **Decision**: the best live finalist (highest mean gain on the seeds of the last round) is recommended
+   **only if its interval's lower bound is above zero**; otherwise the recommendation is Adam's defaults,
+   and the best finalist is reported as the best candidate, with its gain and interval.
+
+The interval is the paired t interval ``mean ± t(0.975, n-1) · sd / sqrt(n)`` of the per-seed differences:
+with 3-5 seeds it is wider, and so more cautious, than a bootstrap interval, which under-covers at such
+small ``n``. Identical differences on every seed (sd = 0) give a zero-width interval.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Suffix of the study holding a study's confirmation runs.
+CONFIRM_SUFFIX = ".confirm"
+#: User attribute of the confirmation study naming the study it confirms (to hide it from listings).
+CONFIRMS_ATTR = "adamtune.confirms"
+#: User attributes of a confirmation run.
+ARM_ATTR = "adamtune.confirm.arm"
+ERROR_ATTR = "adamtune.confirm.error"
+METRICS_ATTR = "adamtune.confirm.metrics"
+SECONDS_ATTR = "adamtune.confirm.seconds"
+#: The baseline arm's name; a finalist's is ``trial-<number>``.
+BASELINE_ARM = "baseline"
+#: First confirmation seed (verify starts at 7,000,000 and needs a handful).
+FIRST_SEED = 8_000_000
+DEFAULT_TOP = 3
+DEFAULT_SEEDS = 5
+#: Seeds of the first round, and seeds added per later round.
+START_SEEDS = 2
+SEED_STEP = 2
+#: Fewest seeds a recommendation is confirmed on (when ``seeds`` allows as many).
+MIN_CONFIRM_SEEDS = 3
+#: Fewest seeds: an interval needs two paired differences.
+MIN_SEEDS = 2
+#: Confidence level of the gain's interval.
+CONFIDENCE = 0.95
+#: A run (arm, seed) that failed with an error this many times stops the stage (the task is broken).
+MAX_RUN_FAILURES = 3
+
+
+@dataclass(frozen=True)
+class ConfirmSettings:
+    """How a study confirms: on/off, finalists, seeds. Stored in the study's settings (``confirm``)."""
+
+    enabled: bool = True
+    top: int = DEFAULT_TOP
+    seeds: int = DEFAULT_SEEDS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "top": self.top, "seeds": self.seeds}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ConfirmSettings:
+        """From the stored form; None (a study made before the stage existed) gives the defaults (on)."""
+        values = values or {}
+        return cls(
+            enabled=bool(values.get("enabled", True)),
+            top=int(values.get("top", DEFAULT_TOP)),
+            seeds=int(values.get("seeds", DEFAULT_SEEDS)),
+        )
+
+
+def confirm_study_name(study_name: str) -> str:
+    return study_name + CONFIRM_SUFFIX
+
+
+def finalist_arm(trial_number: int) -> str:
+    return f"trial-{trial_number}"
+
+
+def arm_trial(arm: str) -> int | None:
+    """The search trial number of a finalist arm; None for the baseline."""
+    return None if arm == BASELINE_ARM else int(arm.removeprefix("trial-"))
+
+
+def confirm_seeds(used: Iterable[Any], n: int) -> list[int]:
+    """``n`` seeds from :data:`FIRST_SEED` upwards, none of them in ``used`` (the search trials' seeds)."""
+    taken = set(used)
+    seeds: list[int] = []
+    candidate = FIRST_SEED
+    while len(seeds) < n:
+        if candidate not in taken:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided Student-t critical value for ``df`` degrees of freedom (scipy, imported lazily)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass(frozen=True)
+class Gain:
+    """Paired differences (positive = better than the baseline) and their interval."""
+
+    differences: tuple[float, ...]
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return len(self.differences)
+
+
+def paired_gain(values: Sequence[float], baseline: Sequence[float], direction: str) -> Gain:
+    """The gain of ``values`` over ``baseline`` (same seeds, same order) with its paired-t interval.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_SEEDS` pairs or unequal lengths.
+    """
+    if len(values) != len(baseline) or len(values) < MIN_SEEDS:
+        raise ValueError(f"need at least {MIN_SEEDS} pairs of equal length, got {len(values)} and {len(baseline)}")
+    sign = 1.0 if direction == "minimize" else -1.0
+    differences = tuple(sign * (b - v) for v, b in zip(values, baseline, strict=True))
+    mean = statistics.fmean(differences)
+    sd = statistics.stdev(differences)
+    half = t_quantile(len(differences) - 1) * sd / math.sqrt(len(differences)) if sd > 0 else 0.0
+    return Gain(differences, mean, mean - half, mean + half)
+
+
+def projected_low(gain: Gain, seeds: int) -> float:
+    """The lower bound ``gain`` would have on ``seeds`` seeds with its current mean and spread."""
+    sd = statistics.stdev(gain.differences)
+    return gain.mean - (t_quantile(seeds - 1) * sd / math.sqrt(seeds) if sd > 0 else 0.0)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A finalist of the search: its trial, settings (as a dict) and search-time score."""
+
+    trial: int
+    params: dict[str, Any]
+    search_score: float
+
+    @property
+    def arm(self) -> str:
+        return finalist_arm(self.trial)
+
+
+@dataclass(frozen=True)
+class ArmState:
+    """One finalist's standing after the plan's last complete round."""
+
+    finalist: Finalist
+    seeds: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+    gain: Gain | None = None
+    dropped_after: int | None = None  # seeds it had when it was dropped; None while it lives
+
+    @property
+    def confirmed_score(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stage still needs, and what it has shown so far.
+
+    ``needed`` are the ``(arm, seed)`` runs of the current round that have no finished run yet; the
+    stage is ``decided`` when no round is open. ``arms`` is every finalist's standing in rank order;
+    ``recommended`` the finalist chosen by the rule (None: Adam's defaults, or not decided yet);
+    ``best`` the best live finalist so far (the best candidate when the defaults are kept).
+    """
+
+    seeds: tuple[int, ...]
+    round_seeds: int
+    needed: tuple[tuple[str, int], ...]
+    decided: bool
+    arms: tuple[ArmState, ...]
+    baseline_values: tuple[float, ...] = ()
+    best: ArmState | None = None
+    recommended: ArmState | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def plan_stage(
+    finalists: Sequence[Finalist],
+    results: Mapping[tuple[str, int], float],
+    seeds: Sequence[int],
+    direction: str,
+) -> Plan:
+    """Replay the racing rule (module docstring) over ``results`` ((arm, seed) -> objective on val).
+
+    Deterministic: the same finalists, results and seeds give the same plan, whoever computes it. With
+    no finalist (no complete trial besides the baseline), the stage is decided at once and recommends
+    nothing (the defaults).
+    """
+    seeds = tuple(seeds)
+    if not finalists:
+        return Plan(seeds, 0, (), True, ())
+    n = min(len(seeds), START_SEEDS)
+    alive = list(finalists)
+    dropped: dict[str, ArmState] = {}
+    done = 0  # seeds of the last complete round
+    while True:
+        used = seeds[:n]
+        arms = [BASELINE_ARM] + [f.arm for f in alive]
+        needed = tuple((arm, s) for arm in arms for s in used if (arm, s) not in results)
+        if needed:
+            states = _states(finalists, alive, dropped, results, seeds[:done], direction)
+            return Plan(seeds, n, needed, False, states, best=_best(states))
+        baseline = [results[(BASELINE_ARM, s)] for s in used]
+        standing = {f.arm: _arm_state(f, results, used, baseline, direction) for f in alive}
+        best_low = max(standing[f.arm].gain.low for f in alive)  # type: ignore[union-attr]
+        leader = max(alive, key=lambda f: standing[f.arm].gain.mean)  # type: ignore[union-attr]
+        survivors = []
+        for f in alive:
+            gain = standing[f.arm].gain
+            assert gain is not None
+            if f is not leader and (projected_low(gain, len(seeds)) <= 0 or gain.high < best_low):
+                dropped[f.arm] = ArmState(f, *_arm_fields(standing[f.arm]), dropped_after=n)
+            else:
+                survivors.append(f)
+        alive = survivors
+        lead_gain = standing[leader.arm].gain
+        assert lead_gain is not None
+        enough = n >= min(MIN_CONFIRM_SEEDS, len(seeds))
+        futile = projected_low(lead_gain, len(seeds)) <= 0
+        open_decision = not futile and (lead_gain.low <= 0 or not enough)
+        if not open_decision or n >= len(seeds):
+            states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)
+            best = standing[leader.arm]
+            recommended = best if lead_gain.low > 0 and enough else None
+            return Plan(seeds, n, (), True, states, tuple(baseline), best, recommended)
+        done, n = n, min(len(seeds), n + 1 if n < MIN_CONFIRM_SEEDS else n + SEED_STEP)
+
+
+def _arm_fields(state: ArmState) -> tuple[tuple[int, ...], tuple[float, ...], Gain | None]:
+    return state.seeds, state.values, state.gain
+
+
+def _arm_state(
+    finalist: Finalist,
+    results: Mapping[tuple[str, int], float],
+    used: Sequence[int],
+    baseline: Sequence[float],
+    direction: str,
+) -> ArmState:
+    values = [results[(finalist.arm, s)] for s in used]
+    gain = paired_gain(values, baseline, direction) if len(values) >= MIN_SEEDS else None
+    return ArmState(finalist, tuple(used), tuple(values), gain)
+
+
+def _states(
+    finalists: Sequence[Finalist],
+    alive: Sequence[Finalist],
+    dropped: Mapping[str, ArmState],
+    results: Mapping[tuple[str, int], float],
+    done_seeds: Sequence[int],
+    direction: str,
+) -> tuple[ArmState, ...]:
+    """Standings while a round is open: the last complete round's numbers (none before round one ends)."""
+    live = {f.arm for f in alive}
+    states = []
+    for f in finalists:
+        if f.arm in dropped:
+            states.append(dropped[f.arm])
+        elif f.arm in live and done_seeds:
+            baseline = [results[(BASELINE_ARM, s)] for s in done_seeds]
+            states.append(_arm_state(f, results, done_seeds, baseline, direction))
+        else:
+            states.append(ArmState(f))
+    return tuple(states)
+
+
+def _best(states: Sequence[ArmState]) -> ArmState | None:
+    scored = [s for s in states if s.gain is not None and s.dropped_after is None]
+    return max(scored, key=lambda s: s.gain.mean) if scored else None  # type: ignore[union-attr]
