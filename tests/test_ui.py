@@ -54,9 +54,8 @@ def test_the_printed_address_shows_the_trials_in_chromium(workdir: Path) -> None
     server.start()
     try:
         server.wait()
-        result = CliRunner().invoke(
-            cli, ["search", "--task", "synthetic", "--n-trials", "2", "--epochs", "1", "--tracking-uri", server.url]
-        )
+        args = ["search", "--task", "synthetic", "--n-trials", "2", "--epochs", "1", "--no-confirm"]
+        result = CliRunner().invoke(cli, [*args, "--tracking-uri", server.url])
         assert result.exit_code == 0, result.output
         address = re.search(r"learning curves: (\S+)", result.stderr).group(1)  # type: ignore[union-attr]
         assert re.fullmatch(rf"{server.url}/#/experiments/\d+/runs\?workflowType=machine_learning", address)
@@ -66,7 +65,7 @@ def test_the_printed_address_shows_the_trials_in_chromium(workdir: Path) -> None
             return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.stdout))
 
         shown = page_text(address)
-        assert "3 matching runs" in shown and "synthetic" in shown  # the parent run and its 2 trials
+        assert "3 matching runs" in shown and "synthetic" in shown, shown[-2000:]  # the parent run and its 2 trials
         assert "Detect Issues" not in shown
         plain = page_text(address.split("/runs?")[0])  # what MLflow opens without adamtune's view
         assert "Detect Issues" in plain and "matching runs" not in plain
