@@ -163,6 +163,12 @@ def cli() -> None:
     help="Keep the final checkpoint of the best complete trial (<store>/<study>.best); others are removed.",
 )
 @click.option(
+    "--batch-trials",
+    type=click.IntRange(min=1),
+    envvar="ADAMTUNE_BATCH_TRIALS",
+    help="Trials a worker trains at once as one vectorised model (default 1; tasks that cannot batch: one at a time).",
+)
+@click.option(
     "--workers",
     type=int,
     default=1,
@@ -198,6 +204,7 @@ def search(
     confirm: bool | None,
     checkpoint_every: int | None,
     keep_best_checkpoint: bool | None,
+    batch_trials: int | None,
     workers: int,
     devices: str,
     storage: str,
@@ -233,6 +240,7 @@ def search(
         "confirm_seeds": confirm_seeds,
         "checkpoint_every": checkpoint_every,
         "keep_best_checkpoint": keep_best_checkpoint,
+        "batch_trials": batch_trials,
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)

@@ -62,6 +62,7 @@ STUDY_KEYS = (
     "confirm_seeds",
     "checkpoint_every",
     "keep_best_checkpoint",
+    "batch_trials",
 )
 #: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
 CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds"}
@@ -87,6 +88,7 @@ class StudySpec:
     sampler: str = "tpe"
     pruner: str = "hyperband"
     seed: int | None = None
+    batch_trials: int = 1  # trials a worker trains at once as one vectorised model (batched.py)
     space: SearchSpace = field(default_factory=SearchSpace)
     source: str = "built-in defaults"
     direction: str | None = None
@@ -215,7 +217,7 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
     for key, value in values.items():
         if value is None:
             continue
-        if key in ("n_trials", "epochs", "batch_size"):
+        if key in ("n_trials", "epochs", "batch_size", "batch_trials"):
             checked[key] = _positive_int(value, key, where)
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

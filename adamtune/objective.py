@@ -49,7 +49,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,19 @@ def trial_seed(base_seed: int | None, trial_number: int) -> int:
 
 
 @dataclass
+class StartedTrial:
+    """A trial between :meth:`Objective.begin` and :meth:`Objective.conclude`: its context, MLflow run,
+    checkpoints (None: off) and the MLflow tags of a resumed trial (``resumed()``, empty until it resumed)."""
+
+    trial: optuna.Trial
+    context: TrialContext
+    run: TrialRun | None
+    started: float
+    checkpoints: TrialCheckpoints | None = None
+    resumed: Callable[[], dict[str, object]] = dict
+
+
+@dataclass
 class Objective:
     """Callable objective for ``study.optimize``; holds what stays the same across a worker's trials.
 
@@ -123,6 +136,27 @@ class Objective:
     keep_best_checkpoint: bool = False
 
     def __call__(self, trial: optuna.Trial) -> float:
+        started = self.begin(trial)
+        try:
+            run_in_context(self.task, self.data, started.context)
+        except Exception as exc:
+            if started.context.state == "running":  # the task's own error, not adamtune stopping it
+                self.fail(started, exc)
+                if not _is_requeued_error(exc) and started.checkpoints is not None:
+                    started.checkpoints.remove_all()
+                raise
+        except BaseException as exc:  # an interruption: the worker re-queues the trial, which resumes
+            self.fail(started, exc)
+            raise
+        return self.conclude(started)
+
+    def begin(self, trial: optuna.Trial) -> StartedTrial:
+        """Sample the trial's settings, record them on the trial, open its MLflow run and build its context.
+
+        :meth:`__call__` is ``begin`` → train against ``context`` → :meth:`conclude` (or :meth:`fail`);
+        the batched worker (``batch_worker.py``) calls the three steps itself for K trials at once. A retry
+        (see ``study.requeue_trial``) trains with its lineage's seed and, through its checkpoints, resumes.
+        """
         spec = self.spec
         assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
@@ -174,7 +208,6 @@ class Objective:
             trial.set_user_attr(RESUMED_ATTR, epoch)
 
         checkpoints = self._checkpoints(trial, lineage, earlier, params, seed)
-
         context = TrialContext(
             params=params,
             n_epochs=spec.epochs,
@@ -193,24 +226,35 @@ class Objective:
             on_resume=on_resume,
         )
         resumed = self._resume_tags(context, earlier)
-        started = time.perf_counter()
-        try:
-            run_in_context(self.task, self.data, context)
-        except Exception as exc:
-            if context.state == "running":  # the task's own error, not adamtune stopping it
-                self._fail(run, context, trial, exc, started, resumed())
-                if not _is_requeued_error(exc) and checkpoints is not None:
-                    checkpoints.remove_all()
-                raise
-        except BaseException as exc:  # an interruption: the worker re-queues the trial, which resumes
-            self._fail(run, context, trial, exc, started, resumed())
-            raise
+        return StartedTrial(trial, context, run, time.perf_counter(), checkpoints, resumed)
+
+    def fail(self, started: StartedTrial, exc: BaseException) -> None:
+        """Record ``started`` as failed with ``exc`` (traceback on the trial, MLflow run closed as failed)."""
+        self._fail(started.run, started.context, started.trial, exc, started.started, started.resumed())
+
+    def conclude(self, started: StartedTrial) -> float:
+        """Score a trial whose training ended (complete, pruned or diverged) and close its MLflow run.
+
+        A trial whose last objective is no better than the untrained model's is labelled diverged (it
+        learned nothing: never a result to rank). Its checkpoints are removed (kept as the study's best
+        first, when asked).
+
+        Raises:
+            optuna.TrialPruned: the trial was pruned. TaskError: a loop task reported nothing.
+        """
+        trial, context, run, checkpoints, resumed = (
+            started.trial,
+            started.context,
+            started.run,
+            started.checkpoints,
+            started.resumed,
+        )
         if checkpoints is not None:
             checkpoints.remove_all()
         if context.state == "running" and context.no_better_than_untrained():
             context.state, context.diverged_epoch = "diverged", context.history[-1][0]
         curves = context.curves()
-        curves.seconds = time.perf_counter() - started
+        curves.seconds = time.perf_counter() - started.started
         if context.state == "pruned":
             trial.set_user_attr(STATE_ATTR, "pruned")
             trial.set_user_attr(CURVES_ATTR, curves.history())
@@ -226,8 +270,8 @@ class Objective:
         try:
             value, _ = context.result()
         except RuntimeError as exc:
-            error = TaskError(f"task {spec.task!r}: {exc}")
-            self._fail(run, context, trial, error, started, resumed())
+            error = TaskError(f"task {self.spec.task!r}: {exc}")
+            self.fail(started, error)
             raise error from None
         trial.set_user_attr(STATE_ATTR, "complete")
         if self.keep_best_checkpoint and checkpoints is not None:

@@ -571,6 +571,7 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
             "sampler": spec.sampler,
             "pruner": spec.pruner,
             "confirm": spec.confirm.as_dict(),
+            "batch_trials": spec.batch_trials,
         }
         if spec.checkpoint_every is not None:  # a run setting, like the sampler: workers joining later use it
             settings["checkpoint_every"] = spec.checkpoint_every
@@ -698,6 +699,7 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         confirm=ConfirmSettings.from_dict(settings.get("confirm")),
         checkpoint_every=settings.get("checkpoint_every"),
         keep_best_checkpoint=settings.get("keep_best_checkpoint"),
+        batch_trials=int(settings.get("batch_trials", 1)),
         space=parse_space(stored["space"], source),
         source=source,
     )

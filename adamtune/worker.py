@@ -307,6 +307,11 @@ class Admission:
     target: int
     trial: optuna.Trial | None = None
     done: bool = False
+    more: tuple[optuna.Trial, ...] = ()  # further trials admitted with ``trial`` (batched workers)
+
+    @property
+    def trials(self) -> list[optuna.Trial]:
+        return [] if self.trial is None else [self.trial, *self.more]
 
 
 @dataclass
@@ -314,7 +319,8 @@ class Worker:
     """Runs trials of one study on one device, with the task's data already loaded there.
 
     ``n_trials`` is the target when the study stores none; the study's stored target (``SETTINGS_ATTR``),
-    re-read before each trial, wins.
+    re-read before each trial, wins. ``batch_trials`` > 1 admits up to that many trials at once (never
+    more than the free places) and trains them as one vectorised model (``batch_worker.py``).
     """
 
     study: optuna.Study
@@ -326,6 +332,7 @@ class Worker:
     on_confirm_run: Callable[[ConfirmRun], None] | None = None
     #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
     stage_started: float | None = None
+    batch_trials: int = 1
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -380,26 +387,35 @@ class Worker:
                     time.sleep(poll)
                     continue
                 waiting_since, poll = None, WAIT_FIRST_POLL_SECONDS
-                trial, error = self._run_trial(admission.trial, interrupts)
-                ran += 1
-                if on_trial is not None:
-                    on_trial(self.study, trial)
-                if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
-                    consecutive_failures = 0
-                    continue
-                consecutive_failures += 1
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise TooManyFailures(
-                        f"{consecutive_failures} trials in a row failed with errors (see the log above); "
-                        f"check task {self.objective.spec.task!r} and its data"
-                    )
+                for trial, error in self._run_admitted(admission, interrupts):
+                    ran += 1
+                    if on_trial is not None:
+                        on_trial(self.study, trial)
+                    if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
+                        consecutive_failures = 0
+                        continue
+                    consecutive_failures += 1
+                    if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                        raise TooManyFailures(
+                            f"{consecutive_failures} trials in a row failed with errors (see the log above); "
+                            f"check task {self.objective.spec.task!r} and its data"
+                        )
+
+    def _run_admitted(self, admission: Admission, interrupts: Interrupts) -> list[tuple[FrozenTrial, Exception | None]]:
+        """Run the admitted trial(s): one as usual, several as one batch (``batch_worker.run_batch``)."""
+        if not admission.more:
+            assert admission.trial is not None
+            return [self._run_trial(admission.trial, interrupts)]
+        from adamtune.batch_worker import run_batch
+
+        return run_batch(self, admission.trials, interrupts)
 
     def _target(self) -> int:
         settings = self.study.user_attrs.get(SETTINGS_ATTR) or {}
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """Under the admission lock: fail stale trials, count, and create a trial if a place is free."""
+        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places."""
         storage = self.study._storage
         with interrupts.critical(), admission_lock(storage, self.study.study_name):
             optuna.storages.fail_stale_trials(self.study)
@@ -411,19 +427,22 @@ class Worker:
             if counts.finished + counts.running >= target:
                 return Admission(counts, target)
             running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+            asked: list[optuna.Trial] = []
             try:
                 with warnings.catch_warnings():
                     # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
                     # worker records the heartbeats itself (see Heartbeat), so the warning does not apply.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                    trial = self.study.ask()
+                    # Never more than the free places: each asked trial is RUNNING before the lock is released.
+                    for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
+                        asked.append(self.study.ask())
             except Exception as exc:
                 if is_transient_db_error(exc):
                     with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
                 raise
-            # Retried on its own: repeating the whole admission would create a second trial.
-            with_db_retry(lambda: storage.record_heartbeat(trial._trial_id), "recording a heartbeat")
-            return Admission(counts, target, trial)
+            for trial in asked:  # retried on its own: repeating the whole admission would create more trials
+                with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
+            return Admission(counts, target, asked[0], more=tuple(asked[1:]))
 
     def _hand_back(self, running_before: set[int]) -> None:
         """Return to the queue (WAITING) trials that a failed ``ask`` made RUNNING before it broke.
@@ -547,7 +566,15 @@ def make_worker(
         checkpoint_every=spec.checkpoint_every,
         keep_best_checkpoint=keep_best,
     )
-    return Worker(study, objective, spec.n_trials)
+    batch_trials = spec.batch_trials
+    if batch_trials > 1:
+        from adamtune.batched import batch_blocker
+
+        reason = batch_blocker(task, objective.data, options.device)
+        if reason is not None:
+            log.warning("batch_trials=%d: task %r trains one trial at a time: %s", batch_trials, spec.task, reason)
+            batch_trials = 1
+    return Worker(study, objective, spec.n_trials, batch_trials=batch_trials)
 
 
 def join_study(options: WorkerOptions) -> Worker:
