@@ -114,16 +114,25 @@ def arm_trial(arm: str) -> int | None:
     return None if arm == BASELINE_ARM else int(arm.removeprefix("trial-"))
 
 
-def confirm_seeds(used: Iterable[Any], n: int) -> list[int]:
-    """``n`` seeds from :data:`FIRST_SEED` upwards, none of them in ``used`` (the search trials' seeds)."""
+def seeds_avoiding(first: int, used: Iterable[Any], n: int) -> list[int]:
+    """``n`` seeds from ``first`` upwards, none of them in ``used`` (the search trials' seeds).
+
+    Confirmation (from :data:`FIRST_SEED`) and ``verify`` (from its own first seed) draw their fresh
+    seeds this way, so neither reuses a seed a trial trained with.
+    """
     taken = set(used)
     seeds: list[int] = []
-    candidate = FIRST_SEED
+    candidate = first
     while len(seeds) < n:
         if candidate not in taken:
             seeds.append(candidate)
         candidate += 1
     return seeds
+
+
+def confirm_seeds(used: Iterable[Any], n: int) -> list[int]:
+    """``n`` seeds from :data:`FIRST_SEED` upwards, none of them in ``used`` (the search trials' seeds)."""
+    return seeds_avoiding(FIRST_SEED, used, n)
 
 
 # --------------------------------------------------------------------------- statistics

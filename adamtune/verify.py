@@ -247,14 +247,9 @@ def check_seeds(seeds: int) -> None:
 
 def fresh_seeds(study: optuna.Study, n: int) -> list[int]:
     """``n`` seeds from :data:`FIRST_SEED` upwards that no trial of ``study`` trained with."""
-    used = {t.user_attrs.get(SEED_ATTR) for t in study.get_trials(deepcopy=False)}
-    seeds: list[int] = []
-    candidate = FIRST_SEED
-    while len(seeds) < n:
-        if candidate not in used:
-            seeds.append(candidate)
-        candidate += 1
-    return seeds
+    from adamtune.confirm import seeds_avoiding
+
+    return seeds_avoiding(FIRST_SEED, (t.user_attrs.get(SEED_ATTR) for t in study.get_trials(deepcopy=False)), n)
 
 
 def pick_device(device: str) -> str:
