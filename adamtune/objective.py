@@ -61,6 +61,7 @@ from adamtune.config import StudySpec
 from adamtune.context import TrialContext
 from adamtune.errors import TaskError
 from adamtune.metrics import bare_name
+from adamtune.reporting import TrialWriter
 from adamtune.runner import run_in_context
 from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
@@ -102,11 +103,13 @@ def trial_seed(base_seed: int | None, trial_number: int) -> int:
 @dataclass
 class StartedTrial:
     """A trial between :meth:`Objective.begin` and :meth:`Objective.conclude`: its context, MLflow run,
-    checkpoints (None: off) and the MLflow tags of a resumed trial (``resumed()``, empty until it resumed)."""
+    study writer (``reporting.TrialWriter``), checkpoints (None: off) and the MLflow tags of a resumed
+    trial (``resumed()``, empty until it resumed)."""
 
     trial: optuna.Trial
     context: TrialContext
     run: TrialRun | None
+    writer: TrialWriter
     started: float
     checkpoints: TrialCheckpoints | None = None
     resumed: Callable[[], dict[str, object]] = dict
@@ -175,28 +178,33 @@ class Objective:
             trial_seed(self.base_seed, lineage),
         )
         host = socket.gethostname()
-        for key, value in {
-            SEED_ATTR: seed,
-            PARAMS_ATTR: params.as_dict(),
-            DEVICE_ATTR: self.device,
-            HOST_ATTR: host,
-            WORKER_ATTR: self.worker,
-        }.items():
-            trial.set_user_attr(key, value)
+        # One transaction now (a retry reads the lineage's seed from it); the rest is written in batches
+        # where the pruner decides and when the trial ends (see reporting.py).
+        writer = TrialWriter(trial, spec.epochs)
+        writer.set_attrs(
+            {
+                SEED_ATTR: seed,
+                PARAMS_ATTR: params.as_dict(),
+                DEVICE_ATTR: self.device,
+                HOST_ATTR: host,
+                WORKER_ATTR: self.worker,
+            }
+        )
+        writer.flush()
         run = self._start_run(trial, params, seed, is_baseline, host)
         objective = spec.objective
 
         def on_epoch(epoch: int, metrics: Mapping[str, float], diverged: bool) -> bool:
             if run is not None:
                 run.log_epoch(epoch, metrics)
-                _note_run_id(trial, run)
+                _note_run_id(writer, run)
             value = metrics.get(objective, float("nan"))
             if diverged:  # its point is kept (when finite) so Optuna's curve shows where it blew up
                 if math.isfinite(value):
-                    trial.report(value, epoch)
+                    writer.report(value, epoch)
                 return False
-            trial.report(value, epoch)
-            return not is_baseline and trial.should_prune()
+            writer.report(value, epoch)
+            return not is_baseline and writer.should_prune(epoch)
 
         def on_resume(epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
             for number, metrics in history:  # the pruner and the MLflow run see the whole curve
@@ -204,10 +212,10 @@ class Objective:
                     run.log_epoch(number, metrics)
                 value = metrics.get(objective)
                 if value is not None and value == value:
-                    trial.report(value, number)
-            trial.set_user_attr(RESUMED_ATTR, epoch)
+                    writer.report(value, number)
+            writer.set_attrs({RESUMED_ATTR: epoch})
 
-        checkpoints = self._checkpoints(trial, lineage, earlier, params, seed)
+        checkpoints = self._checkpoints(trial, lineage, earlier, params, seed, writer)
         context = TrialContext(
             params=params,
             n_epochs=spec.epochs,
@@ -226,11 +234,11 @@ class Objective:
             on_resume=on_resume,
         )
         resumed = self._resume_tags(context, earlier)
-        return StartedTrial(trial, context, run, time.perf_counter(), checkpoints, resumed)
+        return StartedTrial(trial, context, run, writer, time.perf_counter(), checkpoints, resumed)
 
     def fail(self, started: StartedTrial, exc: BaseException) -> None:
         """Record ``started`` as failed with ``exc`` (traceback on the trial, MLflow run closed as failed)."""
-        self._fail(started.run, started.context, started.trial, exc, started.started, started.resumed())
+        self._fail(started.run, started.context, started.trial, started.writer, exc, started.started, started.resumed())
 
     def conclude(self, started: StartedTrial) -> float:
         """Score a trial whose training ended (complete, pruned or diverged) and close its MLflow run.
@@ -242,12 +250,13 @@ class Objective:
         Raises:
             optuna.TrialPruned: the trial was pruned. TaskError: a loop task reported nothing.
         """
-        trial, context, run, checkpoints, resumed = (
+        trial, context, run, checkpoints, resumed, writer = (
             started.trial,
             started.context,
             started.run,
             started.checkpoints,
             started.resumed,
+            started.writer,
         )
         if checkpoints is not None:
             checkpoints.remove_all()
@@ -255,17 +264,17 @@ class Objective:
             context.state, context.diverged_epoch = "diverged", context.history[-1][0]
         curves = context.curves()
         curves.seconds = time.perf_counter() - started.started
+        writer.set_attrs({CURVES_ATTR: curves.history()})
         if context.state == "pruned":
-            trial.set_user_attr(STATE_ATTR, "pruned")
-            trial.set_user_attr(CURVES_ATTR, curves.history())
-            self._finish(run, "pruned", curves, trial, extra_tags=resumed())
+            writer.set_attrs({STATE_ATTR: "pruned"})
+            self._finish(run, "pruned", curves, trial, writer, extra_tags=resumed())
+            writer.flush()
             raise optuna.TrialPruned(f"pruned at epoch {context.history[-1][0]}")
-        trial.set_user_attr(CURVES_ATTR, curves.history())
         if context.state == "diverged":
             value, _ = context.result()
-            trial.set_user_attr(STATE_ATTR, "diverged")
-            trial.set_user_attr(DIVERGED_EPOCH_ATTR, context.diverged_epoch)
-            self._finish(run, "diverged", curves, trial, value=value, extra_tags=resumed())
+            writer.set_attrs({STATE_ATTR: "diverged", DIVERGED_EPOCH_ATTR: context.diverged_epoch})
+            self._finish(run, "diverged", curves, trial, writer, value=value, extra_tags=resumed())
+            writer.flush()
             return value
         try:
             value, _ = context.result()
@@ -273,14 +282,20 @@ class Objective:
             error = TaskError(f"task {self.spec.task!r}: {exc}")
             self.fail(started, error)
             raise error from None
-        trial.set_user_attr(STATE_ATTR, "complete")
+        writer.set_attrs({STATE_ATTR: "complete"})
         if self.keep_best_checkpoint and checkpoints is not None:
-            self._keep_if_best(trial, context, checkpoints, value)
-        self._finish(run, "complete", curves, trial, value=value, extra_tags=resumed())
+            self._keep_if_best(trial, context, checkpoints, value, writer)
+        self._finish(run, "complete", curves, trial, writer, value=value, extra_tags=resumed())
+        writer.flush()
         return value
 
     def _keep_if_best(
-        self, trial: optuna.Trial, context: TrialContext, checkpoints: TrialCheckpoints, value: float
+        self,
+        trial: optuna.Trial,
+        context: TrialContext,
+        checkpoints: TrialCheckpoints,
+        value: float,
+        writer: TrialWriter,
     ) -> None:
         """Save this complete trial's final state as the study's best checkpoint if no complete trial beats it."""
         others = with_db_retry(lambda: trial.study.get_trials(deepcopy=False), "reading the study's trials")
@@ -298,7 +313,7 @@ class Objective:
         except Exception as exc:  # the store is away: the result stands, the checkpoint is not kept
             log.warning("trial %d: could not keep its checkpoint as the best (%s)", trial.number, exc)
             return
-        trial.set_user_attr(BEST_ATTR, pointer)
+        writer.set_attrs({BEST_ATTR: pointer})
 
     def _earlier_trials(self, trial: optuna.Trial, system_attrs: Mapping[str, Any]) -> list[optuna.trial.FrozenTrial]:
         """The lineage's earlier trials (oldest first); none for a trial that is no retry."""
@@ -316,6 +331,7 @@ class Objective:
         earlier: list[optuna.trial.FrozenTrial],
         params: AdamParams,
         seed: int,
+        writer: TrialWriter,
     ) -> TrialCheckpoints | None:
         if self.checkpoint_store is None or (self.checkpoint_every == 0 and not self.keep_best_checkpoint):
             return None
@@ -328,9 +344,9 @@ class Objective:
             "batch_size": self.spec.batch_size,
         }
 
-        def set_pointer(pointer: dict[str, Any]) -> None:
-            what = f"recording trial {trial.number}'s checkpoint"
-            with_db_retry(lambda: trial.set_user_attr(CHECKPOINT_ATTR, pointer), what)
+        def set_pointer(pointer: dict[str, Any]) -> None:  # durable at once, with the curve so far
+            writer.set_attrs({CHECKPOINT_ATTR: pointer})
+            with_db_retry(writer.flush, f"recording trial {trial.number}'s checkpoint")
 
         return TrialCheckpoints(
             store=store,
@@ -366,6 +382,7 @@ class Objective:
         run: TrialRun | None,
         context: TrialContext,
         trial: optuna.Trial,
+        writer: TrialWriter,
         exc: BaseException,
         started: float,
         extra_tags: Mapping[str, object] | None = None,
@@ -373,11 +390,12 @@ class Objective:
         """Record a failed trial: its traceback on the trial, its MLflow run closed as failed."""
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS:]
         if isinstance(exc, Exception):  # an interruption is not the task's error
-            with contextlib.suppress(Exception):  # the storage is down: the worker reports the failure anyway
-                trial.set_user_attr(ERROR_ATTR, text)
+            writer.set_attrs({ERROR_ATTR: text})
         curves = context.curves()
         curves.seconds = time.perf_counter() - started
-        self._finish(run, "failed", curves, trial, error=exc, error_text=text, extra_tags=extra_tags)
+        self._finish(run, "failed", curves, trial, writer, error=exc, error_text=text, extra_tags=extra_tags)
+        with contextlib.suppress(Exception):  # the storage is down: the worker reports the failure anyway
+            writer.flush()
 
     def _start_run(
         self, trial: optuna.Trial, params: AdamParams, seed: int, is_baseline: bool, host: str
@@ -406,6 +424,7 @@ class Objective:
         state: str,
         curves: Curves | None,
         trial: optuna.Trial,
+        writer: TrialWriter,
         *,
         value: float | None = None,
         error: BaseException | None = None,
@@ -416,7 +435,7 @@ class Objective:
         if run is None:
             return
         run.wait_for_run_id()
-        _note_run_id(trial, run)
+        _note_run_id(writer, run)
         last = curves.last if curves is not None else None
         final = last.as_dict() if last is not None else {}
         tags: dict[str, object] = {"adamtune.trial_number": trial.number, **(extra_tags or {})}
@@ -433,11 +452,12 @@ class Objective:
         run.finish(state, final, tags, study=getattr(trial, "study", None), trial_number=trial.number, value=value)
 
 
-def _note_run_id(trial: optuna.Trial, run: TrialRun) -> None:
-    """Store the MLflow run id on the trial the first time it is known (the writer creates runs)."""
+def _note_run_id(writer: TrialWriter, run: TrialRun) -> None:
+    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs),
+    with the trial's next write."""
     run_id = run.take_new_run_id()
     if run_id is not None:
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        writer.set_attrs({RUN_ID_ATTR: run_id})
 
 
 def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
@@ -445,6 +465,9 @@ def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
     study = getattr(trial, "study", None)
     if study is None:
         return {}
+    cached = getattr(trial, "_cached_frozen_trial", None)  # read when the trial was asked for: no query
+    if cached is not None:
+        return dict(cached.system_attrs)
     return with_db_retry(
         lambda: study._storage.get_trial_system_attrs(trial._trial_id), f"reading trial {trial.number}"
     )

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from adamtune.config import StudySpec
 from adamtune.confirm import ConfirmSettings
 from adamtune.errors import ConfigError, StorageError
+from adamtune.rdb import StudyStorage
 from adamtune.space import baseline_optuna_params
 
 # Heartbeats and their retry callback are "experimental" in Optuna since v2.8 yet stable in practice;
@@ -163,39 +164,6 @@ def engine_kwargs_for(url: str) -> dict[str, Any]:
     if url.startswith("postgres"):
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
     return kwargs
-
-
-class StudyStorage(RDBStorage):
-    """Optuna's ``RDBStorage`` whose stale-trial check also covers trials that never beat.
-
-    Optuna counts a RUNNING trial as stale only once its heartbeat is older than the grace period; a trial
-    whose worker died between creating it and recording its first heartbeat has no heartbeat at all and
-    would stay RUNNING forever (and, counted as running, block the study's last places). Here such a trial
-    is stale too once its start (``datetime_start``, written by the creating worker's clock) is older than
-    the grace period. The worker records the first heartbeat within the admission lock, milliseconds after
-    creating the trial, so a live trial is never caught by this rule.
-    """
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        from datetime import datetime, timedelta
-
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        stale = super()._get_stale_trial_ids(study_id)
-        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
-        now = datetime.now()  # TrialModel.datetime_start is local naive time too
-        with _create_scoped_session(self.scoped_session) as session:
-            never_beat = [
-                (trial.trial_id, trial.datetime_start)  # as local naive time, whatever Optuna stores
-                for trial in session.query(models.TrialModel)
-                .filter(models.TrialModel.state == TrialState.RUNNING)
-                .filter(models.TrialModel.study_id == study_id)
-                .filter(~models.TrialModel.heartbeats.any())
-                .all()
-            ]
-        stale += [trial_id for trial_id, start in never_beat if start is not None and now - start > grace]
-        return stale
 
 
 def open_storage(url: str, *, create: bool = True) -> StudyStorage:

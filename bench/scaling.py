@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,9 +45,7 @@ from typing import Any
 import optuna
 
 from adamtune.config import build_spec
-from adamtune.space import suggest
 from adamtune.study import create_or_resume, open_storage
-from adamtune.worker import Interrupts, Worker
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -92,79 +91,111 @@ def run_search(workers: int, trials: int, epochs: int, workdir: Path, tag: str) 
     return Throughput(workers, len(done), wall, (last - first).total_seconds())
 
 
-# --- part 2: storage cost per trial ------------------------------------------------------------------
+# --- part 2: study-database time and bookkeeping per trial --------------------------------------------
+
+
+def synthetic_fit(trial: Any) -> None:
+    """A user loop that trains nothing: a deterministic learning curve from the settings, one report per epoch.
+
+    Everything a trial does besides training still happens (sampling, the objective's attributes, the
+    reports the pruner needs, pruning, tell), through the real worker, objective and trial context.
+    """
+    import math
+
+    quality = abs(math.log10(trial.params.lr) + 2.5) + 0.1 * trial.seed % 7 / 7
+    trial.report_initial(loss=3.0)
+    for epoch in trial.epochs():
+        trial.report(loss=0.2 + quality + 2.0 / epoch)
+
+
+class _DatabaseClock:
+    """Wraps the methods of an ``RDBStorage`` to sum the time this thread spends in them (the SQL).
+
+    Private methods count too (Optuna's cache reads trials through ``_get_trials``); a call made inside
+    another timed call is counted once, as part of the outer one.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.by_name: dict[str, list[float]] = {}
+        owner, depth = threading.get_ident(), [0]
+        for name in dir(type(backend)):
+            method = getattr(backend, name, None)
+            if name.startswith("__") or not callable(method) or name in ("engine", "scoped_session"):
+                continue
+
+            def timed(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+                if threading.get_ident() != owner or depth[0]:  # the heartbeat thread; nested calls
+                    return _method(*args, **kwargs)
+                depth[0] += 1
+                started = time.perf_counter()
+                try:
+                    return _method(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+                    spent = time.perf_counter() - started
+                    self.seconds += spent
+                    self.calls += 1
+                    self.by_name.setdefault(_name, [0, 0.0])
+                    self.by_name[_name][0] += 1
+                    self.by_name[_name][1] += spent
+
+            setattr(backend, name, timed)
 
 
 @dataclass
-class StorageOnlyObjective:
-    """Makes the real objective's storage calls and trains nothing."""
+class Bookkeeping:
+    """Per-trial figures of one storage run: database seconds, database calls, whole trial seconds."""
 
-    spec: Any
-    epochs: int
-    tracker: None = None
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        started = time.perf_counter()
-        params = suggest(trial, self.spec.space)
-        for key, value in {
-            "adamtune.seed": 1,
-            "adamtune.params": params.as_dict(),
-            "adamtune.device": "cpu",
-            "adamtune.host": "bench",
-            "adamtune.worker": "bench-w0",
-        }.items():
-            trial.set_user_attr(key, value)
-        for epoch in range(1, self.epochs + 1):
-            trial.report(1.0 / epoch + params.lr, epoch)
-            trial.should_prune()
-        trial.set_user_attr("adamtune.curves", {"val_loss": [1.0] * self.epochs})
-        trial.set_user_attr("adamtune.state", "complete")
-        TimedWorker.attrs.append(time.perf_counter() - started)
-        return 1.0 + params.lr
-
-
-class TimedWorker(Worker):
-    """A ``Worker`` that records how long admission and tell take."""
-
-    admit: list[float] = []  # noqa: RUF012 - shared lists, reset per backend
-    attrs: list[float] = []  # noqa: RUF012
-    tell: list[float] = []  # noqa: RUF012
-
-    def _admit(self, interrupts: Interrupts) -> Any:
-        started = time.perf_counter()
-        admission = super()._admit(interrupts)
-        if admission.trial is not None:
-            TimedWorker.admit.append(time.perf_counter() - started)
-        return admission
-
-    def _tell(self, trial: optuna.Trial, state: Any, value: float | None) -> Any:
-        started = time.perf_counter()
-        frozen = super()._tell(trial, state, value)
-        TimedWorker.tell.append(time.perf_counter() - started)
-        return frozen
-
-
-@dataclass
-class StorageCost:
     backend: str
-    trials: int
-    admit: list[float] = field(default_factory=list)
-    attrs: list[float] = field(default_factory=list)
-    tell: list[float] = field(default_factory=list)
+    database: list[float] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    by_name: dict[str, tuple[float, float]] = field(default_factory=dict)  # method -> (calls, ms) per trial
 
-    def row(self) -> str:
-        ms = lambda values: f"{1000 * statistics.median(values):7.1f}"  # noqa: E731
-        total = [a + b + c for a, b, c in zip(self.admit, self.attrs, self.tell, strict=True)]
-        return f"{self.backend:<11} {self.trials:>6} {ms(self.admit)} {ms(self.attrs)} {ms(self.tell)} {ms(total)}"
+    def window(self, first: int, last: int) -> tuple[float, float, float]:
+        """Medians over trials ``first``..``last`` (0-based, inclusive): (database ms, calls, total ms)."""
+        pick = slice(first, last + 1)
+        return (
+            1000 * statistics.median(self.database[pick]),
+            statistics.median(self.calls[pick]),
+            1000 * statistics.median(self.total[pick]),
+        )
 
 
-def storage_cost(backend: str, url: str, trials: int, epochs: int) -> StorageCost:
-    spec = build_spec("digits", None, f"storage-{backend}", {"n_trials": trials, "epochs": epochs})
+def bookkeeping(backend: str, url: str, trials: int, epochs: int) -> Bookkeeping:
+    """Run ``trials`` synthetic trials of ``epochs`` epochs (hyperband, the default pruner) through a real worker."""
+    from adamtune.tasks.loop import LoopData, LoopTask
+    from adamtune.worker import WorkerOptions, make_worker
+
+    name = f"bookkeeping-{backend}"
+    spec = build_spec("digits", None, name, {"n_trials": trials, "epochs": epochs, "confirm": False})
     spec = spec.with_task_defaults(epochs, 32)
-    study = create_or_resume(spec, open_storage(url))
-    TimedWorker.admit, TimedWorker.attrs, TimedWorker.tell = [], [], []
-    TimedWorker(study, StorageOnlyObjective(spec, epochs), trials).run()  # type: ignore[arg-type]
-    return StorageCost(backend, trials, TimedWorker.admit, TimedWorker.attrs, TimedWorker.tell)
+    study = create_or_resume(spec, open_storage(url), seed=0)
+    task = LoopTask(name="synthetic", fit=synthetic_fit)
+    options = WorkerOptions(storage_url=url, study_name=name, tracking=False, seed=0)
+    worker = make_worker(study, spec, task, LoopData(None), options, None)
+    clock = _DatabaseClock(study._storage._backend)
+    result = Bookkeeping(backend)
+    mark = [time.perf_counter(), 0.0, 0]
+
+    def on_trial(_study: Any, _trial: Any) -> None:
+        now = time.perf_counter()
+        result.total.append(now - mark[0])
+        result.database.append(clock.seconds - mark[1])
+        result.calls.append(clock.calls - mark[2])
+        mark[:] = [now, clock.seconds, clock.calls]
+
+    worker.run(on_trial=on_trial)
+    result.by_name = {name: (calls / trials, 1000 * spent / trials) for name, (calls, spent) in clock.by_name.items()}
+    return result
+
+
+def print_profile(run: Bookkeeping, top: int = 8) -> None:
+    """Where one backend's database time went: the storage methods with the most time, per trial."""
+    ranked = sorted(run.by_name.items(), key=lambda item: -item[1][1])[:top]
+    print("    " + ", ".join(f"{name} {calls:.1f}x {ms:.1f} ms" for name, (calls, ms) in ranked))
 
 
 def postgres_database() -> tuple[str, Any] | None:
@@ -187,7 +218,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per digits trial")
     parser.add_argument("--repeats", type=int, default=3, help="alternating 1-worker/2-worker pairs")
     parser.add_argument("--storage-trials", type=int, default=40, help="trials per storage-cost run")
-    parser.add_argument("--storage-epochs", type=int, default=20, help="reports per storage-cost trial")
+    parser.add_argument("--storage-epochs", type=int, default=20, help="epochs per storage-cost trial")
+    parser.add_argument("--growth-trials", type=int, default=500, help="trials of the growth run (0: skip it)")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
 
@@ -216,24 +248,36 @@ def main() -> None:
                 "(goal: steady >= 1.8x on 2 cores)"
             )
 
-        print(f"\n2. storage cost per trial (median ms; {args.storage_epochs} report+should_prune per trial)")
-        print(f"{'backend':<11} {'trials':>6} {'admit':>7} {'attrs':>7} {'tell':>7} {'total':>7}")
-        costs = [storage_cost("sqlite", f"sqlite:///{workdir}/storage.db", args.storage_trials, args.storage_epochs)]
-        print(costs[-1].row())
+        print(
+            f"\n2. study-database time per trial: {args.storage_trials} synthetic trials of {args.storage_epochs} "
+            "epochs, hyperband (the default pruner), TPE, tracking off; median of trials 11 onwards"
+        )
+        print(f"{'backend':<11} {'db ms':>7} {'db calls':>9} {'bookkeeping ms':>15}")
+        last = args.storage_trials - 1
+        sqlite_run = bookkeeping("sqlite", f"sqlite:///{workdir}/storage.db", args.storage_trials, args.storage_epochs)
+        print(f"{'sqlite':<11} " + "{:7.1f} {:9.0f} {:15.1f}".format(*sqlite_run.window(10, last)))
+        print_profile(sqlite_run)
         postgres = postgres_database()
         if postgres is not None:
             url, admin = postgres
             try:
-                costs.append(storage_cost("postgresql", url, args.storage_trials, args.storage_epochs))
-                print(costs[-1].row())
+                pg_run = bookkeeping("postgresql", url, args.storage_trials, args.storage_epochs)
+                print(f"{'postgresql':<11} " + "{:7.1f} {:9.0f} {:15.1f}".format(*pg_run.window(10, last)))
+                print_profile(pg_run)
             finally:
                 admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
                 admin.close()
-        if len(costs) == 2:
-            ratio = lambda values_a, values_b: statistics.median(values_b) / statistics.median(values_a)  # noqa: E731
-            sqlite_total = [a + b + c for a, b, c in zip(costs[0].admit, costs[0].attrs, costs[0].tell, strict=True)]
-            pg_total = [a + b + c for a, b, c in zip(costs[1].admit, costs[1].attrs, costs[1].tell, strict=True)]
-            print(f"postgresql / sqlite per-trial storage time: {ratio(sqlite_total, pg_total):.2f}x")
+        print("goal: at most 30 ms (SQLite) / 60 ms (PostgreSQL) of database time per trial")
+
+        if args.growth_trials:
+            n = args.growth_trials
+            print(f"\n3. bookkeeping as the study grows: one SQLite study of {n} synthetic trials")
+            run = bookkeeping("growth", f"sqlite:///{workdir}/growth.db", n, args.storage_epochs)
+            early, late = run.window(10, 29), run.window(n - 20, n - 1)
+            print(f"{'trials':<11} {'db ms':>7} {'db calls':>9} {'bookkeeping ms':>15}")
+            print(f"{'11-30':<11} " + "{:7.1f} {:9.0f} {:15.1f}".format(*early))
+            print(f"{f'{n - 19}-{n}':<11} " + "{:7.1f} {:9.0f} {:15.1f}".format(*late))
+            print(f"bookkeeping at trial {n} / at trial 20: {late[2] / early[2]:.2f}x (goal: at most 2x)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,0 +1,186 @@
+"""adamtune's Optuna ``RDBStorage``: stale trials that never beat, fewer round trips, batched trial writes.
+
+:class:`StudyStorage` is what ``study.open_storage`` opens. It stores exactly the rows Optuna's own
+``RDBStorage`` stores, so any Optuna tool reads an adamtune study; what it changes is how many
+transactions and reads a trial costs:
+
+* ``write_trial_values``: a running trial's user attributes and intermediate values in one transaction
+  (used by ``reporting.TrialWriter``; Optuna writes each value in its own);
+* study ids are remembered by name (Optuna's Hyperband builds a study object per bracket several times a
+  trial, each asking the database for the id);
+* ``shared_reads()``: inside it, this thread's repeated reads of a study's trials are answered once until
+  this storage writes (the worker's admission reads the trials, then Optuna's ``ask`` reads them again
+  for the queue, and the sampler twice more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+_shared = threading.local()  # .storage, .writes, .answers: the shared_reads() scope of this thread
+
+
+class StudyStorage(RDBStorage):
+    """Optuna's ``RDBStorage`` whose stale-trial check also covers trials that never beat.
+
+    Optuna counts a RUNNING trial as stale only once its heartbeat is older than the grace period; a trial
+    whose worker died between creating it and recording its first heartbeat has no heartbeat at all and
+    would stay RUNNING forever (and, counted as running, block the study's last places). Here such a trial
+    is stale too once its start (``datetime_start``, written by the creating worker's clock) is older than
+    the grace period. The worker records the first heartbeat within the admission lock, milliseconds after
+    creating the trial, so a live trial is never caught by this rule.
+
+    It also remembers study ids by name: Optuna's Hyperband builds a study object per bracket several
+    times a trial, each asking the database for the id. A name's id changes only when the study is
+    deleted and created again; deleting it through this storage forgets the id (a study deleted by
+    another process while this one still runs trials in it fails those trials either way).
+    """
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        known = self.__dict__.setdefault("_study_ids", {})
+        if study_name not in known:
+            known[study_name] = super().get_study_id_from_name(study_name)
+        return known[study_name]
+
+    def delete_study(self, study_id: int) -> None:
+        self.__dict__.get("_study_ids", {}).clear()
+        self._wrote()
+        super().delete_study(study_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from datetime import datetime, timedelta
+
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period or 2 * (self.heartbeat_interval or 1))
+        now = datetime.now()  # TrialModel.datetime_start is local naive time too
+        with _create_scoped_session(self.scoped_session) as session:
+            never_beat = [
+                (trial.trial_id, trial.datetime_start)  # as local naive time, whatever Optuna stores
+                for trial in session.query(models.TrialModel)
+                .filter(models.TrialModel.state == TrialState.RUNNING)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(~models.TrialModel.heartbeats.any())
+                .all()
+            ]
+        stale += [trial_id for trial_id, start in never_beat if start is not None and now - start > grace]
+        return stale
+
+    def write_trial_values(
+        self, trial_id: int, *, user_attrs: Mapping[str, Any], intermediate: Mapping[int, float]
+    ) -> None:
+        """Several user attributes and intermediate values of one running trial, in one transaction.
+
+        The same rows as Optuna's ``set_trial_user_attr``/``set_trial_intermediate_value`` one by one,
+        with one read of the trial and one of each table instead of a transaction per value (see
+        ``reporting.py`` for why it matters). Raises ``UpdateFinishedTrialError`` for a finished trial.
+        """
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        values, attrs = models.TrialIntermediateValueModel, models.TrialUserAttributeModel
+        self._wrote()
+        with _create_scoped_session(self.scoped_session, True) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            if intermediate:  # one read of the rows to update, then one insert/update per value
+                rows = session.query(values).filter(values.trial_id == trial_id, values.step.in_(list(intermediate)))
+                stored = {row.step: row for row in rows}
+                for step, value in intermediate.items():
+                    number, kind = values.intermediate_value_to_stored_repr(value)
+                    row = stored.get(step)
+                    if row is None:
+                        session.add(
+                            values(
+                                trial_id=trial_id, step=step, intermediate_value=number, intermediate_value_type=kind
+                            )
+                        )
+                    else:
+                        row.intermediate_value, row.intermediate_value_type = number, kind
+            if user_attrs:
+                rows = session.query(attrs).filter(attrs.trial_id == trial_id, attrs.key.in_(list(user_attrs)))
+                stored_attrs = {row.key: row for row in rows}
+                for key, value in user_attrs.items():
+                    text = json.dumps(value)
+                    if key in stored_attrs:
+                        stored_attrs[key].value_json = text
+                    else:
+                        session.add(attrs(trial_id=trial_id, key=key, value_json=text))
+
+    @contextlib.contextmanager
+    def shared_reads(self) -> Iterator[None]:
+        """Within: this thread's identical reads of a study's trials return the first answer, until a write.
+
+        Any write through this storage (from any thread of this process) ends the sharing for the reads
+        after it. Writes of other processes are not seen by a shared answer: use it only around a few
+        reads milliseconds apart that would act on the same snapshot anyway (the admission lock's
+        critical section, where no other worker creates or starts trials).
+        """
+        outer = getattr(_shared, "storage", None)
+        _shared.storage, _shared.writes, _shared.answers = self, self._write_count(), {}
+        try:
+            yield
+        finally:
+            _shared.storage = outer
+
+    def _write_count(self) -> int:
+        return self.__dict__.get("_writes", 0)
+
+    def _wrote(self) -> None:
+        self.__dict__["_writes"] = self._write_count() + 1
+
+    def _get_trials(
+        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
+    ) -> list[FrozenTrial]:
+        if getattr(_shared, "storage", None) is not self:
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        if _shared.writes != self._write_count():
+            _shared.writes, _shared.answers = self._write_count(), {}
+        wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
+        answer = _shared.answers.get((study_id, _states_key(states)))
+        if answer is not None:
+            known, greater, trials = answer
+            # It holds every trial above `greater` and those of `known`: enough if nothing else is wanted.
+            if trial_id_greater_than >= greater and all(i in known or i > greater for i in wanted):
+                return [t for t in trials if t._trial_id in wanted or t._trial_id > trial_id_greater_than]
+        trials = super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        _shared.answers[(study_id, _states_key(states))] = (wanted, trial_id_greater_than, trials)
+        return list(trials)
+
+
+def _states_key(states: Any) -> tuple[int, ...] | None:
+    return None if states is None else tuple(sorted(TrialState(s).value for s in states))
+
+
+def _counted_write(name: str) -> Any:
+    base = getattr(RDBStorage, name)
+
+    def write(self: StudyStorage, *args: Any, **kwargs: Any) -> Any:
+        self._wrote()
+        return base(self, *args, **kwargs)
+
+    write.__name__, write.__doc__ = name, base.__doc__
+    return write
+
+
+for _name in (
+    "create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "set_study_user_attr",
+    "set_study_system_attr",
+):
+    setattr(StudyStorage, _name, _counted_write(_name))
