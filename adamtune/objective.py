@@ -163,6 +163,10 @@ class Objective:
         spec = self.spec
         assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
         is_baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
+        # Written in one transaction below with the settings (see reporting.py); the rest is written in
+        # batches where the pruner decides and when the trial ends.
+        writer = TrialWriter(trial, spec.epochs)
+        writer.defer_params()
         with warnings.catch_warnings():
             # The baseline is enqueued at Adam's defaults, which may lie outside a study's range (lr in
             # [1, 10]): Optuna warns about that fixed value; the baseline trains with the defaults anyway.
@@ -178,9 +182,6 @@ class Objective:
             trial_seed(self.base_seed, lineage),
         )
         host = socket.gethostname()
-        # One transaction now (a retry reads the lineage's seed from it); the rest is written in batches
-        # where the pruner decides and when the trial ends (see reporting.py).
-        writer = TrialWriter(trial, spec.epochs)
         writer.set_attrs(
             {
                 SEED_ATTR: seed,

@@ -8,6 +8,8 @@ transactions and reads a trial costs:
   (used by ``reporting.TrialWriter``; Optuna writes each value in its own);
 * study ids are remembered by name (Optuna's Hyperband builds a study object per bracket several times a
   trial, each asking the database for the id);
+* ``defer_params(trial_id)``: the trial's sampled settings (one transaction each in Optuna) wait for the
+  trial's next ``write_trial_values`` (or its end) and go in that transaction;
 * ``shared_reads()``: inside it, this thread's repeated reads of a study's trials are answered once until
   this storage writes (the worker's admission reads the trials, then Optuna's ``ask`` reads them again
   for the queue, and the sampler twice more).
@@ -21,6 +23,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from optuna import distributions
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -89,9 +92,19 @@ class StudyStorage(RDBStorage):
 
         values, attrs = models.TrialIntermediateValueModel, models.TrialUserAttributeModel
         self._wrote()
+        params = self._pending_params().pop(trial_id, [])
         with _create_scoped_session(self.scoped_session, True) as session:
             trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
             self.check_trial_is_updatable(trial_id, trial.state)
+            for name, value, distribution in params:
+                session.add(
+                    models.TrialParamModel(
+                        trial_id=trial_id,
+                        param_name=name,
+                        param_value=value,
+                        distribution_json=distributions.distribution_to_json(distribution),
+                    )
+                )
             if intermediate:  # one read of the rows to update, then one insert/update per value
                 rows = session.query(values).filter(values.trial_id == trial_id, values.step.in_(list(intermediate)))
                 stored = {row.step: row for row in rows}
@@ -115,6 +128,40 @@ class StudyStorage(RDBStorage):
                         stored_attrs[key].value_json = text
                     else:
                         session.add(attrs(trial_id=trial_id, key=key, value_json=text))
+
+    def defer_params(self, trial_id: int) -> None:
+        """Hold trial ``trial_id``'s next ``set_trial_param`` calls until its next write of values.
+
+        The settings then reach the database with that write (``write_trial_values``) or, at the latest,
+        just before the trial's state changes (``set_trial_state_values``), in one transaction instead of
+        one each. Until then other processes see the trial RUNNING without those settings, as they do
+        between Optuna's ``ask`` and its ``suggest`` calls anyway. Distribution compatibility is checked
+        at once, as Optuna does.
+        """
+        self._pending_params()[trial_id] = []
+
+    def _pending_params(self) -> dict[int, list[tuple[str, float, Any]]]:
+        return self.__dict__.setdefault("_params_waiting", {})
+
+    def _set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any, previous: Any = None
+    ) -> None:
+        waiting = self._pending_params().get(trial_id)
+        if waiting is None:
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous)
+            return
+        if previous is not None:
+            distributions.check_distribution_compatibility(previous, distribution)
+        self._wrote()
+        waiting.append((param_name, param_value_internal, distribution))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if self._pending_params().get(trial_id):  # a trial that ends before its first write keeps its settings
+            with contextlib.suppress(Exception):
+                self.write_trial_values(trial_id, user_attrs={}, intermediate={})
+        self._pending_params().pop(trial_id, None)
+        self._wrote()
+        return super().set_trial_state_values(trial_id, state, values)
 
     @contextlib.contextmanager
     def shared_reads(self) -> Iterator[None]:
@@ -175,8 +222,6 @@ def _counted_write(name: str) -> Any:
 for _name in (
     "create_new_trial",
     "set_trial_param",
-    "_set_trial_param",
-    "set_trial_state_values",
     "set_trial_intermediate_value",
     "set_trial_user_attr",
     "set_trial_system_attr",

@@ -125,6 +125,12 @@ class TrialWriter:
         self._curve_written = False
         self._last_flush = time.monotonic()
 
+    def defer_params(self) -> None:
+        """The settings the trial samples next are written with its next flush (see ``rdb.defer_params``)."""
+        backend = _study_storage(self.trial)
+        if backend is not None:
+            backend.defer_params(self.trial._trial_id)
+
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         self._attrs.update(attrs)
 
@@ -169,10 +175,9 @@ def write_trial(
     setters do); on any other storage, or a ``FixedTrial``, Optuna's one-call-per-value API.
     """
     user_attrs, intermediate = dict(user_attrs or {}), dict(intermediate or {})
-    storage = getattr(getattr(trial, "study", None), "_storage", None)
-    backend = getattr(storage, "_backend", storage)
+    backend = _study_storage(trial)
     cached = getattr(trial, "_cached_frozen_trial", None)
-    if not isinstance(backend, StudyStorage) or cached is None:
+    if backend is None or cached is None:
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)
         for step, value in intermediate.items():
@@ -181,3 +186,10 @@ def write_trial(
     backend.write_trial_values(trial._trial_id, user_attrs=user_attrs, intermediate=intermediate)
     cached.user_attrs.update(user_attrs)
     cached.intermediate_values.update(intermediate)
+
+
+def _study_storage(trial: Any) -> StudyStorage | None:
+    """The adamtune storage under ``trial``'s study (Optuna wraps it in a cache); None for any other."""
+    storage = getattr(getattr(trial, "study", None), "_storage", None)
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, StudyStorage) else None

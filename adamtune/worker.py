@@ -44,7 +44,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -55,6 +55,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import AdamtuneError, DeviceError
+from adamtune.rdb import StudyStorage
 from adamtune.study import (
     RUN_ID_ATTR,
     SETTINGS_ATTR,
@@ -417,7 +418,11 @@ class Worker:
     def _admit(self, interrupts: Interrupts) -> Admission:
         """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places."""
         storage = self.study._storage
-        with interrupts.critical(), admission_lock(storage, self.study.study_name):
+        backend = getattr(storage, "_backend", storage)
+        # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
+        # under the lock: one database read serves those that no write separates (rdb.shared_reads).
+        shared = backend.shared_reads() if isinstance(backend, StudyStorage) else nullcontext()
+        with interrupts.critical(), admission_lock(storage, self.study.study_name), shared:
             optuna.storages.fail_stale_trials(self.study)
             target = self._target()
             trials = self.study.get_trials(deepcopy=False)

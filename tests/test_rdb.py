@@ -55,3 +55,26 @@ def test_study_ids_are_remembered_and_forgotten_on_delete(tmp_path):
     optuna.delete_study(study_name="s", storage=storage)
     with pytest.raises(KeyError):  # forgotten: the database is asked again
         storage.get_study_id_from_name("s")
+
+
+def test_deferred_settings_arrive_with_the_next_write_or_the_end(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    storage.defer_params(trial._trial_id)
+    x = trial.suggest_float("x", 0.0, 1.0)
+    assert storage.get_trial(trial._trial_id).params == {}  # held back
+    storage.write_trial_values(trial._trial_id, user_attrs={"a": 1}, intermediate={})
+    assert storage.get_trial(trial._trial_id).params == {"x": x}
+    trial.suggest_float("y", 0.0, 1.0)  # after the write: written at once, as Optuna does
+    assert set(storage.get_trial(trial._trial_id).params) == {"x", "y"}
+
+    second = study.ask()
+    storage.defer_params(second._trial_id)
+    z = second.suggest_float("x", 0.0, 1.0)
+    study.tell(second, 1.0)  # ends before any write: its settings are stored with its end
+    assert storage.get_trial(second._trial_id).params == {"x": z}
+    with pytest.raises(ValueError):  # an incompatible distribution is refused at once, as Optuna does
+        third = study.ask()
+        storage.defer_params(third._trial_id)
+        third.suggest_int("x", 0, 3)
