@@ -62,7 +62,7 @@ def run_search(
 
     Everything (task, devices, data, storage URL, tracking store, heartbeat settings) is checked before
     the study database is created, so bad input writes nothing. With one worker, it runs in this process
-    (Ctrl-C interrupts the running trial directly). With more, each runs in its own spawned process
+    (Ctrl-C interrupts the running trial directly). With more, each runs in its own process
     (:func:`~adamtune.worker.run_pool`) that joins the study by name and loads the data once; this
     process polls the storage about once a second and calls ``on_trial`` for every trial that finished
     since, whichever worker (or machine) ran it.
@@ -91,9 +91,11 @@ def run_search(
         KeyboardInterrupt: Ctrl-C or SIGTERM; running trials were recorded as failed.
     """
     from adamtune.tasks import resolve_task
-    from adamtune.worker import plan_workers, resolve_devices, run_pool
+    from adamtune.worker import plan_workers, resolve_devices, run_pool, start_fork_server
 
     started = time.monotonic()
+    if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
+        start_fork_server()
     task = resolve_task(spec.task)
     spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad objective
     device_list = resolve_devices(devices if devices is not None else options.device, workers)
