@@ -23,12 +23,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.context import StopTrial, TrialContext
+from adamtune.heartbeat import Heartbeat
 from adamtune.study import db_error_text, is_transient_db_error, requeue_trial, with_db_retry
-from adamtune.worker import Heartbeat
 
 if TYPE_CHECKING:
     from adamtune.objective import StartedTrial
-    from adamtune.worker import Interrupts, Worker
+    from adamtune.signals import Interrupts
+    from adamtune.worker import Worker
 
 log = logging.getLogger(__name__)
 

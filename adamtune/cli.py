@@ -393,8 +393,9 @@ def worker(
     import os
     import socket
 
+    from adamtune.devices import resolve_devices
     from adamtune.study import count_trials, redact_url
-    from adamtune.worker import WorkerOptions, join_study, resolve_devices
+    from adamtune.worker import WorkerOptions, join_study
 
     resolved = resolve_devices(device, 1)[0]
     name = worker_name or f"{socket.gethostname()}-p{os.getpid()}"

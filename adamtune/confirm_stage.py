@@ -65,7 +65,8 @@ from adamtune.study import (
 )
 
 if TYPE_CHECKING:
-    from adamtune.worker import Interrupts, Worker
+    from adamtune.signals import Interrupts
+    from adamtune.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,8 @@ def _arm_params(state: StageState, arm: str, defaults: AdamParams) -> AdamParams
 
 def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interrupts) -> ConfirmRun:
     """Train one confirmation run under a heartbeat and record it (FAIL on an error or an interrupt)."""
+    from adamtune.heartbeat import Heartbeat
     from adamtune.runner import split_metric, train_once
-    from adamtune.worker import Heartbeat
 
     assert step.trial is not None and step.params is not None
     trial, objective, spec = step.trial, worker.objective, worker.objective.spec

@@ -21,9 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.data import default_data_dir
+from adamtune.pool import WorkerFailed
 from adamtune.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
 from adamtune.tracking import search_tracking
-from adamtune.worker import WorkerFailed, WorkerOptions, make_worker, open_tracker
+from adamtune.worker import WorkerOptions, make_worker, open_tracker
 
 if TYPE_CHECKING:
     from adamtune.confirm_stage import ConfirmRun
@@ -63,7 +64,7 @@ def run_search(
     Everything (task, devices, data, storage URL, tracking store, heartbeat settings) is checked before
     the study database is created, so bad input writes nothing. With one worker, it runs in this process
     (Ctrl-C interrupts the running trial directly). With more, each runs in its own process
-    (:func:`~adamtune.worker.run_pool`) that joins the study by name and loads the data once; this
+    (:func:`~adamtune.pool.run_pool`) that joins the study by name and loads the data once; this
     process polls the storage about once a second and calls ``on_trial`` for every trial that finished
     since, whichever worker (or machine) ran it.
 
@@ -76,7 +77,7 @@ def run_search(
             already finished (a resumed study may already be complete).
         workers: number of workers, >= 1.
         devices: ``auto`` or a comma-separated device list, assigned round-robin (see
-            :func:`~adamtune.worker.resolve_devices`).
+            :func:`~adamtune.devices.resolve_devices`).
         on_log: receives the log lines of worker processes (default: stderr).
         on_progress: with several workers, called at every poll with the study's counts (all workers,
             all machines) and best value, e.g. to show how many trials are running.
@@ -90,8 +91,9 @@ def run_search(
         WorkerFailed: a worker process exited with an error or was killed (the others ran on).
         KeyboardInterrupt: Ctrl-C or SIGTERM; running trials were recorded as failed.
     """
+    from adamtune.devices import resolve_devices
+    from adamtune.pool import plan_workers, run_pool, start_fork_server
     from adamtune.tasks import resolve_task
-    from adamtune.worker import plan_workers, resolve_devices, run_pool, start_fork_server
 
     started = time.monotonic()
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study

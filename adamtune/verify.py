@@ -254,7 +254,7 @@ def fresh_seeds(study: optuna.Study, n: int) -> list[int]:
 
 def pick_device(device: str) -> str:
     """``auto`` is the first CUDA GPU when there is one, else the CPU; other names are checked as for search."""
-    from adamtune.worker import resolve_device
+    from adamtune.devices import resolve_device
 
     if device == "auto":
         import torch

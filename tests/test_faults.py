@@ -60,11 +60,10 @@ def test_a_killed_worker_process_is_replaced_and_the_search_finishes_at_full_wid
     args = (*args, "--pruner", "none")
     process = start(*args, "--workers", "2", "--devices", "cpu", "--no-tracking", cwd=workdir)
     wait_for(lambda: len(running_with_epochs(storage)) == 2, "both workers training", 180)
-    workers = [
-        child
-        for child in psutil.Process(process.pid).children()
-        if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline())
-    ]
+    # The worker processes are forks of the search's fork server (pool.worker_context), its children.
+    servers = [c for c in psutil.Process(process.pid).children() if "forkserver" in " ".join(c.cmdline())]
+    assert len(servers) == 1
+    workers = servers[0].children()
     assert len(workers) == 2
     workers[0].kill()
     code, stderr = finish(process, timeout=400)

@@ -10,8 +10,8 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 
+from adamtune.heartbeat import Heartbeat
 from adamtune.study import open_storage
-from adamtune.worker import Heartbeat
 
 
 def beats(storage, trial_id: int):  # type: ignore[no-untyped-def]

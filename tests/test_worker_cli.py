@@ -18,7 +18,10 @@ from click.testing import CliRunner, Result
 
 from adamtune.cli import cli
 from adamtune.config import build_spec
+from adamtune.devices import resolve_devices
 from adamtune.errors import ConfigError, DeviceError, StorageError
+from adamtune.pool import plan_workers
+from adamtune.signals import Interrupts
 from adamtune.space import suggest
 from adamtune.study import (
     BASELINE_ATTR,
@@ -30,7 +33,7 @@ from adamtune.study import (
     open_storage,
     with_db_retry,
 )
-from adamtune.worker import Admission, Interrupts, Worker, WorkerOptions, plan_workers, resolve_devices
+from adamtune.worker import Admission, Worker, WorkerOptions
 from tests.conftest import listing
 
 
