@@ -39,13 +39,13 @@ import optuna
 import torch
 
 from adamtune import objective as objective_module
-from adamtune import tracking
 from adamtune.config import build_spec
 from adamtune.objective import Objective
 from adamtune.space import AdamParams
 from adamtune.study import create_or_resume, open_storage
 from adamtune.tasks import resolve_task
-from adamtune.tracking import Tracker, TrialRun, Writer
+from adamtune.tracking import Tracker, TrialRun
+from adamtune.tracking_writer import Writer, _Op
 
 #: Adam settings inside digits' search space, from tame to aggressive.
 CONFIGS = [
@@ -99,7 +99,7 @@ class Account:
             on_main(owner, name)
         run = Writer._run
 
-        def timed_run(writer: Writer, op: tracking._Op) -> bool:
+        def timed_run(writer: Writer, op: _Op) -> bool:
             started = time.thread_time()
             try:
                 return run(writer, op)

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from adamtune import tracking
+from adamtune import tracking, tracking_writer
 from adamtune.config import build_spec
 from adamtune.report import summarize
 from adamtune.search import run_search
@@ -101,7 +101,7 @@ def test_a_server_that_stops_and_comes_back_loses_no_trial(
     server: MlflowServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.ensure_up()
-    monkeypatch.setattr(tracking, "MAX_BACKOFF_SECONDS", 1.0)
+    monkeypatch.setattr(tracking_writer, "MAX_BACKOFF_SECONDS", 1.0)
     monkeypatch.setattr(tracking, "CLOSE_TIMEOUT_SECONDS", float(START_SECONDS))
 
     def outage(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

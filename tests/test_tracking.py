@@ -33,7 +33,8 @@ from adamtune.errors import TrackingError
 from adamtune.report import summarize
 from adamtune.search import run_search
 from adamtune.study import RUN_ID_ATTR, trial_state
-from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, Tracker, Writer, _Op, is_retryable, study_progress
+from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, Tracker, study_progress
+from adamtune.tracking_writer import Writer, _Op, describe_error, is_retryable
 from adamtune.worker import WorkerOptions
 
 CONNECTION_REFUSED = (
@@ -184,8 +185,8 @@ def test_which_errors_are_retried(error: Exception, retry: bool) -> None:
 
 
 def test_describe_error_shortens_connection_errors() -> None:
-    assert tracking.describe_error(MlflowException(CONNECTION_REFUSED)) == "connection refused"
-    assert tracking.describe_error(ValueError("line one\nline two")) == "line one"
+    assert describe_error(MlflowException(CONNECTION_REFUSED)) == "connection refused"
+    assert describe_error(ValueError("line one\nline two")) == "line one"
 
 
 # -- the parent run's per-trial numbers -----------------------------------------------------------
