@@ -306,7 +306,7 @@ def search(
         for line in outcome_lines(outcome.summary, outcome.search_seconds, outcome.stage_seconds):
             click.echo(line, err=True)
     if tracking:
-        from adamtune.tracking import study_ui_url
+        from adamtune.tracking_ui import study_ui_url
 
         url = study_ui_url(tracking_uri, outcome.study_name)
         if url is not None:
@@ -468,7 +468,7 @@ def ui(tracking_uri: str | None, host: str, port: int, study_name: str | None) -
     """
     import os
 
-    from adamtune.tracking import ui_plan
+    from adamtune.tracking_ui import ui_plan
 
     plan = ui_plan(tracking_uri, host, port, study_name)
     if plan.argv is None:

@@ -1,4 +1,5 @@
-"""tracking.py: the writer's queue and retries, the parent/child run layout, and ``adamtune ui``.
+"""tracking.py, tracking_writer.py, tracking_ui.py: the writer's queue and retries, the parent/child run layout,
+and ``adamtune ui``.
 
 The writer tests drive :class:`Writer` with calls that fail on demand (real ``MlflowException``s, as
 MLflow raises them for a refused connection or a rejected value): what is tested is the queue, not
@@ -26,7 +27,7 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
 )
 
-from adamtune import tracking
+from adamtune import tracking_ui
 from adamtune.cli import cli
 from adamtune.config import build_spec
 from adamtune.errors import TrackingError
@@ -381,12 +382,12 @@ def test_ui_without_a_store_is_a_one_line_error(tmp_path: Path) -> None:
 def test_ui_plan_binds_localhost_and_warns_beyond(tmp_path: Path) -> None:
     store = tmp_path / "mlflow.db"
     store.touch()
-    plan = tracking.ui_plan(f"sqlite:///{store}", "127.0.0.1", 5001)
+    plan = tracking_ui.ui_plan(f"sqlite:///{store}", "127.0.0.1", 5001)
     assert plan.argv is not None and plan.argv[1:4] == ["-m", "mlflow", "ui"]
     assert plan.argv[4:] == ["--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1", "--port", "5001"]
     assert plan.warning is None and "http://127.0.0.1:5001" in plan.message
 
-    exposed = tracking.ui_plan(f"sqlite:///{store}", "0.0.0.0", 5001)
+    exposed = tracking_ui.ui_plan(f"sqlite:///{store}", "0.0.0.0", 5001)
     assert exposed.warning is not None and "no login" in exposed.warning
 
 

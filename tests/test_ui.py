@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adamtune import tracking
+from adamtune import tracking, tracking_ui
 from adamtune.cli import cli
 from adamtune.errors import TrackingError
 from tests.servers import MlflowServer
@@ -38,12 +38,12 @@ def test_ui_plan_opens_the_study_runs_view(tmp_path: Path) -> None:
     experiment_id = tracker.experiment_id
     tracker.close()
     runs = f"http://127.0.0.1:5001/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    plan = tracking.ui_plan(uri, "127.0.0.1", 5001)  # the store's only study
+    plan = tracking_ui.ui_plan(uri, "127.0.0.1", 5001)  # the store's only study
     assert f"at {runs} (study digits)" in plan.message
-    assert tracking.ui_plan(uri, "127.0.0.1", 5001, study="digits").message == plan.message
+    assert tracking_ui.ui_plan(uri, "127.0.0.1", 5001, study="digits").message == plan.message
     with pytest.raises(TrackingError, match=r"no MLflow experiment for study 'cifar10' .*\(studies there: digits\)"):
-        tracking.ui_plan(uri, study="cifar10")
-    served = tracking.ui_plan("http://127.0.0.1:5999", study=None)
+        tracking_ui.ui_plan(uri, study="cifar10")
+    served = tracking_ui.ui_plan("http://127.0.0.1:5999", study=None)
     assert served.argv is None and "http://127.0.0.1:5999" in served.message  # unreachable: the plain address
 
 
