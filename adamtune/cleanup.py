@@ -75,10 +75,12 @@ def cleanup_study(
     requeued = sum(t.state == TrialState.WAITING for t in trials) - waiting_before
     running = [t.number for t in trials if t.state == TrialState.RUNNING]
     if tracker is not None:
+        from adamtune.tracking_stale import close_orphan_runs, end_stale_trial
+
         try:
             for trial in failed:
-                tracker.end_stale_trial(trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=study)
-            tracker.close_orphan_runs(study)
+                end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=study)
+            close_orphan_runs(tracker, study)
         finally:
             tracker.close()
     return CleanupResult(study_name, sorted(t.number for t in failed), max(requeued, 0), running)

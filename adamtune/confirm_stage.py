@@ -332,6 +332,7 @@ def _finish_mlflow(run: Any, trial: optuna.Trial, state: str, metrics: dict[str,
 def _close_stale_runs(worker: Worker, confirm: optuna.Study) -> None:
     """Close the MLflow runs of confirmation runs this worker just failed as stale (by run id only)."""
     from adamtune.study import RetryStaleTrial
+    from adamtune.tracking_stale import end_stale_trial
 
     callback = confirm._storage.get_heartbeat_stale_trial_callback()
     if not isinstance(callback, RetryStaleTrial):
@@ -340,4 +341,4 @@ def _close_stale_runs(worker: Worker, confirm: optuna.Study) -> None:
     for trial in callback.drain():
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if tracker is not None and run_id:
-            tracker.end_stale_trial(-1, run_id)
+            end_stale_trial(tracker, -1, run_id)

@@ -82,7 +82,8 @@ from adamtune.tasks.loop import LoopTask
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from adamtune.tracking import Tracker, TrialRun
+    from adamtune.tracking import Tracker
+    from adamtune.tracking_trial import TrialRun
     from adamtune.train import Curves
 
 #: Trial attribute holding the traceback of a trial that failed with an exception.

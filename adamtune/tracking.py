@@ -26,13 +26,10 @@ Layout in MLflow
 
 Cost
 ----
-The training loop never waits on MLflow. Per-epoch metrics are buffered in memory and handed, with
-every other call, to one background writer thread per :class:`Tracker`. A trial costs three calls
-whatever its epochs: ``create_run`` (with its tags), one ``log_batch`` with its params, metrics, final
-metrics and end tags when it ends (a long trial also sends its buffer every ``flush_seconds``, so the
-UI shows live curves, params from the first), and ``set_terminated``. The parent run's progress
-metrics are coalesced: one call per ``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured
-cost: ``bench/tracking.py``.
+The training loop never waits on MLflow: every call goes to one background writer thread per
+:class:`Tracker` (``tracking_writer.py``). A trial costs three calls whatever its epochs (see
+``tracking_trial.py``). The parent run's progress metrics are coalesced: one call per
+``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured cost: ``bench/tracking.py``.
 
 Failure
 -------
@@ -41,11 +38,9 @@ A tracking store that is unreachable *during* a search never kills a trial: the 
 and once when it is back. :meth:`Tracker.close` waits up to a timeout for the queue to drain and then
 reports how many calls were dropped; the Optuna study stays the source of truth either way.
 
-The run id. ``create_run`` needs the store, so a trial that starts while the store is down gets its
-run only when the writer gets through. If that happens after the trial ended, the Optuna trial cannot
-get the ``mlflow.run_id`` attribute (Optuna forbids changing finished trials); the run still carries
-``adamtune.study`` and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
-``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
+A trial that starts while the store is down gets its run id late, or after the trial ended; its run is
+then found by its tags (``tracking_trial.py``). Runs that dead workers left RUNNING are closed by
+``tracking_stale.py``.
 
 A store that is unreachable when a search *starts* is an error (:class:`TrackingError`, before any
 trial runs): the experiment and the parent run are made synchronously.
@@ -76,6 +71,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
+from adamtune.tracking_stale import close_orphan_runs
+from adamtune.tracking_trial import BATCH_LIMIT, TrialRun
 from adamtune.tracking_writer import RunHandle, Writer, _first_line, _now_ms, _Op, describe_error, is_retryable
 
 if TYPE_CHECKING:
@@ -90,12 +87,6 @@ EXPERIMENT_PREFIX = "adamtune/"
 PARENT_RUN_ATTR = "mlflow.parent_run_id"
 #: MLflow's tag that nests a run under another in the UI.
 PARENT_TAG = "mlflow.parentRunId"
-#: MLflow's limits for one log_batch call: entries in all, params, tags.
-BATCH_LIMIT = 1000
-PARAM_LIMIT = 100
-TAG_LIMIT = 100
-#: MLflow run status for each adamtune trial outcome.
-RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 #: Outcomes counted on the parent run (``trials_<state>``).
 COUNTED_STATES = ("complete", "pruned", "diverged", "failed")
 #: MLflow HTTP client defaults for a Tracker on an http(s) URI (env var name -> value), see module doc.
@@ -108,8 +99,6 @@ HTTP_DEFAULTS = {
 }
 #: How long closing a tracker (end of a search or worker, or interpreter exit) waits for queued calls.
 CLOSE_TIMEOUT_SECONDS = 30.0
-#: How long a trial waits at its end for its run id while the store is healthy (seconds).
-RUN_ID_WAIT_SECONDS = 5.0
 #: The parent run's progress metrics are sent at most this often (seconds), and at the end.
 PROGRESS_SECONDS = 10.0
 #: Sampling interval of system metrics (seconds); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
@@ -133,110 +122,6 @@ def _param_text(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.6g}"
     return str(value)
-
-
-class TrialRun:
-    """The MLflow run of one trial. Create it with :meth:`Tracker.start_trial`; methods never raise."""
-
-    def __init__(
-        self, tracker: Tracker, handle: RunHandle, flush_seconds: float, params: list[Any] | None = None
-    ) -> None:
-        self.tracker = tracker
-        self.handle = handle
-        self.flush_seconds = flush_seconds
-        self._params: list[Any] = list(params or [])  # sent with the first batch
-        self._pending: list[Any] = []
-        self._last_flush = time.monotonic()
-        self._noted = False
-
-    @property
-    def run_id(self) -> str | None:
-        """The run's id once the writer has created it, else None (never blocks)."""
-        return self.handle.run_id
-
-    def take_new_run_id(self) -> str | None:
-        """The run id the first time it is known and asked for, else None (to store it exactly once)."""
-        if self._noted or self.handle.run_id is None:
-            return None
-        self._noted = True
-        return self.handle.run_id
-
-    def wait_for_run_id(self, timeout: float = RUN_ID_WAIT_SECONDS) -> str | None:
-        """The run id, waiting up to ``timeout`` seconds for it only while the store is reachable."""
-        deadline = time.monotonic() + timeout
-        while not self.handle.created.is_set() and self.tracker.writer.healthy and time.monotonic() < deadline:
-            self.handle.created.wait(0.05)
-        return self.handle.run_id
-
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Buffer one epoch's metrics (step = epoch); hand them to the writer if ``flush_seconds`` have passed.
-
-        Non-finite values are logged as they are (MLflow stores NaN/inf), so a diverged curve shows.
-        """
-        from mlflow.entities import Metric
-
-        stamp = _now_ms()
-        self._pending.extend(Metric(name, float(value), stamp, epoch) for name, value in metrics.items())
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
-
-    def flush(self, tags: list[Any] | None = None) -> None:
-        """Queue the buffered metrics, with the params not sent yet and ``tags``, in as few ``log_batch``
-        calls as MLflow allows (at most 1000 entries a call, 100 of them params and 100 tags)."""
-        self._last_flush = time.monotonic()
-        pending, self._pending = self._pending, []
-        params, self._params = self._params, []
-        extra_tags = list(tags or [])
-        while pending or params or extra_tags:
-            head_params, params = params[:PARAM_LIMIT], params[PARAM_LIMIT:]
-            head_tags, extra_tags = extra_tags[:TAG_LIMIT], extra_tags[TAG_LIMIT:]
-            room = BATCH_LIMIT - len(head_params) - len(head_tags)
-            chunk, pending = pending[:room], pending[room:]
-
-            def send(
-                client: Any,
-                run_id: str | None,
-                m: list[Any] = chunk,
-                p: list[Any] = head_params,
-                t: list[Any] = head_tags,
-            ) -> None:
-                client.log_batch(run_id, metrics=m, params=p, tags=t)
-
-            self.tracker.submit("log metrics", send, self.handle)
-
-    def finish(
-        self,
-        state: str,
-        final_metrics: Mapping[str, float | None],
-        tags: Mapping[str, Any],
-        *,
-        study: optuna.Study | None = None,
-        trial_number: int | None = None,
-        value: float | None = None,
-    ) -> None:
-        """Queue the last metrics, ``final_*`` metrics, tags, and the run's end with the status of ``state``.
-
-        With ``study`` and ``trial_number``, the study's parent run also gets its per-trial metrics
-        (best so far, counts), computed by the writer from the study with this trial taken as ``state``.
-        """
-        from mlflow.entities import Metric, RunTag
-
-        stamp = _now_ms()
-        self._pending.extend(
-            Metric(f"final_{name}", float(v), stamp, 0) for name, v in final_metrics.items() if v is not None
-        )
-        if value is not None:
-            self._pending.append(Metric("objective_value", float(value), stamp, 0))
-        self.flush(tags=[RunTag(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()])
-        status = RUN_STATUS.get(state, "KILLED")
-
-        def end(client: Any, run_id: str | None) -> None:
-            self.tracker.stop_system_metrics(self.handle)
-            client.set_terminated(run_id, status=status, end_time=stamp)
-
-        self.tracker.submit("end run", end, self.handle)
-        if study is not None and trial_number is not None:
-            self.tracker.record_trial(study, trial_number, state, value)
 
 
 @dataclass(frozen=True)
@@ -486,7 +371,7 @@ class Tracker:
         if parent is None:
             return
         self.flush_progress()
-        self.close_orphan_runs(study)
+        close_orphan_runs(self, study)
         if artifacts:
             self._queue_artifacts(study, parent)
         self.submit("end the study's parent run", lambda c, _: c.set_terminated(parent, status=status))
@@ -575,69 +460,6 @@ class Tracker:
                 if metrics:
                     monitor.publish_metrics(metrics)
                     monitor.mlflow_logger.flush()
-
-    def end_stale_trial(
-        self, trial_number: int, run_id: str | None = None, *, study: optuna.Study | None = None
-    ) -> None:
-        """Queue the end of the run of a trial whose worker died (failed as stale by another worker).
-
-        The run (``run_id``, or else every RUNNING run of the trial found by its ``adamtune.trial_number``
-        tag) is closed FAILED with tags ``adamtune.state=failed`` and ``adamtune.stale=true``; with
-        ``study``, the parent run's counts are updated too.
-        """
-        from mlflow.entities import RunTag
-
-        experiment_id = self.experiment_id
-        tags = [RunTag("adamtune.state", "failed"), RunTag("adamtune.stale", "true")]
-
-        def end(client: Any, _: str | None) -> None:
-            ids = [run_id] if run_id else [r.info.run_id for r in self.runs_of_trial(trial_number, client=client)]
-            for found in ids:
-                run = client.get_run(found)
-                if run.info.experiment_id != experiment_id or run.info.status != "RUNNING":
-                    continue
-                client.log_batch(found, tags=tags)
-                client.set_terminated(found, status="FAILED")
-
-        self.submit(f"close the run of stale trial {trial_number}", end)
-        if study is not None:
-            self.record_trial(study, trial_number, "failed", None)
-
-    def close_orphan_runs(self, study: optuna.Study) -> None:
-        """Queue closing the RUNNING runs of trials that the study already holds as finished.
-
-        A worker killed after telling a trial but before its writer sent the run's end leaves that run
-        RUNNING with nobody to close it (the stale-trial check only sees RUNNING *trials*). Each such run
-        of this study (tag ``adamtune.study``) is closed with the status of its trial's final state and
-        tagged ``adamtune.orphan=true``; runs of trials still RUNNING are left alone.
-        """
-        from mlflow.entities import RunTag
-
-        from adamtune.study import trial_state
-
-        finished = {t.number: trial_state(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        experiment_id, study_name = self.experiment_id, self.study_name
-
-        def close(client: Any, _: str | None) -> None:
-            query = f"attributes.status = 'RUNNING' and tags.`adamtune.study` = '{study_name}'"
-            for run in client.search_runs([experiment_id], filter_string=query):
-                number = run.data.tags.get("adamtune.trial_number", "")
-                if not number.isdigit() or int(number) not in finished:
-                    continue
-                state = finished[int(number)]
-                tags = [RunTag("adamtune.state", state), RunTag("adamtune.orphan", "true")]
-                client.log_batch(run.info.run_id, tags=tags)
-                client.set_terminated(run.info.run_id, status=RUN_STATUS.get(state, "FAILED"))
-
-        self.submit("close the runs of finished trials", close)
-
-    def runs_of_trial(self, trial_number: int, *, client: Any = None) -> list[Any]:
-        """The MLflow runs of trial ``trial_number`` in this study's experiment, found by tag (synchronous)."""
-        client = client or self.client
-        found = client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`adamtune.trial_number` = '{int(trial_number)}'"
-        )
-        return list(found)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -334,10 +334,12 @@ class Worker:
         callback = self.study._storage.get_heartbeat_stale_trial_callback()
         if not isinstance(callback, RetryStaleTrial):
             return
+        from adamtune.tracking_stale import end_stale_trial
+
         tracker = self.objective.tracker
         for trial in callback.drain():
             if tracker is not None:
-                tracker.end_stale_trial(trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
+                end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
 
 
 def open_tracker(study_name: str, options: WorkerOptions) -> Tracker | None:

@@ -44,7 +44,8 @@ from adamtune.objective import Objective
 from adamtune.space import AdamParams
 from adamtune.study import create_or_resume, open_storage
 from adamtune.tasks import resolve_task
-from adamtune.tracking import Tracker, TrialRun
+from adamtune.tracking import Tracker
+from adamtune.tracking_trial import TrialRun
 from adamtune.tracking_writer import Writer, _Op
 
 #: Adam settings inside digits' search space, from tame to aggressive.

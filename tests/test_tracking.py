@@ -1,5 +1,4 @@
-"""tracking.py, tracking_writer.py, tracking_ui.py: the writer's queue and retries, the parent/child run layout,
-and ``adamtune ui``.
+"""tracking*.py: the writer's queue and retries, the parent/child run layout, stale runs, and ``adamtune ui``.
 
 The writer tests drive :class:`Writer` with calls that fail on demand (real ``MlflowException``s, as
 MLflow raises them for a refused connection or a rejected value): what is tested is the queue, not
@@ -35,6 +34,7 @@ from adamtune.report import summarize
 from adamtune.search import run_search
 from adamtune.study import RUN_ID_ATTR, trial_state
 from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, Tracker, study_progress
+from adamtune.tracking_stale import end_stale_trial, runs_of_trial
 from adamtune.tracking_writer import Writer, _Op, describe_error, is_retryable
 from adamtune.worker import WorkerOptions
 
@@ -334,9 +334,9 @@ def test_a_stale_trial_run_is_found_by_its_tags_and_closed(local: dict[str, Any]
     run = tracker.start_trial("trial-7", {"lr": 0.1}, {"adamtune.trial_number": 7})
     run_id = run.wait_for_run_id()
     assert run_id is not None
-    assert [r.info.run_id for r in tracker.runs_of_trial(7)] == [run_id]
+    assert [r.info.run_id for r in runs_of_trial(tracker, 7)] == [run_id]
 
-    tracker.end_stale_trial(7)  # as a worker does for a trial whose worker died before storing the run id
+    end_stale_trial(tracker, 7)  # as a worker does for a trial whose worker died before storing the run id
     assert tracker.close() == 0
 
     closed = tracker.client.get_run(run_id)
