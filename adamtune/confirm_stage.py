@@ -70,8 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAIT_FIRST_POLL_SECONDS = 0.25
-
 
 @dataclass(frozen=True)
 class ConfirmRun:
@@ -123,11 +121,12 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
         KeyboardInterrupt: SIGTERM/Ctrl-C, after the running confirmation run was recorded as failed.
     """
     from adamtune.confirm_read import study_settings
+    from adamtune.worker import WaitPauses
 
     if not study_settings(worker.study).enabled:
         return True
     confirm = with_db_retry(lambda: open_confirm_study(worker.study), "opening the confirmation study")
-    poll, longest = WAIT_FIRST_POLL_SECONDS, float(worker.study._storage.get_heartbeat_interval() or 5)
+    pauses = WaitPauses(float(worker.study._storage.get_heartbeat_interval() or 5))
     announced = False
     while True:
         interrupts.raise_pending()
@@ -137,10 +136,9 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
             return step.kind == "done"
         if step.kind == "wait":
             interrupts.raise_pending()
-            time.sleep(poll)
-            poll = min(longest, poll * 1.5)
+            time.sleep(pauses.next())
             continue
-        poll = WAIT_FIRST_POLL_SECONDS
+        pauses.reset()
         if not announced and step.state is not None:
             announced = True
             log.info(

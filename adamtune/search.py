@@ -97,7 +97,7 @@ def run_search(
 
     started = time.monotonic()
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
-        start_fork_server()
+        start_fork_server(tracking=options.tracking)
     task = resolve_task(spec.task)
     spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad objective
     device_list = resolve_devices(devices if devices is not None else options.device, workers)

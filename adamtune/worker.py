@@ -80,10 +80,32 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 3
 
 #: Pauses between two looks at the study while waiting for other workers' last trials: the first, and the
-#: longest (the pause grows by half while nothing changes, so that many idle workers load the database little).
+#: longest. The first pause is kept for ``WAIT_FAST_SECONDS`` of waiting (a worker waiting for the last
+#: short trial of another exits within a quarter second of it), then grows by half while nothing changes,
+#: so that many idle workers of long trials load the database little.
 WAIT_FIRST_POLL_SECONDS = 0.25
-
+WAIT_FAST_SECONDS = 10.0
 WAIT_POLL_SECONDS = 5.0
+
+
+class WaitPauses:
+    """The pauses of one wait: ``WAIT_FIRST_POLL_SECONDS`` for ``WAIT_FAST_SECONDS``, then growing to ``longest``."""
+
+    def __init__(self, longest: float) -> None:
+        self.longest = longest
+        self.reset()
+
+    def reset(self) -> None:
+        """Something changed (or the wait ended): start again from the short pauses."""
+        self._since = time.monotonic()
+        self._pause = WAIT_FIRST_POLL_SECONDS
+
+    def next(self) -> float:
+        """The next pause, in seconds."""
+        if time.monotonic() - self._since >= WAIT_FAST_SECONDS:
+            self._pause = min(self.longest, self._pause * 1.5)
+        return self._pause
+
 
 #: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
 INTERRUPTED_EXIT = 130
@@ -176,7 +198,7 @@ class Worker:
         ran, consecutive_failures = 0, 0
         waiting_since: int | None = None
         longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
-        poll = WAIT_FIRST_POLL_SECONDS
+        pauses = WaitPauses(longest)
         with Interrupts(signals) as interrupts:
             while True:
                 interrupts.raise_pending()
@@ -193,9 +215,9 @@ class Worker:
                         return ran
                     continue
                 if admission.trial is None:
-                    poll = min(longest, poll * 1.5)
                     if waiting_since != admission.counts.finished:
-                        waiting_since, poll = admission.counts.finished, WAIT_FIRST_POLL_SECONDS
+                        waiting_since = admission.counts.finished
+                        pauses.reset()
                         log.info(
                             "%d of %d trials finished; waiting for %d running trial(s) of other workers",
                             admission.counts.finished,
@@ -203,9 +225,10 @@ class Worker:
                             admission.counts.running,
                         )
                     interrupts.raise_pending()
-                    time.sleep(poll)
+                    time.sleep(pauses.next())
                     continue
-                waiting_since, poll = None, WAIT_FIRST_POLL_SECONDS
+                waiting_since = None
+                pauses.reset()
                 for trial, error in self._run_admitted(admission, interrupts):
                     ran += 1
                     if on_trial is not None:
