@@ -455,11 +455,11 @@ class Objective:
 
 
 def _note_run_id(writer: TrialWriter, run: TrialRun) -> None:
-    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs),
-    with the trial's next write."""
+    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs)."""
     run_id = run.take_new_run_id()
-    if run_id is not None:
+    if run_id is not None:  # written at once: the stale-trial check closes a dead worker's run by this id
         writer.set_attrs({RUN_ID_ATTR: run_id})
+        writer.flush()
 
 
 def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
