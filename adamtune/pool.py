@@ -122,7 +122,7 @@ class PoolResult:
 PRELOAD = ["torch", "torch._dynamo", "optuna", "mlflow", "adamtune.pool", "adamtune.objective", "adamtune.tracking"]
 
 
-def worker_context() -> Any:
+def worker_context(preload: list[str] | None = None) -> Any:
     """The multiprocessing context of worker processes: a fork server with :data:`PRELOAD` imported.
 
     A fork server is a fresh interpreter (nothing of this process's threads or open databases), so it is
@@ -133,7 +133,7 @@ def worker_context() -> Any:
     if sys.platform != "linux":
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload(PRELOAD if preload is None else preload)
     return context
 
 
@@ -143,9 +143,9 @@ def start_fork_server(*, tracking: bool = True) -> None:
     Without tracking, MLflow is left out of the preload (its import is a second of CPU nobody needs).
     """
     if sys.platform == "linux":
-        context = worker_context()
-        if not tracking:
-            context.set_forkserver_preload([name for name in PRELOAD if name not in ("mlflow", "adamtune.tracking")])
+        worker_context(
+            PRELOAD if tracking else [name for name in PRELOAD if name not in ("mlflow", "adamtune.tracking")]
+        )
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
