@@ -146,7 +146,9 @@ def test_a_killed_worker_s_trial_is_failed_retried_and_its_run_closed(workdir: P
     # Absolute URIs: MLflow caches its store per URI in this process, so a relative one would be reused
     # across tests (and their directories).
     storage, tracking = f"sqlite:///{workdir}/adamtune.db", f"sqlite:///{workdir}/mlflow.db"
-    create_study(storage, n_trials=4, epochs=6)
+    # 60 epochs (~1.5 s a trial here): a 6-epoch trial lasts ~0.15 s, and under load the poll below could miss
+    # every trial's window between its run id being stored and its end.
+    create_study(storage, n_trials=4, epochs=60)
     common = ("--study", "synthetic", "--storage", storage, "--tracking-uri", tracking, "--device", "cpu")
 
     def victims_running_trials() -> list:  # type: ignore[type-arg]
