@@ -118,8 +118,23 @@ class PoolResult:
 
 #: Imported once by the fork server, before any worker: each worker process is a fork of it and starts
 #: with these loaded instead of importing them again (about 4-8 s of CPU per worker on a laptop core).
-#: ``torch._dynamo`` is what the first ``torch.optim`` step imports.
-PRELOAD = ["torch", "torch._dynamo", "optuna", "mlflow", "adamtune.pool", "adamtune.objective", "adamtune.tracking"]
+#: ``torch._dynamo`` is what the first ``torch.optim`` step imports; SQLAlchemy, alembic and Optuna's
+#: table models are what opening the study database imports (Optuna imports them lazily).
+PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "optuna",
+    "sqlalchemy.orm",
+    "alembic.command",
+    "alembic.config",
+    "alembic.migration",
+    "alembic.script",
+    "optuna.storages._rdb.models",
+    "mlflow",
+    "adamtune.pool",
+    "adamtune.objective",
+    "adamtune.tracking",
+]
 
 
 def worker_context(preload: list[str] | None = None) -> Any:

@@ -35,6 +35,7 @@ from adamtune.confirm import (
     confirm_study_name,
     paired_gain,
     plan_stage,
+    t_quantile,
 )
 from adamtune.errors import ConfigError
 from adamtune.report import summarize
@@ -53,6 +54,18 @@ from adamtune.study import (
 from adamtune.tracking import experiment_name
 
 SEEDS = confirm_seeds([], 5)
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99])
+def test_the_t_critical_value_is_scipy_s(confidence: float) -> None:
+    """The pure-Python Student-t quantile matches scipy's for every df a confirmation can meet (and far more)."""
+    from scipy import stats
+
+    for df in [*range(1, 60), 100, 250, 1000]:
+        expected = float(stats.t.ppf(0.5 + confidence / 2, df))
+        assert t_quantile(df, confidence) == pytest.approx(expected, rel=1e-10), df
+    with pytest.raises(ValueError, match="df >= 1"):
+        t_quantile(0)
 CONFIRMATION_KEYS = {
     "status",
     "enabled",
