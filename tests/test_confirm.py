@@ -66,6 +66,8 @@ def test_the_t_critical_value_is_scipy_s(confidence: float) -> None:
         assert t_quantile(df, confidence) == pytest.approx(expected, rel=1e-10), df
     with pytest.raises(ValueError, match="df >= 1"):
         t_quantile(0)
+
+
 CONFIRMATION_KEYS = {
     "status",
     "enabled",
