@@ -10,7 +10,10 @@ Nothing else about the exit changes: every ``atexit`` handler still runs (the ho
 since it is registered first, before any library is imported), buffered files are flushed and closed,
 module globals are cleared and objects are freed by reference counting as usual. Only objects kept
 alive solely by reference cycles are not collected any more at exit, which CPython never promised to
-do anyway (the OS reclaims the memory). Used by the console entry point only, never by the library.
+do anyway (the OS reclaims the memory). Used by the console entry point (``cli.main``) and by the
+workers' fork server (first in ``pool.PRELOAD``: importing this module registers the hook), whose exit
+would otherwise keep a search's output pipe open for another second after the command ended; never by
+the library.
 """
 
 from __future__ import annotations
@@ -27,3 +30,6 @@ def freeze_at_exit() -> None:
     if not _registered:
         _registered = True
         atexit.register(gc.freeze)
+
+
+freeze_at_exit()  # on import: the fork server only imports its preload list

@@ -119,8 +119,11 @@ class PoolResult:
 #: Imported once by the fork server, before any worker: each worker process is a fork of it and starts
 #: with these loaded instead of importing them again (about 4-8 s of CPU per worker on a laptop core).
 #: ``torch._dynamo`` is what the first ``torch.optim`` step imports; SQLAlchemy, alembic and Optuna's
-#: table models are what opening the study database imports (Optuna imports them lazily).
+#: table models are what opening the study database imports (Optuna imports them lazily). The fork
+#: server's own exit (after the search) skips the collector's last passes (``fastexit.py``, first so
+#: that its hook runs last).
 PRELOAD = [
+    "adamtune.fastexit",
     "torch",
     "torch._dynamo",
     "optuna",

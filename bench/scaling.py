@@ -5,6 +5,7 @@ Usage::
     python bench/scaling.py                      # both parts, about 2-3 minutes on 2 cores
     python bench/scaling.py --trials 20 --epochs 5
     python bench/scaling.py --skip-throughput    # storage part only
+    python bench/scaling.py --skip-storage       # throughput part only
 
 Part 1 runs ``adamtune search --task digits --pruner none --no-tracking`` as a user would, with
 ``--workers 1`` (in-process) and ``--workers 2 --devices cpu`` (two processes forked from the preloaded
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--storage-epochs", type=int, default=20, help="epochs per storage-cost trial")
     parser.add_argument("--growth-trials", type=int, default=500, help="trials of the growth run (0: skip it)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-storage", action="store_true", help="part 1 only")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,6 +254,8 @@ def main() -> None:
             )
             met = statistics.median(steady) >= 1.85, statistics.median(wall) >= 1.6
             print(f"steady {'MET' if met[0] else 'NOT MET'}, wall {'MET' if met[1] else 'NOT MET'}")
+        if args.skip_storage:
+            return
 
         print(
             f"\n2. study-database time per trial: {args.storage_trials} synthetic trials of {args.storage_epochs} "
