@@ -137,7 +137,7 @@ def measure_round(n_trials: int, seed: int, threads: int, data) -> Round:  # typ
     """One search of ``n_trials`` then the bare loop on all its trainings."""
     workdir = Path(tempfile.mkdtemp(prefix="adamtune-bench-"))
     try:
-        command = [shutil.which("adamtune") or "adamtune", "search", "--task", "digits"]
+        command = [sys.executable, "-m", "adamtune", "search", "--task", "digits"]  # the venv need not be active
         command += ["--n-trials", str(n_trials), "--seed", str(seed)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         launched = dt.datetime.now()
