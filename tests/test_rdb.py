@@ -2,25 +2,79 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from adamtune.rdb import StudyStorage
 from adamtune.study import open_storage
+
+
+def _varied_study(storage: StudyStorage) -> optuna.Study:
+    """Trials in every state, with float/int/categorical settings, attributes, non-finite values and curves."""
+    study = optuna.create_study(storage=storage, study_name="varied")
+    ends = [1.0, math.inf, TrialState.PRUNED, TrialState.FAIL, -math.inf, None, 0.25]
+    for number, end in enumerate(ends):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        trial.suggest_int("width", 1, 9)
+        trial.suggest_categorical("kind", ["a", "b", None])
+        trial.set_user_attr("nested", {"k": [number, 2.5], "text": "é"})
+        storage.set_trial_system_attr(trial._trial_id, "rung", number)
+        for step, value in enumerate([0.5, math.inf, -math.inf, math.nan][number % 4 :]):
+            trial.report(value, step)
+        if isinstance(end, TrialState):
+            study.tell(trial, state=end)
+        elif end is not None:
+            study.tell(trial, end)
+    study.enqueue_trial({"lr": 0.01})  # a WAITING trial with system attributes and no params
+    return study
+
+
+def _same(ours: list[FrozenTrial], optunas: list[FrozenTrial]) -> bool:
+    def fields(trial: FrozenTrial) -> str:
+        return repr(sorted((name, repr(value)) for name, value in vars(trial).items()))
+
+    return len(ours) == len(optunas) and all(fields(a) == fields(b) for a, b in zip(ours, optunas, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_trials_read_in_one_union_are_optuna_s(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Every way Optuna reads trials answers exactly what Optuna's own RDBStorage answers, on both databases."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = open_storage(url)
+    study = _varied_study(storage)
+    plain = optuna.storages.RDBStorage(url)
+    study_id = storage.get_study_id_from_name("varied")
+    everything = optuna.storages.RDBStorage._get_trials(plain, study_id, None, set(), -1)
+    assert len(everything) == 8 and {t.state for t in everything} == set(TrialState)
+    for states in (None, [TrialState.COMPLETE], [TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING]):
+        for included, greater in ((set(), -1), ({2, 3}, 4), (set(), 5), ({1}, -1)):
+            expected = optuna.storages.RDBStorage._get_trials(plain, study_id, states, included, greater)
+            assert _same(storage._read_trials(study_id, states, included, greater), expected), (states, included)
+    assert _same([storage.get_trial(t._trial_id) for t in everything], everything)
+    assert _same(study.get_trials(), everything)  # through Optuna's cached storage and this one's _get_trials
+    with pytest.raises(KeyError):
+        storage.get_trial(10_000)
+    with pytest.raises(KeyError):
+        storage._read_trials(10_000, None, set(), -1)
 
 
 def test_shared_reads_answer_once_until_a_write(tmp_path, monkeypatch):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(storage=storage)
     study.enqueue_trial({"x": 1.0})
-    parent = optuna.storages.RDBStorage._get_trials
+    parent = StudyStorage._read_trials
     reads = [0]
 
     def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         reads[0] += 1
         return parent(self, *args, **kwargs)
 
-    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_trials", counted)  # counts, then runs the real read
+    monkeypatch.setattr(StudyStorage, "_read_trials", counted)  # counts, then runs the real read
     with storage.shared_reads():
         first = study.get_trials(deepcopy=False)
         again = study.get_trials(deepcopy=False)
