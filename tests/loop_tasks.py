@@ -15,6 +15,7 @@ _COUNTER = itertools.count()
 
 TEMPLATE = """
 import math
+import time
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import adamtune
 
-BEHAVIOUR = {behaviour!r}   # trial number -> "raise" | "nan" | "blowup"
+BEHAVIOUR = {behaviour!r}   # trial number -> "raise" | "nan" | "blowup" | "slow" (0.5 s more per epoch)
 
 
 def data(data_dir):
@@ -55,6 +56,8 @@ def fit(trial: adamtune.TrialContext) -> None:
     train = DataLoader(trial.data["train"], batch_size=trial.batch_size, shuffle=True)
     held_out = DataLoader(trial.data[trial.split], batch_size=64)
     for epoch in trial.epochs():
+        if behaviour == "slow":
+            time.sleep(0.5)
         model.train()
         total = 0.0
         for x, y in train:

@@ -132,11 +132,13 @@ def test_another_reported_metric_can_be_the_objective(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_a_dataloader_task_runs_with_two_workers(workdir: Path) -> None:
-    task = write_task(workdir, epochs=2)
-    result = invoke("search", "--task", task, "--study", "two", "--n-trials", "4", "--workers", "2", "--devices", "cpu")
+    # Trials of ~1 s each: with 10-ms trials the first worker could finish them all before the second joins.
+    task = write_task(workdir, behaviour={number: "slow" for number in range(6)}, epochs=2)
+    args = ("--study", "two", "--n-trials", "6", "--workers", "2", "--devices", "cpu", "--no-confirm")
+    result = invoke("search", "--task", task, *args)
     assert result.exit_code == 0, result.output
     study = load("two")
-    assert count_trials(study.trials).finished == 4
+    assert count_trials(study.trials).finished == 6
     workers = {t.user_attrs["adamtune.worker"] for t in study.trials}
     assert len(workers) == 2 and count_trials(study.trials).failed == 0
 
