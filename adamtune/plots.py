@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 
 #: Names of the plots :func:`write_all` makes, in order; each is also the stem of its two files.
 PLOT_NAMES = ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves")
-#: Seed of the fANOVA importance evaluator, so that the same study gives the same importances.
-IMPORTANCE_SEED = 0
 #: How ``include_plotlyjs`` is set in plotly's ``write_html``: True embeds plotly.js, "cdn" links it.
 PlotlyJs = bool | str
 
@@ -148,32 +146,52 @@ def optimization_history(study: optuna.Study, out_dir: Path, *, plotlyjs: Plotly
 
 
 def importance(study: optuna.Study, out_dir: Path, *, plotlyjs: PlotlyJs = True) -> list[Path]:
-    """The fANOVA importance of each sampled parameter for the objective (seeded: reproducible).
+    """The PED-ANOVA importance of each sampled parameter: the numbers ``adamtune summary`` reports.
+
+    Same evaluator and settings as :func:`adamtune.report.param_importance` (Optuna's default
+    evaluator), evaluated once for both files.
 
     Raises:
-        PlotUnavailable: fewer than two complete trials, or no sampled parameter.
+        PlotUnavailable: fewer complete trials than the summary needs for importance
+            (:data:`~adamtune.report.MIN_IMPORTANCE_TRIALS`), or no sampled parameter.
     """
-    import optuna
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
+    from adamtune.report import MIN_IMPORTANCE_TRIALS, importance_evaluator
+
     complete = _complete(study)
-    if len(complete) < 2:
-        raise PlotUnavailable(f"needs at least 2 complete trials, the study has {len(complete)}")
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        raise PlotUnavailable(f"needs at least {MIN_IMPORTANCE_TRIALS} complete trials, the study has {len(complete)}")
     if not any(t.params for t in complete):
         raise PlotUnavailable("no parameter is sampled in this study")
     target = _objective_name(study)
-
-    def evaluator() -> optuna.importance.BaseImportanceEvaluator:
-        return optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
+    evaluator = _evaluated_once(importance_evaluator(len(complete)))
 
     return optuna_pair(
         "param_importances",
         out_dir,
-        lambda: vis.plot_param_importances(study, evaluator=evaluator(), target_name=target),
-        lambda: vis_mpl.plot_param_importances(study, evaluator=evaluator(), target_name=target),
+        lambda: vis.plot_param_importances(study, evaluator=evaluator, target_name=target),
+        lambda: vis_mpl.plot_param_importances(study, evaluator=evaluator, target_name=target),
         plotlyjs,
     )
+
+
+def _evaluated_once(inner: Any) -> Any:
+    """An importance evaluator (Optuna requires a ``BaseImportanceEvaluator``) that evaluates once and
+    answers later calls with the first result: the plotly and matplotlib plots show the same numbers for
+    the price of one evaluation."""
+    from optuna.importance import BaseImportanceEvaluator
+
+    class EvaluatedOnce(BaseImportanceEvaluator):
+        result: dict[str, float] | None = None
+
+        def evaluate(self, study: optuna.Study, params: Any = None, *, target: Any = None) -> dict[str, float]:
+            if self.result is None:
+                self.result = inner.evaluate(study, params=params, target=target)
+            return dict(self.result)
+
+    return EvaluatedOnce()
 
 
 def parallel_coordinates(study: optuna.Study, out_dir: Path, *, plotlyjs: PlotlyJs = True) -> list[Path]:

@@ -193,8 +193,7 @@ def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[di
     names = sorted({name for t in complete for name in t.params})
     if not names:
         return None, "no setting is sampled in this study"
-    quantile = max(TOP_FRACTION, MIN_TOP_TRIALS / len(complete))
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile)
+    evaluator = importance_evaluator(len(complete))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -202,6 +201,12 @@ def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[di
     except Exception as exc:  # the evaluator rejects an unusual study: say why, keep the summary
         return None, f"importance could not be computed: {type(exc).__name__}: {exc}"
     return {_setting_name(name): float(value) for name, value in raw.items()}, None
+
+
+def importance_evaluator(complete: int) -> optuna.importance.BaseImportanceEvaluator:
+    """The evaluator of :func:`param_importance` (and of the ``param_importances`` plot) for a study of
+    ``complete`` complete trials: PED-ANOVA with ``target_quantile = max(0.1, 3 / complete)``."""
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=max(TOP_FRACTION, MIN_TOP_TRIALS / complete))
 
 
 def _setting_name(optuna_name: str) -> str:

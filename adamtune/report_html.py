@@ -43,7 +43,7 @@ BETA1, BETA2 = "one_minus_beta1", "one_minus_beta2"
 #: The report's plots, in page order, with their captions.
 REPORT_PLOTS = {
     "optimization_history": "Objective of every complete trial, with the best so far.",
-    "param_importances": "Importance of each setting for the objective (fANOVA, from adamtune.plots).",
+    "param_importances": "Importance of each setting for the objective (PED-ANOVA, as in the summary).",
     "contour_lr_beta1": "Objective over learning rate × (1 − β1), both on log scales.",
     "contour_lr_beta2": "Objective over learning rate × (1 − β2), both on log scales.",
     "slice": "Objective against each sampled setting, one panel per setting.",

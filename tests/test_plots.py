@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from adamtune import plots
+from adamtune import plots, report
+from adamtune.report import MIN_IMPORTANCE_TRIALS
 from adamtune.study import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, STATE_ATTR
 
 DISTRIBUTIONS = {
@@ -110,10 +111,37 @@ def test_an_empty_study_skips_every_plot_and_writes_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-def test_importance_needs_two_complete_trials(tmp_path: Path) -> None:
+def test_the_importance_plot_evaluates_once_with_the_summary_s_evaluator(tmp_path: Path, monkeypatch) -> None:
+    """Both files of the importance plot come from one evaluation by the evaluator the summary uses."""
+    study = _study(tmp_path)
+    for number in range(MIN_IMPORTANCE_TRIALS + 2):
+        _add(study, 0.1 + 0.05 * number, 10 ** (-4 + number / 3))
+    made, evaluations = [], []
+    chosen = report.importance_evaluator
+
+    def counted(complete: int):  # type: ignore[no-untyped-def]
+        evaluator = chosen(complete)
+        made.append(type(evaluator).__name__)
+        real = evaluator.evaluate
+
+        def evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
+            evaluations.append(1)
+            return real(*args, **kwargs)
+
+        evaluator.evaluate = evaluate
+        return evaluator
+
+    monkeypatch.setattr(report, "importance_evaluator", counted)
+    html, png = plots.importance(study, tmp_path, plotlyjs="cdn")
+
+    assert html.stat().st_size > 0 and png.stat().st_size > 0
+    assert made == ["PedAnovaImportanceEvaluator"] and len(evaluations) == 1
+
+
+def test_importance_needs_as_many_complete_trials_as_the_summary(tmp_path: Path) -> None:
     study = _study(tmp_path)
     _add(study, 0.5, 1e-3)
 
-    with pytest.raises(plots.PlotUnavailable, match="at least 2 complete trials"):
+    with pytest.raises(plots.PlotUnavailable, match=f"at least {MIN_IMPORTANCE_TRIALS} complete trials"):
         plots.importance(study, tmp_path)
     assert plots.optimization_history(study, tmp_path, plotlyjs="cdn")[0].exists()
