@@ -329,20 +329,39 @@ class Worker:
                 if not is_transient_db_error(exc):
                     log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
             with interrupts.critical():
-                frozen = self._tell(trial, state, value)
-                if error is not None and is_transient_db_error(error) and frozen.state == TrialState.FAIL:
+                if error is not None and is_transient_db_error(error):
                     # The database went away under the trial (a restart, a network cut): that says nothing
                     # about its settings, so it runs again rather than counting as a failure.
-                    requeued = with_db_retry(
-                        lambda: requeue_trial(self.study, frozen), f"re-queueing trial {trial.number}"
+                    frozen, requeued = with_db_retry(
+                        lambda: self._fail_and_requeue(trial), f"recording and re-queueing trial {trial.number}"
                     )
                     again = "; queued to run again with the same settings" if requeued else ""
                     log.warning("trial %d: the study database went away during the trial%s", trial.number, again)
+                else:
+                    frozen = self._tell(trial, state, value)
         if state == TrialState.COMPLETE and value is not None and not math.isfinite(value):
             log.warning("trial %d: the objective returned %s; recorded as failed", trial.number, value)
         elif state != TrialState.FAIL and frozen.state == TrialState.FAIL:
             log.warning("trial %d was failed as stale by another worker while it ran; its result is lost", trial.number)
         return frozen, error
+
+    def _fail_and_requeue(self, trial: optuna.Trial) -> tuple[FrozenTrial, bool]:
+        """Tell ``trial`` FAIL and queue its retry as one step under the admission lock (safe to repeat).
+
+        Under the lock, other workers' admissions see the trial RUNNING, or FAIL with its retry WAITING
+        (which their ``ask`` then picks up); never FAIL alone, which would let one of them start a new trial
+        in its place and leave the retry WAITING past the study's target. Repeating it after a database
+        error neither tells twice nor queues a second retry. Returns the told trial and whether a retry
+        is queued; a trial another worker already finished (failed as stale) is not retried here.
+        """
+        with admission_lock(self.study._storage, self.study.study_name):
+            frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if frozen.state != TrialState.FAIL:
+                return frozen, False
+            queued = any(
+                t.system_attrs.get("failed_trial") == frozen.number for t in self.study.get_trials(deepcopy=False)
+            )
+            return frozen, queued or requeue_trial(self.study, frozen)
 
     def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None) -> FrozenTrial:
         def tell() -> FrozenTrial:

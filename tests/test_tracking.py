@@ -303,8 +303,12 @@ def test_parent_run_holds_config_progress_and_artifacts(local: dict[str, Any]) -
     assert max(m.value for m in complete) == 4
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    for name in ("optimization_history", "param_importances", "parallel_coordinates", "learning_curves"):
+    for name in ("optimization_history", "parallel_coordinates", "learning_curves"):
         assert {f"plots/{name}.html", f"plots/{name}.png"} <= artifacts
+    # 4 trials are fewer than the summary's importance needs: the plot is skipped, and says why
+    assert "plots/param_importances.html" not in artifacts and "plots/skipped.txt" in artifacts
+    skipped = Path(client.download_artifacts(parent.info.run_id, "plots/skipped.txt", str(local["root"])))
+    assert skipped.read_text().startswith("param_importances: needs at least 6 complete trials")
     path = client.download_artifacts(parent.info.run_id, "recommendation.json", str(local["root"]))
     assert json.loads(Path(path).read_text()) == json.loads(json.dumps(summarize(study).as_dict()))
 
