@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from adamtune import rdb
 from adamtune.rdb import StudyStorage
 from adamtune.study import open_storage
 
@@ -41,9 +42,15 @@ def _same(ours: list[FrozenTrial], optunas: list[FrozenTrial]) -> bool:
     return len(ours) == len(optunas) and all(fields(a) == fields(b) for a, b in zip(ours, optunas, strict=True))
 
 
+@pytest.mark.parametrize("listed", [True, False], ids=["ids-listed", "ids-selected"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_trials_read_in_one_union_are_optuna_s(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """Every way Optuna reads trials answers exactly what Optuna's own RDBStorage answers, on both databases."""
+def test_trials_read_in_one_union_are_optuna_s(
+    backend: str, listed: bool, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every way Optuna reads trials answers exactly what Optuna's own RDBStorage answers, on both databases,
+    whether the children are selected by a list of ids (small reads) or by a SELECT of them (large ones)."""
+    if not listed:
+        monkeypatch.setattr(rdb, "_LISTED_IDS", 1)
     url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     storage = open_storage(url)
     study = _varied_study(storage)
