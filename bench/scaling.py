@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/scaling.py                      # all parts, about 6 minutes on 2 cores
+    python bench/scaling.py                      # all parts, about 4-6 minutes on 2 cores
     python bench/scaling.py --trials 24 --epochs 5   # shorter trials: start-up weighs more
     python bench/scaling.py --skip-throughput    # storage part only
     python bench/scaling.py --skip-storage       # throughput part only
