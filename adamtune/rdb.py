@@ -308,8 +308,7 @@ def _listed_children_query() -> Any:
 
 def _children_query(trial_ids: Any) -> Any:
     """One ``UNION ALL`` of the five child tables' rows of ``trial_ids`` (a SELECT of ids, or a bound
-    expanding parameter), as
-    (trial_id, kind, n, x, a, b).
+    expanding parameter), as rows (trial_id, kind, n, x, a, b).
 
     ``kind`` indexes :data:`_CHILDREN`; ``n`` is the objective / param id / attribute id / step, ``x`` the
     number, ``a`` a name or an enum's name, ``b`` JSON text. Sorted by trial, kind and ``n``.

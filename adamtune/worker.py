@@ -317,9 +317,8 @@ class Worker:
                 state = TrialState.PRUNED
             except KeyboardInterrupt:
                 with interrupts.critical():
-                    failed = self._tell(trial, TrialState.FAIL, None)
-                    requeued = failed.state == TrialState.FAIL and with_db_retry(
-                        lambda: requeue_trial(self.study, failed), f"re-queueing trial {trial.number}"
+                    _, requeued = with_db_retry(
+                        lambda: self._fail_and_requeue(trial), f"recording and re-queueing trial {trial.number}"
                     )
                 again = "; queued to run again with the same settings" if requeued else ""
                 log.warning("trial %d: interrupted; recorded as failed%s", trial.number, again)
@@ -346,7 +345,8 @@ class Worker:
         return frozen, error
 
     def _fail_and_requeue(self, trial: optuna.Trial) -> tuple[FrozenTrial, bool]:
-        """Tell ``trial`` FAIL and queue its retry as one step under the admission lock (safe to repeat).
+        """Tell ``trial`` FAIL and queue its retry as one step under the admission lock (safe to repeat), for a
+        trial whose failure says nothing about its settings (interrupted, or the database went away).
 
         Under the lock, other workers' admissions see the trial RUNNING, or FAIL with its retry WAITING
         (which their ``ask`` then picks up); never FAIL alone, which would let one of them start a new trial
