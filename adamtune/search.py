@@ -107,7 +107,9 @@ def run_search(
     options = replace(options, seed=spec.seed if spec.seed is not None else options.seed)
     with removed_if_new(sqlite_files(options.storage_url)):
         storage = open_storage(options.storage_url)
-        tracker = open_tracker(spec.study_name, options)
+        # One worker trains here: MLflow opens on the tracker's thread while trial 0 starts. With more,
+        # the workers look for the study's parent run, so it is made before they start.
+        tracker = open_tracker(spec.study_name, options, defer_open=workers == 1)
     study = create_or_resume(spec, storage, seed=options.seed)
     if tracker is not None:  # the study's MLflow parent run, before any worker looks for it
         tracker.attach(study, storage_url=options.storage_url, reopen=True)

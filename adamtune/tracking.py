@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
+from adamtune.tracking_preflight import check_store, deferrable_uri
 from adamtune.tracking_stale import close_orphan_runs
 from adamtune.tracking_trial import BATCH_LIMIT, TrialRun
 from adamtune.tracking_writer import RunHandle, Writer, _first_line, _now_ms, _Op, describe_error, is_retryable
@@ -181,12 +182,11 @@ class Tracker:
         system_metrics: bool = False,
         close_timeout: float | None = None,
         max_queue: int = 10_000,
+        defer_open: bool = False,
     ) -> None:
         if tracking_uri and tracking_uri.startswith(("http://", "https://")):
             for name, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(name, value)
-        from mlflow import MlflowClient
-
         _quiet_mlflow_logs()
         self.study_name = study_name
         self.flush_seconds = flush_seconds
@@ -194,41 +194,93 @@ class Tracker:
         self.system_metrics = system_metrics
         self.close_timeout = CLOSE_TIMEOUT_SECONDS if close_timeout is None else close_timeout
         self.host = socket.gethostname()
-        self.parent_run_id: str | None = None
+        #: The study's parent run: resolved by :meth:`attach` (on the writer thread when deferred).
+        self.parent = RunHandle("parent")
+        self._attached = False
         self._progress: list[tuple[Any, int, str, float | None]] = []
         self._progress_lock = threading.Lock()
         self._progress_sent = -math.inf
         self.direction = "minimize"
         self.objective = "val_loss"
-        try:
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.tracking_uri = str(self.client.tracking_uri)
-            self.experiment_id = self._experiment_id()
-        except TrackingError:
-            raise
-        except Exception as exc:
-            raise TrackingError(
-                f"cannot use MLflow tracking store {tracking_uri or 'default'}: {describe_error(exc)}; "
-                "check --tracking-uri / MLFLOW_TRACKING_URI"
-            ) from None
-        self.writer = Writer(self.client, self.tracking_uri, self.notify, max_queue=max_queue)
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        #: Why tracking was given up (a deferred open that failed), else None.
+        self.disabled: str | None = None
+        uri = deferrable_uri(tracking_uri) if defer_open else None
+        self.deferred = uri is not None
+        if uri is None:
+            try:
+                self._open(tracking_uri)
+            except TrackingError:
+                raise
+            except Exception as exc:
+                raise TrackingError(
+                    f"cannot use MLflow tracking store {tracking_uri or 'default'}: {describe_error(exc)}; "
+                    "check --tracking-uri / MLFLOW_TRACKING_URI"
+                ) from None
+            self.writer = Writer(self.client, self.tracking_uri, self.notify, max_queue=max_queue)
+        else:
+            check_store(uri)  # TrackingError for what would make the store unusable; writes nothing
+            self.tracking_uri = uri
+            self.writer = Writer(None, uri, self.notify, max_queue=max_queue)
+            self.writer.submit(_Op("open the tracking store", self._open_deferred))
         self._closed = False
         atexit.register(self.close)
 
-    def _experiment_id(self) -> str:
+    @property
+    def parent_run_id(self) -> str | None:
+        """The id of the study's parent run once known (see :meth:`attach`), else None."""
+        return self.parent.run_id
+
+    def _open(self, tracking_uri: str | None) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment_id(client)
+        self.tracking_uri = str(client.tracking_uri)
+        self.client = client
+
+    def _open_deferred(self, _client: Any, _run_id: str | None) -> None:
+        """The writer's first call when the open is deferred: import MLflow, open (create) the store."""
+        try:
+            self._open(self.tracking_uri)
+        except Exception as exc:
+            if self._worth_retrying(exc):
+                raise  # the writer retries it (and tells the user once) as for any call while the store is down
+            self._give_up(exc)
+            return
+        self.writer.client = self.client
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """A deferred open or attach is retried only where the store can come back: a server, a locked file."""
+        if isinstance(exc, TrackingError) or not is_retryable(exc):
+            return False
+        return self.tracking_uri.startswith(("http://", "https://")) or "locked" in str(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Tracking cannot work for this store: say so once, drop every call, and let the search go on."""
+        self.disabled = (
+            f"MLflow: cannot use tracking store {self.tracking_uri}: {describe_error(exc)}; this search goes on "
+            "without tracking (the study database keeps every trial); check --tracking-uri / MLFLOW_TRACKING_URI"
+        )
+        self.notify(self.disabled)
+        self.parent.resolve(None)
+        self.writer.disable()
+
+    def _experiment_id(self, client: Any) -> str:
         name = experiment_name(self.study_name)
-        experiment = self.client.get_experiment_by_name(name)
+        experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or use another --study")
-            return experiment.experiment_id
+            return str(experiment.experiment_id)
         try:
-            return self.client.create_experiment(name, tags={"adamtune.study": self.study_name})
+            return str(client.create_experiment(name, tags={"adamtune.study": self.study_name}))
         except Exception:  # another worker created it first
-            experiment = self.client.get_experiment_by_name(name)
+            experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
-            return experiment.experiment_id
+            return str(experiment.experiment_id)
 
     # -- queue -----------------------------------------------------------------------------------
 
@@ -238,37 +290,59 @@ class Tracker:
 
     # -- parent run ------------------------------------------------------------------------------
 
-    def attach(self, study: optuna.Study, *, storage_url: str | None = None, reopen: bool = False) -> str:
+    def attach(self, study: optuna.Study, *, storage_url: str | None = None, reopen: bool = False) -> str | None:
         """Find or create the study's parent run and remember it for the trials that follow.
 
         Idempotent: once attached, later calls return the same id (``reopen`` still refreshes it).
         The parent is the run named by the study attribute ``mlflow.parent_run_id`` when it exists,
         is not deleted, and belongs to this study's experiment in this store; otherwise a new one is
         created and the attribute is set. ``reopen`` (a ``search`` starting) marks a reused parent
-        RUNNING again and refreshes its settings tags. Synchronous: the store was just reached.
+        RUNNING again and refreshes its settings tags.
+
+        Synchronous (the store was just reached) and returns the run id, unless the tracker's open is
+        deferred: then the writer does it after opening the store, before any later call, and this
+        returns None (the id is on :attr:`parent` once known; a failure gives tracking up, see
+        :meth:`_give_up`).
 
         Raises:
-            TrackingError: the store fails.
+            TrackingError: the store fails (synchronous attach only).
         """
         from adamtune.study import spec_from_study
 
-        if self.parent_run_id is not None and not reopen:
+        if self._attached and not reopen:
             return self.parent_run_id
         spec = spec_from_study(study)
         self.direction, self.objective = spec.direction, spec.objective
-        try:
-            run_id = self._existing_parent(study)
-            created = run_id is None
-            if run_id is None:
-                run_id = self._create_parent(study, spec, storage_url)
-                study.set_user_attr(PARENT_RUN_ATTR, run_id)
-            if created or reopen:
-                self.client.log_batch(run_id, tags=_settings_tags(spec))
-            if reopen and not created:
-                self.client.update_run(run_id, status="RUNNING")
-        except Exception as exc:
-            raise TrackingError(f"cannot open the MLflow parent run of study {study.study_name!r}: {exc}") from None
-        self.parent_run_id = run_id
+        self._attached = True
+        if not self.deferred:
+            try:
+                run_id = self._open_parent(study, spec, storage_url, reopen)
+            except Exception as exc:
+                raise TrackingError(f"cannot open the MLflow parent run of study {study.study_name!r}: {exc}") from None
+            self.parent.resolve(run_id)
+            return run_id
+
+        def open_parent(_client: Any, _run_id: str | None) -> None:
+            try:
+                self.parent.resolve(self._open_parent(study, spec, storage_url, reopen))
+            except Exception as exc:
+                if self._worth_retrying(exc):
+                    raise
+                self._give_up(exc)
+
+        self.writer.submit(_Op("open the study's parent run", open_parent, on_drop=lambda: self.parent.resolve(None)))
+        return None
+
+    def _open_parent(self, study: optuna.Study, spec: StudySpec, storage_url: str | None, reopen: bool) -> str:
+        run_id = self._existing_parent(study)
+        created = run_id is None
+        if run_id is None:
+            run_id = self._create_parent(study, spec, storage_url)
+            study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        if created or reopen:
+            self.client.log_batch(run_id, tags=_settings_tags(spec))
+        if reopen and not created:
+            self.client.update_run(run_id, status="RUNNING")
         return run_id
 
     def _existing_parent(self, study: optuna.Study) -> str | None:
@@ -316,7 +390,7 @@ class Tracker:
         rest. The writer reads the study off the training thread; an Optuna storage error there drops
         those updates only.
         """
-        if self.parent_run_id is None:
+        if not self._attached:
             return
         with self._progress_lock:
             self._progress.append((study, number, state, value))
@@ -326,14 +400,13 @@ class Tracker:
 
     def flush_progress(self) -> None:
         """Queue one call that logs the parent run's metrics for every trial noted and not yet logged."""
-        parent = self.parent_run_id
         with self._progress_lock:
-            if parent is None or not self._progress:
+            if not self._attached or not self._progress:
                 return
             self._progress_sent = time.monotonic()
         direction, objective = self.direction, self.objective
 
-        def update(client: Any, _: str | None) -> None:
+        def update(client: Any, parent: str | None) -> None:
             from mlflow.entities import Metric
 
             with self._progress_lock:
@@ -357,7 +430,7 @@ class Tracker:
             for start in range(0, len(metrics), BATCH_LIMIT):
                 client.log_batch(parent, metrics=metrics[start : start + BATCH_LIMIT])
 
-        self.submit("log the study's progress", update)
+        self.submit("log the study's progress", update, self.parent)
 
     def end_search(self, study: optuna.Study, *, status: str = "FINISHED", artifacts: bool = True) -> None:
         """Queue the end of a search: plots and ``recommendation.json`` on the parent run, then its status.
@@ -367,16 +440,17 @@ class Tracker:
         skipped; an error while drawing is reported once and the other artifacts still go out.
         ``artifacts=False`` (an interrupted search) only sets the status.
         """
-        parent = self.parent_run_id
-        if parent is None:
+        if not self._attached or self.parent.abandoned:
             return
         self.flush_progress()
         close_orphan_runs(self, study)
         if artifacts:
-            self._queue_artifacts(study, parent)
-        self.submit("end the study's parent run", lambda c, _: c.set_terminated(parent, status=status))
+            self._queue_artifacts(study)
+        self.submit(
+            "end the study's parent run", lambda c, parent: c.set_terminated(parent, status=status), self.parent
+        )
 
-    def _queue_artifacts(self, study: optuna.Study, parent: str) -> None:
+    def _queue_artifacts(self, study: optuna.Study) -> None:
         import json
 
         from adamtune import plots
@@ -394,11 +468,13 @@ class Tracker:
         except Exception as exc:  # plotting or summarising failed: report, upload what exists
             self.notify(f"MLflow: could not make the study's plots/recommendation: {_first_line(exc)[:200]}")
 
-        def upload(client: Any, _: str | None) -> None:
+        def upload(client: Any, parent: str | None) -> None:
             client.log_artifacts(parent, str(out))
             shutil.rmtree(out, ignore_errors=True)
 
-        op = _Op("upload the study's plots", upload, None, on_drop=lambda: shutil.rmtree(out, ignore_errors=True))
+        op = _Op(
+            "upload the study's plots", upload, self.parent, on_drop=lambda: shutil.rmtree(out, ignore_errors=True)
+        )
         self.writer.submit(op)
 
     # -- trials ----------------------------------------------------------------------------------
@@ -410,19 +486,15 @@ class Tracker:
         created the run (see the module docstring for a store that is down). ``params`` go out with
         the run's first metrics batch (at its first flush, or when it ends), to save a call.
         """
-        from mlflow.entities import Param
-
         handle = RunHandle(run_name)
         run_tags = {"adamtune.host": self.host, "adamtune.role": "trial", **{k: str(v) for k, v in tags.items()}}
-        if self.parent_run_id is not None:
-            run_tags[PARENT_TAG] = self.parent_run_id
-        param_list = [Param(k, _param_text(v)) for k, v in params.items()]
-        experiment_id = self.experiment_id
-
+        param_list = [(k, _param_text(v)) for k, v in params.items()]
         started = _now_ms()  # the run's times are the trial's, even when the writer creates it late
 
         def create(client: Any, _: str | None) -> None:
-            run = client.create_run(experiment_id, start_time=started, run_name=run_name, tags=run_tags)
+            if self.parent.run_id is not None:  # known by now: the writer runs calls in order
+                run_tags[PARENT_TAG] = self.parent.run_id
+            run = client.create_run(self.experiment_id, start_time=started, run_name=run_name, tags=run_tags)
             handle.resolve(run.info.run_id)
             if self.system_metrics:
                 self._start_system_metrics(handle)
@@ -478,7 +550,7 @@ class Tracker:
         if waiting and not self.writer.healthy:
             self.notify(f"MLflow: waiting up to {timeout or self.close_timeout:.0f} s to send {waiting} queued calls")
         dropped = self.writer.close(self.close_timeout if timeout is None else timeout)
-        if dropped:
+        if dropped and self.disabled is None:  # a tracker that gave up has said so already
             self.notify(
                 f"MLflow: {dropped} tracking call(s) could not be sent to {self.tracking_uri} and were dropped; "
                 "the study database holds every trial (adamtune summary)"

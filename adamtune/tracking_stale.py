@@ -31,12 +31,11 @@ def end_stale_trial(
     tag) is closed FAILED with tags ``adamtune.state=failed`` and ``adamtune.stale=true``; with
     ``study``, the parent run's counts are updated too.
     """
-    from mlflow.entities import RunTag
-
-    experiment_id = tracker.experiment_id
-    tags = [RunTag("adamtune.state", "failed"), RunTag("adamtune.stale", "true")]
-
     def end(client: Any, _: str | None) -> None:
+        from mlflow.entities import RunTag
+
+        experiment_id = tracker.experiment_id  # read here: a deferred tracker knows it once the store is open
+        tags = [RunTag("adamtune.state", "failed"), RunTag("adamtune.stale", "true")]
         ids = [run_id] if run_id else [r.info.run_id for r in runs_of_trial(tracker, trial_number, client=client)]
         for found in ids:
             run = client.get_run(found)
@@ -58,14 +57,15 @@ def close_orphan_runs(tracker: Tracker, study: optuna.Study) -> None:
     of this study (tag ``adamtune.study``) is closed with the status of its trial's final state and
     tagged ``adamtune.orphan=true``; runs of trials still RUNNING are left alone.
     """
-    from mlflow.entities import RunTag
-
     from adamtune.study import trial_state
 
     finished = {t.number: trial_state(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    experiment_id, study_name = tracker.experiment_id, tracker.study_name
+    study_name = tracker.study_name
 
     def close(client: Any, _: str | None) -> None:
+        from mlflow.entities import RunTag
+
+        experiment_id = tracker.experiment_id
         query = f"attributes.status = 'RUNNING' and tags.`adamtune.study` = '{study_name}'"
         for run in client.search_runs([experiment_id], filter_string=query):
             number = run.data.tags.get("adamtune.trial_number", "")

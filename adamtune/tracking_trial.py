@@ -16,7 +16,10 @@ get the ``mlflow.run_id`` attribute (Optuna forbids changing finished trials); t
 ``adamtune.study`` and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 ``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
 
-Heavy imports (mlflow) happen inside the methods that need them.
+Heavy imports (mlflow) happen inside the methods that need them, and only on the writer's thread: the
+training thread keeps metrics, params and tags as plain tuples ``(key, value, timestamp, step)`` /
+``(key, value)``, turned into MLflow's entities by the call that sends them. So trial 0 trains while
+the writer still imports MLflow (a deferred open, see ``tracking.py``).
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ class TrialRun:
     """The MLflow run of one trial. Create it with :meth:`Tracker.start_trial`; methods never raise."""
 
     def __init__(
-        self, tracker: Tracker, handle: RunHandle, flush_seconds: float, params: list[Any] | None = None
+        self, tracker: Tracker, handle: RunHandle, flush_seconds: float, params: list[tuple[str, str]] | None = None
     ) -> None:
         self.tracker = tracker
         self.handle = handle
         self.flush_seconds = flush_seconds
-        self._params: list[Any] = list(params or [])  # sent with the first batch
-        self._pending: list[Any] = []
+        self._params: list[tuple[str, str]] = list(params or [])  # sent with the first batch
+        self._pending: list[tuple[str, float, int, int]] = []
         self._last_flush = time.monotonic()
         self._noted = False
 
@@ -80,14 +83,12 @@ class TrialRun:
 
         Non-finite values are logged as they are (MLflow stores NaN/inf), so a diverged curve shows.
         """
-        from mlflow.entities import Metric
-
         stamp = _now_ms()
-        self._pending.extend(Metric(name, float(value), stamp, epoch) for name, value in metrics.items())
+        self._pending.extend((name, float(value), stamp, epoch) for name, value in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def flush(self, tags: list[Any] | None = None) -> None:
+    def flush(self, tags: list[tuple[str, str]] | None = None) -> None:
         """Queue the buffered metrics, with the params not sent yet and ``tags``, in as few ``log_batch``
         calls as MLflow allows (at most 1000 entries a call, 100 of them params and 100 tags)."""
         self._last_flush = time.monotonic()
@@ -107,7 +108,10 @@ class TrialRun:
                 p: list[Any] = head_params,
                 t: list[Any] = head_tags,
             ) -> None:
-                client.log_batch(run_id, metrics=m, params=p, tags=t)
+                from mlflow.entities import Metric, Param, RunTag
+
+                metrics, params, tags = [Metric(*x) for x in m], [Param(*x) for x in p], [RunTag(*x) for x in t]
+                client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
             self.tracker.submit("log metrics", send, self.handle)
 
@@ -126,15 +130,13 @@ class TrialRun:
         With ``study`` and ``trial_number``, the study's parent run also gets its per-trial metrics
         (best so far, counts), computed by the writer from the study with this trial taken as ``state``.
         """
-        from mlflow.entities import Metric, RunTag
-
         stamp = _now_ms()
         self._pending.extend(
-            Metric(f"final_{name}", float(v), stamp, 0) for name, v in final_metrics.items() if v is not None
+            (f"final_{name}", float(v), stamp, 0) for name, v in final_metrics.items() if v is not None
         )
         if value is not None:
-            self._pending.append(Metric("objective_value", float(value), stamp, 0))
-        self.flush(tags=[RunTag(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()])
+            self._pending.append(("objective_value", float(value), stamp, 0))
+        self.flush(tags=[(k, str(v)) for k, v in {**tags, "adamtune.state": state}.items()])
         status = RUN_STATUS.get(state, "KILLED")
 
         def end(client: Any, run_id: str | None) -> None:

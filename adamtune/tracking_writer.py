@@ -16,6 +16,9 @@ when it is back, never a traceback per trial. :meth:`Writer.close` waits up to a
 to drain and then reports how many calls were dropped; a dropped call's ``on_drop`` releases what it
 held (a temporary directory, a run handle that waits for its id).
 
+The client may be set after the writer starts (``Writer(None, ...)``, then ``writer.client = ...`` by
+the first call): a tracker that opens MLflow off the training thread does so (``tracking.py``).
+
 Heavy imports (mlflow) happen inside the functions that need them.
 """
 
@@ -140,6 +143,7 @@ class Writer:
         self._refused_reported = False
         self._closed = False
         self._final = False
+        self._disabled = False
         self._thread = threading.Thread(target=self._loop, name="adamtune-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -173,6 +177,10 @@ class Writer:
         _release(op)
         return False
 
+    def disable(self) -> None:
+        """Drop (and release) every call from now on: the store cannot be used (a failed deferred open)."""
+        self._disabled = True
+
     def _done(self, op: _Op, sent: bool) -> None:
         with self._lock:
             if self._final:  # close() already counted it as dropped
@@ -201,8 +209,8 @@ class Writer:
 
     def _run(self, op: _Op) -> bool:
         """Try ``op`` until it is sent, refused, or the writer is abandoned; True when it was sent."""
-        if op.run is not None and op.run.run_id is None:
-            return False  # its run was never created
+        if self._disabled or (op.run is not None and op.run.run_id is None):
+            return False  # tracking was given up, or its run was never created
         from mlflow.exceptions import RestException
 
         backoff, server_errors = self.initial_backoff, 0

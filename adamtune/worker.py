@@ -384,8 +384,11 @@ class Worker:
                 end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
 
 
-def open_tracker(study_name: str, options: WorkerOptions) -> Tracker | None:
+def open_tracker(study_name: str, options: WorkerOptions, *, defer_open: bool = False) -> Tracker | None:
     """The MLflow tracker for a study, or None when tracking is off.
+
+    ``defer_open``: check the store now and open it on the tracker's writer thread, so that this
+    process's first trial does not wait for MLflow (see ``Tracker``); for a process that trains.
 
     Raises:
         TrackingError: the tracking store cannot be used.
@@ -394,7 +397,7 @@ def open_tracker(study_name: str, options: WorkerOptions) -> Tracker | None:
         return None
     from adamtune.tracking import Tracker
 
-    return Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics)
+    return Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics, defer_open=defer_open)
 
 
 def make_worker(
