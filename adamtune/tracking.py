@@ -42,8 +42,14 @@ A trial that starts while the store is down gets its run id late, or after the t
 then found by its tags (``tracking_trial.py``). Runs that dead workers left RUNNING are closed by
 ``tracking_stale.py``.
 
-A store that is unreachable when a search *starts* is an error (:class:`TrackingError`, before any
-trial runs): the experiment and the parent run are made synchronously.
+A store that is unusable when a search *starts* is an error (:class:`TrackingError`, before anything
+is written). By default the experiment and the parent run are made synchronously. A ``search`` that
+trains in its own process (one worker) passes ``defer_open=True``: the store is checked without MLflow
+(``tracking_preflight.py``: the SQLite file, the directory, the server's ``/health``), and MLflow's
+import, the store's creation and the parent run are the writer's first calls, made while trial 0
+already trains (the calls queued meanwhile wait behind them, in order). A store that fails there
+anyway is retried if it is a server or a locked file (as during a search); otherwise tracking is given
+up with one notice and the search goes on (:attr:`Tracker.disabled`): the study holds every trial.
 
 HTTP stores: MLflow itself retries each HTTP request up to 7 times over minutes and waits 120 s for an
 answer. Since the writer retries on its own, a :class:`Tracker` for an ``http(s)://`` URI lowers those

@@ -22,12 +22,14 @@ tracking: the study database keeps every trial either way.
 from __future__ import annotations
 
 import os
+import posixpath
 import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+from urllib.request import pathname2url
 
 from adamtune.errors import TrackingError
 
@@ -43,7 +45,8 @@ HEALTH_TIMEOUT_SECONDS = 10.0
 
 
 def deferrable_uri(tracking_uri: str | None) -> str | None:
-    """The URI MLflow would use for ``tracking_uri`` (None: its default), when this module can check it.
+    """The URI MLflow would use for ``tracking_uri`` (None: its default, made absolute as MLflow makes
+    it), when this module can check it.
 
     Returns None for the stores that must be opened synchronously (see the module docstring),
     including no URI at all where ``./mlruns`` holds an old file store (MLflow then keeps using it).
@@ -52,7 +55,8 @@ def deferrable_uri(tracking_uri: str | None) -> str | None:
     if uri is None:
         if _has_file_store(Path("mlruns")):
             return None
-        uri = DEFAULT_URI
+        # absolute, as MLflow makes its default (its stores are cached by URI, whatever the directory)
+        uri = "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath(DEFAULT_URI[len("sqlite:///") :])))
     if uri.startswith(("http://", "https://")):
         return uri
     if sqlite_path(uri) is not None:
@@ -73,7 +77,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI; None for others."""
     if not uri.startswith("sqlite:///"):
         return None
-    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    rest = unquote(uri[len("sqlite:///") :].split("?", 1)[0])
     if not rest or rest == ":memory:" or rest.startswith("file:"):
         return None
     return Path(rest)

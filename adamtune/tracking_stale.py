@@ -31,6 +31,7 @@ def end_stale_trial(
     tag) is closed FAILED with tags ``adamtune.state=failed`` and ``adamtune.stale=true``; with
     ``study``, the parent run's counts are updated too.
     """
+
     def end(client: Any, _: str | None) -> None:
         from mlflow.entities import RunTag
 

@@ -85,9 +85,11 @@ def test_an_unreachable_server_is_refused_in_one_line() -> None:
 
 
 def test_which_stores_are_opened_off_the_training_thread(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert deferrable_uri(None) == DEFAULT_URI
+    default = f"sqlite:///{workdir}/mlflow.db"  # absolute, as MLflow makes its default
+    assert DEFAULT_URI == "sqlite:///mlflow.db" and deferrable_uri(None) == default
+    assert deferrable_uri(None) == MlflowClient().tracking_uri  # MLflow's own resolution of its default
     (workdir / "mlruns" / "1" / "abc" / "artifacts").mkdir(parents=True)  # artifacts of the SQLite default
-    assert deferrable_uri(None) == DEFAULT_URI
+    assert deferrable_uri(None) == default
     (workdir / "mlruns" / "0").mkdir()
     (workdir / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")  # MLflow's old file store: MLflow decides
     assert deferrable_uri(None) is None
