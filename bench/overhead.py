@@ -47,6 +47,8 @@ from adamtune.space import AdamParams
 from adamtune.study import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR
 from adamtune.tasks import digits
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def bare_training(params: AdamParams, seed: int, epochs: int, batch_size: int, data) -> float:  # type: ignore[no-untyped-def]
     """The plainest loop that does the same work as adamtune's trainer; returns seconds."""
@@ -139,7 +141,8 @@ def measure_round(n_trials: int, seed: int, threads: int, data) -> Round:  # typ
     try:
         command = [sys.executable, "-m", "adamtune", "search", "--task", "digits"]  # the venv need not be active
         command += ["--n-trials", str(n_trials), "--seed", str(seed)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's code
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads)}
         launched = dt.datetime.now()
         started = time.perf_counter()
         subprocess.run(command, cwd=workdir, check=True, capture_output=True, env=env)

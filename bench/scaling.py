@@ -53,6 +53,8 @@ from adamtune.study import create_or_resume, open_storage
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 # --- part 1: throughput ------------------------------------------------------------------------------
 
@@ -80,7 +82,8 @@ def run_search(workers: int, trials: int, epochs: int, workdir: Path, tag: str) 
     command += ["--n-trials", str(trials), "--epochs", str(epochs), "--pruner", "none", "--no-tracking"]
     command += ["--workers", str(workers), "--devices", "cpu", "--storage", storage]
     started = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's code
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if result.returncode != 0:
