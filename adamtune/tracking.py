@@ -24,6 +24,9 @@ Layout in MLflow
   ``adamtune.stopped_epoch``, device, host and worker. The run id is stored on the Optuna trial as
   ``mlflow.run_id`` whenever it is known before the trial ends (see "Failure").
 
+The parent run's own calls (finding or creating it, its progress metrics, its plots and
+``recommendation.json``, the context a search runs in) are in ``tracking_study.py``.
+
 Cost
 ----
 The training loop never waits on MLflow: every call goes to one background writer thread per
@@ -66,36 +69,32 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
 from adamtune.tracking_preflight import check_store, deferrable_uri
 from adamtune.tracking_stale import close_orphan_runs
-from adamtune.tracking_trial import BATCH_LIMIT, TrialRun
+from adamtune.tracking_study import (
+    PARENT_TAG,
+    log_progress,
+    open_parent_run,
+    param_text,
+    queue_artifacts,
+)
+from adamtune.tracking_trial import TrialRun
 from adamtune.tracking_writer import RunHandle, Writer, _first_line, _now_ms, _Op, describe_error, is_retryable
 
 if TYPE_CHECKING:
     import optuna
 
-    from adamtune.config import StudySpec
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "adamtune/"
-#: The Optuna study user attribute holding the id of the study's MLflow parent run.
-PARENT_RUN_ATTR = "mlflow.parent_run_id"
-#: MLflow's tag that nests a run under another in the UI.
-PARENT_TAG = "mlflow.parentRunId"
-#: Outcomes counted on the parent run (``trials_<state>``).
-COUNTED_STATES = ("complete", "pruned", "diverged", "failed")
 #: MLflow HTTP client defaults for a Tracker on an http(s) URI (env var name -> value), see module doc.
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -123,40 +122,6 @@ def _quiet_mlflow_logs() -> None:
     # The system-metrics monitor logs a warning per failed sample when the store is down; the writer
     # already tells the user once.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.6g}"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class StudyProgress:
-    """The parent run's per-trial numbers, computed from the study at one trial."""
-
-    best: float | None
-    counts: dict[str, int]
-
-
-def study_progress(
-    trials: list[optuna.trial.FrozenTrial], number: int, state: str, value: float | None, direction: str
-) -> StudyProgress:
-    """Best complete value and counts by outcome among trials numbered up to ``number``.
-
-    Trial ``number`` itself counts as ``state``/``value`` (its end may not be stored yet); running and
-    waiting trials are not counted.
-    """
-    from adamtune.study import trial_state
-
-    outcomes: list[tuple[str, float | None]] = [
-        (trial_state(t), t.value) for t in trials if t.number < number and trial_state(t) in COUNTED_STATES
-    ]
-    outcomes.append((state, value))
-    values = [v for s, v in outcomes if s == "complete" and v is not None and math.isfinite(v)]
-    best = (min(values) if direction == "minimize" else max(values)) if values else None
-    counts = {s: sum(1 for o, _ in outcomes if o == s) for s in COUNTED_STATES}
-    return StudyProgress(best, counts)
 
 
 class Tracker:
@@ -322,7 +287,7 @@ class Tracker:
         self._attached = True
         if not self.deferred:
             try:
-                run_id = self._open_parent(study, spec, storage_url, reopen)
+                run_id = open_parent_run(self, study, spec, storage_url, reopen)
             except Exception as exc:
                 raise TrackingError(f"cannot open the MLflow parent run of study {study.study_name!r}: {exc}") from None
             self.parent.resolve(run_id)
@@ -330,7 +295,7 @@ class Tracker:
 
         def open_parent(_client: Any, _run_id: str | None) -> None:
             try:
-                self.parent.resolve(self._open_parent(study, spec, storage_url, reopen))
+                self.parent.resolve(open_parent_run(self, study, spec, storage_url, reopen))
             except Exception as exc:
                 if self._worth_retrying(exc):
                     raise
@@ -338,54 +303,6 @@ class Tracker:
 
         self.writer.submit(_Op("open the study's parent run", open_parent, on_drop=lambda: self.parent.resolve(None)))
         return None
-
-    def _open_parent(self, study: optuna.Study, spec: StudySpec, storage_url: str | None, reopen: bool) -> str:
-        run_id = self._existing_parent(study)
-        created = run_id is None
-        if run_id is None:
-            run_id = self._create_parent(study, spec, storage_url)
-            study.set_user_attr(PARENT_RUN_ATTR, run_id)
-        if created or reopen:
-            self.client.log_batch(run_id, tags=_settings_tags(spec))
-        if reopen and not created:
-            self.client.update_run(run_id, status="RUNNING")
-        return run_id
-
-    def _existing_parent(self, study: optuna.Study) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-        if not run_id:
-            return None
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException as exc:
-            if is_retryable(exc):
-                raise
-            return None  # not in this store
-        if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != self.experiment_id:
-            return None
-        return str(run_id)
-
-    def _create_parent(self, study: optuna.Study, spec: StudySpec, storage_url: str | None) -> str:
-        from mlflow.entities import Param
-
-        tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": self.host}
-        if storage_url:
-            from adamtune.study import redact_url
-
-            tags["adamtune.storage"] = redact_url(storage_url)
-        run = self.client.create_run(self.experiment_id, run_name=study.study_name, tags=tags)
-        params = {
-            "task": spec.task,
-            "objective": spec.objective,
-            "direction": spec.direction,
-            "epochs": spec.epochs,
-            "batch_size": spec.batch_size,
-            **{f"space.{name}": dim.describe() for name, dim in spec.space.dimensions.items()},
-        }
-        self.client.log_batch(run.info.run_id, params=[Param(k, _param_text(v)) for k, v in params.items()])
-        return str(run.info.run_id)
 
     def record_trial(self, study: optuna.Study, number: int, state: str, value: float | None) -> None:
         """Note trial ``number`` ending as ``state`` with ``value``, for the parent run's progress metrics.
@@ -413,28 +330,11 @@ class Tracker:
         direction, objective = self.direction, self.objective
 
         def update(client: Any, parent: str | None) -> None:
-            from mlflow.entities import Metric
-
             with self._progress_lock:
                 noted, self._progress = self._progress, []
-            if not noted:
-                return  # an earlier call took them
-            try:
-                trials = noted[0][0].get_trials(deepcopy=False)
-            except Exception as exc:  # the Optuna storage, not MLflow: skip these updates only
-                log.debug("cannot read the study for the parent run: %s", exc)
-                return
-            stamp = _now_ms()
-            metrics = []
-            for _study, number, state, value in noted:
-                progress = study_progress(trials, number, state, value, direction)
-                metrics.extend(Metric(f"trials_{s}", float(n), stamp, number) for s, n in progress.counts.items())
-                if progress.best is not None:
-                    metrics.append(Metric(f"best_{objective}", progress.best, stamp, number))
-                if state == "complete" and value is not None and math.isfinite(value):
-                    metrics.append(Metric(f"trial_{objective}", float(value), stamp, number))
-            for start in range(0, len(metrics), BATCH_LIMIT):
-                client.log_batch(parent, metrics=metrics[start : start + BATCH_LIMIT])
+            log_progress(
+                client, parent, [entry[1:] for entry in noted], noted[0][0] if noted else None, direction, objective
+            )
 
         self.submit("log the study's progress", update, self.parent)
 
@@ -451,37 +351,10 @@ class Tracker:
         self.flush_progress()
         close_orphan_runs(self, study)
         if artifacts:
-            self._queue_artifacts(study)
+            queue_artifacts(self, study)
         self.submit(
             "end the study's parent run", lambda c, parent: c.set_terminated(parent, status=status), self.parent
         )
-
-    def _queue_artifacts(self, study: optuna.Study) -> None:
-        import json
-
-        from adamtune import plots
-        from adamtune.report import summarize
-
-        out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
-        try:
-            summary = summarize(study).as_dict()
-            (out / "recommendation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            result = plots.write_all(study, out / "plots")
-            if result.skipped:
-                lines = "\n".join(f"{name}: {reason}" for name, reason in result.skipped.items())
-                (out / "plots").mkdir(exist_ok=True)
-                (out / "plots" / "skipped.txt").write_text(lines + "\n")
-        except Exception as exc:  # plotting or summarising failed: report, upload what exists
-            self.notify(f"MLflow: could not make the study's plots/recommendation: {_first_line(exc)[:200]}")
-
-        def upload(client: Any, parent: str | None) -> None:
-            client.log_artifacts(parent, str(out))
-            shutil.rmtree(out, ignore_errors=True)
-
-        op = _Op(
-            "upload the study's plots", upload, self.parent, on_drop=lambda: shutil.rmtree(out, ignore_errors=True)
-        )
-        self.writer.submit(op)
 
     # -- trials ----------------------------------------------------------------------------------
 
@@ -494,7 +367,7 @@ class Tracker:
         """
         handle = RunHandle(run_name)
         run_tags = {"adamtune.host": self.host, "adamtune.role": "trial", **{k: str(v) for k, v in tags.items()}}
-        param_list = [(k, _param_text(v)) for k, v in params.items()]
+        param_list = [(k, param_text(v)) for k, v in params.items()]
         started = _now_ms()  # the run's times are the trial's, even when the writer creates it late
 
         def create(client: Any, _: str | None) -> None:
@@ -562,34 +435,3 @@ class Tracker:
                 "the study database holds every trial (adamtune summary)"
             )
         return dropped
-
-
-def _settings_tags(spec: StudySpec) -> list[Any]:
-    from mlflow.entities import RunTag
-
-    values = {"adamtune.n_trials": spec.n_trials, "adamtune.sampler": spec.sampler, "adamtune.pruner": spec.pruner}
-    return [RunTag(k, str(v)) for k, v in values.items()]
-
-
-@contextlib.contextmanager
-def search_tracking(tracker: Tracker | None, study: optuna.Study) -> Iterator[None]:
-    """Around a search's trials: on the way out, end the parent run and flush the tracker.
-
-    Normal end: artifacts and status FINISHED. Ctrl-C/SIGTERM: status KILLED, no plots (the user wants
-    out). Any other exception: status FAILED with artifacts. The tracker is closed in every case.
-    """
-    if tracker is None:
-        yield
-        return
-    try:
-        yield
-    except KeyboardInterrupt:
-        tracker.end_search(study, status="KILLED", artifacts=False)
-        tracker.close(timeout=min(10.0, tracker.close_timeout))
-        raise
-    except BaseException:
-        tracker.end_search(study, status="FAILED")
-        tracker.close()
-        raise
-    tracker.end_search(study)
-    tracker.close()

@@ -22,7 +22,8 @@ from adamtune.config import build_spec
 from adamtune.report import summarize
 from adamtune.search import run_search
 from adamtune.study import RUN_ID_ATTR, count_trials, trial_state
-from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, experiment_name
+from adamtune.tracking import experiment_name
+from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG
 from adamtune.worker import WorkerOptions
 from tests.servers import START_SECONDS, MlflowServer
 

@@ -51,7 +51,8 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine
 
 from adamtune.study import RUN_ID_ATTR, WORKER_ATTR, admission_lock, count_trials, spec_from_study, trial_state
-from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, experiment_name
+from adamtune.tracking import experiment_name
+from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG
 from tests.conftest import _admin_connection
 from tests.servers import START_SECONDS, MlflowServer
 

@@ -33,8 +33,9 @@ from adamtune.errors import TrackingError
 from adamtune.report import summarize
 from adamtune.search import run_search
 from adamtune.study import RUN_ID_ATTR, trial_state
-from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, Tracker, study_progress
+from adamtune.tracking import Tracker
 from adamtune.tracking_stale import end_stale_trial, runs_of_trial
+from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG, study_progress
 from adamtune.tracking_writer import Writer, _Op, describe_error, is_retryable
 from adamtune.worker import WorkerOptions
 

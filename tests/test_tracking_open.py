@@ -20,8 +20,9 @@ from mlflow import MlflowClient
 from adamtune.cli import cli
 from adamtune.errors import TrackingError
 from adamtune.study import RUN_ID_ATTR, trial_state
-from adamtune.tracking import PARENT_RUN_ATTR, PARENT_TAG, Tracker
+from adamtune.tracking import Tracker
 from adamtune.tracking_preflight import DEFAULT_URI, check_store, deferrable_uri
+from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG
 from tests.conftest import listing
 
 ROOT = Path(__file__).resolve().parent.parent
