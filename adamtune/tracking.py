@@ -76,7 +76,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
-from adamtune.tracking_preflight import check_store, deferrable_uri
+from adamtune.tracking_preflight import check_store, create_local_store, deferrable_uri
 from adamtune.tracking_stale import close_orphan_runs
 from adamtune.tracking_study import (
     PARENT_TAG,
@@ -206,6 +206,8 @@ class Tracker:
     def _open(self, tracking_uri: str | None) -> None:
         from mlflow import MlflowClient
 
+        _quiet_mlflow_logs()  # again: importing MLflow sets its loggers' levels
+        create_local_store(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment_id(client)
         self.tracking_uri = str(client.tracking_uri)

@@ -14,6 +14,9 @@ way MLflow would and checks, in milliseconds, what can make it unusable.
   and the fix: a missing or unwritable directory, a file that is not SQLite, a corrupt one, an SQLite
   database of something other than MLflow, an unwritable store; a server that does not answer.
 
+:func:`create_local_store` makes a new SQLite store appear complete or not at all (it imports MLflow:
+the tracker calls it when it opens the store).
+
 What it cannot see (a migration that fails half-way, a server that answers ``/health`` but refuses
 the tracking API) is reported by the tracker once, from its writer, and the search goes on without
 tracking: the study database keeps every trial either way.
@@ -21,6 +24,7 @@ tracking: the study database keeps every trial either way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import sqlite3
@@ -94,6 +98,34 @@ def check_store(uri: str) -> None:
         _check_sqlite(uri, path)
     else:
         _check_server(uri)
+
+
+def create_local_store(tracking_uri: str | None) -> None:
+    """Create a new local SQLite store all at once: made under a temporary name, then linked into place.
+
+    MLflow creates a store by running its schema migrations (~1.5 s) in the file itself, so a process
+    killed meanwhile (preemption, ``kill -9`` during a search's first trial) would leave a half-made
+    store that MLflow then refuses forever ("table ... already exists"). Here the store is either
+    absent or complete. Does nothing for other stores or a file that exists; when another process
+    publishes the same store first, its store is kept and this one discarded. Imports MLflow. A killed
+    creation leaves only its hidden temporary file (``.<name>.creating-<pid>``) beside the store.
+    """
+    uri = deferrable_uri(tracking_uri)
+    path = sqlite_path(uri) if uri is not None else None
+    if path is None or path.exists():
+        return
+    from mlflow import MlflowClient
+
+    final = Path(os.path.abspath(path))
+    temporary = final.with_name(f".{final.name}.creating-{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    try:
+        # MLflow creates the store, its schema and the default experiment on the first call
+        MlflowClient(tracking_uri="sqlite:///" + posixpath.abspath(pathname2url(str(temporary)))).search_experiments()
+        with contextlib.suppress(FileExistsError):  # a store published meanwhile by another process wins
+            os.link(temporary, final)  # never replaces
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _fail(uri: str, problem: str) -> NoReturn:

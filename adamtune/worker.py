@@ -466,7 +466,9 @@ def join_study(options: WorkerOptions) -> Worker:
     from adamtune.data import default_data_dir
 
     data = task.load_data(options.data_dir or default_data_dir())
-    return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options))
+    # This process trains: MLflow opens on the tracker's thread while its first trial starts (the study's
+    # parent run already exists, or is made by that thread before any trial run).
+    return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options, defer_open=True))
 
 
 def worker_label(trial: FrozenTrial) -> str:

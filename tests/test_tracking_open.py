@@ -174,3 +174,25 @@ def test_search_refuses_an_unusable_store_before_writing_anything(workdir: Path,
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.stderr
     assert listing(workdir) == ["notes.txt"] and (workdir / "notes.txt").read_text() == "my notes\n"
+
+
+def test_a_process_killed_while_creating_a_new_store_leaves_it_absent_or_whole(tmp_path: Path) -> None:
+    """MLflow's migrations take ~1.5 s; a kill -9 in the middle must not leave a half-made store behind."""
+    import random
+    import time
+
+    store = tmp_path / "mlflow.db"
+    code = f"from adamtune.tracking import Tracker; Tracker('k', 'sqlite:///{store}').close()"
+    chance = random.Random(3)
+    for delay in [chance.uniform(0.5, 3.0) for _ in range(4)]:
+        store.unlink(missing_ok=True)
+        process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
+        time.sleep(delay)  # the import takes ~1-2 s, the migrations the next ~1.5 s: kills land in both
+        process.kill()
+        process.wait()
+        if store.exists():  # whole: MLflow opens it and it holds its default experiment
+            assert MlflowClient(f"sqlite:///{store}").get_experiment("0") is not None
+    finished = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert finished.returncode == 0
+    assert MlflowClient(f"sqlite:///{store}").get_experiment_by_name("adamtune/k") is not None
+    assert [p.name for p in tmp_path.iterdir() if p.name != "mlflow.db" and not p.name.startswith(".")] == []
