@@ -24,7 +24,6 @@ tracking: the study database keeps every trial either way.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import sqlite3
@@ -122,8 +121,13 @@ def create_local_store(tracking_uri: str | None) -> None:
     try:
         # MLflow creates the store, its schema and the default experiment on the first call
         MlflowClient(tracking_uri="sqlite:///" + posixpath.abspath(pathname2url(str(temporary)))).search_experiments()
-        with contextlib.suppress(FileExistsError):  # a store published meanwhile by another process wins
-            os.link(temporary, final)  # never replaces
+        try:
+            os.link(temporary, final)  # never replaces: a store published meanwhile by another process wins
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename, unless a store appeared meanwhile
+            if not final.exists():
+                os.replace(temporary, final)
     finally:
         temporary.unlink(missing_ok=True)
 
