@@ -466,9 +466,7 @@ def join_study(options: WorkerOptions) -> Worker:
     from adamtune.data import default_data_dir
 
     data = task.load_data(options.data_dir or default_data_dir())
-    # This process trains: MLflow opens on the tracker's thread while its first trial starts (the study's
-    # parent run already exists, or is made by that thread before any trial run).
-    return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options, defer_open=True))
+    return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options))
 
 
 def worker_label(trial: FrozenTrial) -> str:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
@@ -26,12 +29,26 @@ from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_fo
 pytestmark = pytest.mark.slow
 
 EPOCHS, BATCH = 30, 32
+LONG_EPOCHS = 150
 
 
-def create_study(storage: str, n_trials: int) -> None:
-    overrides = {"n_trials": n_trials, "epochs": EPOCHS, "batch_size": BATCH, "pruner": "none", "checkpoint_every": 1}
+def create_study(storage: str, n_trials: int, epochs: int = EPOCHS) -> None:
+    overrides = {"n_trials": n_trials, "epochs": epochs, "batch_size": BATCH, "pruner": "none", "checkpoint_every": 1}
     spec = build_spec("synthetic", None, None, overrides)
-    create_or_resume(spec.with_task_defaults(EPOCHS, BATCH), open_storage(storage))
+    create_or_resume(spec.with_task_defaults(epochs, BATCH), open_storage(storage))
+
+
+def drain(process: subprocess.Popen[str]) -> list[threading.Thread]:
+    """Read ``process``'s stdout and stderr until they close, each on a background thread (kept nowhere)."""
+
+    def read(stream: Any) -> None:
+        for _line in stream:
+            pass
+
+    threads = [threading.Thread(target=read, args=(s,), daemon=True) for s in (process.stdout, process.stderr) if s]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def checkpointed(storage: str, worker: str | None = None, epoch: int = 3) -> list:  # type: ignore[type-arg]
@@ -45,7 +62,7 @@ def checkpointed(storage: str, worker: str | None = None, epoch: int = 3) -> lis
     ]
 
 
-def uninterrupted_val_losses(trial) -> list[float]:  # type: ignore[no-untyped-def]
+def uninterrupted_val_losses(trial, epochs: int = EPOCHS) -> list[float]:  # type: ignore[no-untyped-def]
     """The per-epoch val_loss the trial's settings and seed give when nothing interrupts them (in-process)."""
     task = resolve_task("synthetic")
     params = AdamParams(**trial.user_attrs[PARAMS_ATTR])
@@ -54,22 +71,22 @@ def uninterrupted_val_losses(trial) -> list[float]:  # type: ignore[no-untyped-d
         task.load_data(None),
         params,
         device="cpu",
-        epochs=EPOCHS,
+        epochs=epochs,
         batch_size=BATCH,
         seed=trial.user_attrs[SEED_ATTR],
     )
     return [e.val_loss for e in curves.epochs]
 
 
-def assert_resumed(done: list, killed, last_saved: int) -> object:  # type: ignore[no-untyped-def, type-arg]
+def assert_resumed(done: list, killed, last_saved: int, epochs: int = EPOCHS) -> object:  # type: ignore[no-untyped-def, type-arg]
     """The killed trial's one retry resumed from its last checkpoint and its curve is the uninterrupted one."""
     retries = [t for t in done if killed.number in t.system_attrs.get("retry_history", [])]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, [(t.number, t.state) for t in done]
     retry = retries[0]
     assert retry.user_attrs[RESUMED_ATTR] == last_saved > 0
     assert retry.params == killed.params and retry.user_attrs[SEED_ATTR] == killed.user_attrs[SEED_ATTR]
-    values = [retry.intermediate_values[e] for e in range(1, EPOCHS + 1)]  # re-reported: the whole curve
-    assert values == pytest.approx(uninterrupted_val_losses(retry), rel=1e-5)
+    values = [retry.intermediate_values[e] for e in range(1, epochs + 1)]  # re-reported: the whole curve
+    assert values == pytest.approx(uninterrupted_val_losses(retry, epochs), rel=1e-5)
     return retry
 
 
@@ -162,16 +179,23 @@ def test_a_worker_on_another_machine_resumes_a_dead_worker_s_trial_through_the_s
     shared = workdir / "shared-store"
     machine_a, machine_b = workdir / "a", workdir / "b"
     machine_a.mkdir(), machine_b.mkdir()
-    create_study(postgres_url, n_trials=2)
+    # Trials long enough (~6 s) that the victim is still mid-trial when the killer has cut 10 connections
+    # (~3 s): with the file's 30 epochs (~1.2 s) both trials could end before, leaving none to resume.
+    create_study(postgres_url, n_trials=2, epochs=LONG_EPOCHS)
     common = ("--study", "synthetic", "--storage", postgres_url, "--no-tracking", "--device", "cpu")
     common = (*common, "--checkpoint-store", str(shared))
     victim = start("worker", *common, "--name", "victim", cwd=machine_a)
+    # Its output is read as it comes: the database errors it reports under the killer could otherwise fill
+    # the pipe and block the victim on a write (the test would then wait for a checkpoint that never comes).
+    drained = drain(victim)
     wait_for(lambda: checkpointed(postgres_url, "victim", epoch=1), "the victim's first checkpoint", 180)
     with ConnectionKiller(postgres_url, every=0.3) as killer:
         wait_for(lambda: killer.killed >= 10, "10 killed connections", 120)
     wait_for(lambda: checkpointed(postgres_url, "victim", epoch=4), "a later checkpoint of the victim", 180)
     victim.kill()
-    victim.communicate()
+    victim.wait()
+    for thread in drained:
+        thread.join(10)
     (killed,) = [t for t in trials(postgres_url) if t.state == TrialState.RUNNING]
     last_saved = killed.user_attrs[CHECKPOINT_ATTR]["epoch"]
 
@@ -181,7 +205,7 @@ def test_a_worker_on_another_machine_resumes_a_dead_worker_s_trial_through_the_s
     done = trials(postgres_url)
     states = Counter(t.state for t in done)
     assert states[TrialState.COMPLETE] == 2 and states[TrialState.RUNNING] == 0, states
-    retry = assert_resumed(done, killed, last_saved)
+    retry = assert_resumed(done, killed, last_saved, LONG_EPOCHS)
     assert retry.user_attrs[WORKER_ATTR] == "other-machine"
     assert not (machine_b / "adamtune-checkpoints").exists()  # it used the shared store, not a local default
     assert not list(shared.iterdir())
