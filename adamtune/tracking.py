@@ -158,7 +158,6 @@ class Tracker:
         if tracking_uri and tracking_uri.startswith(("http://", "https://")):
             for name, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(name, value)
-        _quiet_mlflow_logs()
         self.study_name = study_name
         self.flush_seconds = flush_seconds
         self.notify = notify or (lambda message: log.warning("%s", message))
@@ -206,7 +205,7 @@ class Tracker:
     def _open(self, tracking_uri: str | None) -> None:
         from mlflow import MlflowClient
 
-        _quiet_mlflow_logs()  # again: importing MLflow sets its loggers' levels
+        _quiet_mlflow_logs()  # after the import: importing MLflow sets its loggers' levels
         create_local_store(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment_id(client)
@@ -215,14 +214,23 @@ class Tracker:
 
     def _open_deferred(self, _client: Any, _run_id: str | None) -> None:
         """The writer's first call when the open is deferred: import MLflow, open (create) the store."""
+        if self._or_give_up(lambda: self._open(self.tracking_uri)):
+            self.writer.client = self.client
+
+    def _or_give_up(self, action: Callable[[], None]) -> bool:
+        """Run a deferred step on the writer thread; True when it worked.
+
+        A failure worth retrying is raised again (the writer retries it, and tells the user once, as for
+        any call while the store is down); any other gives tracking up (:meth:`_give_up`).
+        """
         try:
-            self._open(self.tracking_uri)
+            action()
         except Exception as exc:
             if self._worth_retrying(exc):
-                raise  # the writer retries it (and tells the user once) as for any call while the store is down
+                raise
             self._give_up(exc)
-            return
-        self.writer.client = self.client
+            return False
+        return True
 
     def _worth_retrying(self, exc: BaseException) -> bool:
         """A deferred open or attach is retried only where the store can come back: a server, a locked file."""
@@ -296,12 +304,7 @@ class Tracker:
             return run_id
 
         def open_parent(_client: Any, _run_id: str | None) -> None:
-            try:
-                self.parent.resolve(open_parent_run(self, study, spec, storage_url, reopen))
-            except Exception as exc:
-                if self._worth_retrying(exc):
-                    raise
-                self._give_up(exc)
+            self._or_give_up(lambda: self.parent.resolve(open_parent_run(self, study, spec, storage_url, reopen)))
 
         self.writer.submit(_Op("open the study's parent run", open_parent, on_drop=lambda: self.parent.resolve(None)))
         return None
@@ -334,9 +337,7 @@ class Tracker:
         def update(client: Any, parent: str | None) -> None:
             with self._progress_lock:
                 noted, self._progress = self._progress, []
-            log_progress(
-                client, parent, [entry[1:] for entry in noted], noted[0][0] if noted else None, direction, objective
-            )
+            log_progress(client, parent, noted, direction, objective)
 
         self.submit("log the study's progress", update, self.parent)
 

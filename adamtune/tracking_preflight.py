@@ -59,7 +59,7 @@ def deferrable_uri(tracking_uri: str | None) -> str | None:
         if _has_file_store(Path("mlruns")):
             return None
         # absolute, as MLflow makes its default (its stores are cached by URI, whatever the directory)
-        uri = "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath(DEFAULT_URI[len("sqlite:///") :])))
+        uri = _sqlite_uri(Path(DEFAULT_URI[len("sqlite:///") :]))
     if uri.startswith(("http://", "https://")):
         return uri
     if sqlite_path(uri) is not None:
@@ -74,6 +74,11 @@ def _has_file_store(folder: Path) -> bool:
         return any(entry.name.isdigit() and (entry / "meta.yaml").exists() for entry in folder.iterdir())
     except OSError:
         return False
+
+
+def _sqlite_uri(path: Path) -> str:
+    """The absolute ``sqlite:////...`` URI of ``path``, written as MLflow writes its default store's."""
+    return "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath(path)))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -120,7 +125,7 @@ def create_local_store(tracking_uri: str | None) -> None:
     temporary.unlink(missing_ok=True)
     try:
         # MLflow creates the store, its schema and the default experiment on the first call
-        MlflowClient(tracking_uri="sqlite:///" + posixpath.abspath(pathname2url(str(temporary)))).search_experiments()
+        MlflowClient(tracking_uri=_sqlite_uri(temporary)).search_experiments()
         try:
             os.link(temporary, final)  # never replaces: a store published meanwhile by another process wins
         except FileExistsError:

@@ -137,27 +137,26 @@ def settings_tags(spec: StudySpec) -> list[Any]:
 def log_progress(
     client: Any,
     parent: str | None,
-    noted: list[tuple[int, str, float | None]],
-    study: optuna.Study | None,
+    noted: list[tuple[optuna.Study, int, str, float | None]],
     direction: str,
     objective: str,
 ) -> None:
-    """Log the parent run's metrics for each ``(trial number, state, value)`` noted, each at its own step.
+    """Log the parent run's metrics for each ``(study, trial number, state, value)`` noted, each at its step.
 
-    Reads ``study`` once; an Optuna storage error there skips these updates only (it is not MLflow's).
+    Reads the study once; an Optuna storage error there skips these updates only (it is not MLflow's).
     """
     from mlflow.entities import Metric
 
-    if not noted or study is None:
+    if not noted:
         return  # an earlier call took them
     try:
-        trials = study.get_trials(deepcopy=False)
+        trials = noted[0][0].get_trials(deepcopy=False)
     except Exception as exc:
         log.debug("cannot read the study for the parent run: %s", exc)
         return
     stamp = _now_ms()
     metrics = []
-    for number, state, value in noted:
+    for _study, number, state, value in noted:
         progress = study_progress(trials, number, state, value, direction)
         metrics.extend(Metric(f"trials_{s}", float(n), stamp, number) for s, n in progress.counts.items())
         if progress.best is not None:
