@@ -28,7 +28,9 @@ from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_fo
 
 pytestmark = pytest.mark.slow
 
-EPOCHS, BATCH = 30, 32
+# Trials of ~4 s (synthetic, 100 epochs): the tests poll the study for a trial that is running and has a
+# checkpoint, then kill or interrupt it; with ~1 s trials (30 epochs) a slow poll could miss the window.
+EPOCHS, BATCH = 100, 32
 LONG_EPOCHS = 150
 
 
