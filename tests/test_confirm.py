@@ -393,7 +393,10 @@ def test_two_workers_share_the_stage(workdir: Path) -> None:
     storage = f"sqlite:///{workdir}/a.db"
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "ADAMTUNE_HEARTBEAT_SECONDS": "1", "ADAMTUNE_GRACE_SECONDS": "5", "PYTHONPATH": root}
-    command = [sys.executable, "-m", "adamtune", "search", *ARGS, "--n-trials", "6", "--workers", "2"]
+    # Runs of 40 epochs (~0.2 s each, a stage of several seconds): with ARGS' 3 the whole stage took
+    # under a second, and one worker could run all of it before the other was scheduled on a busy VM.
+    args = [*ARGS[:2], "--epochs", "40", *ARGS[4:]]
+    command = [sys.executable, "-m", "adamtune", "search", *args, "--n-trials", "6", "--workers", "2"]
     command += ["--devices", "cpu", "--storage", storage, "--no-tracking", "--confirm-seeds", "5"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
