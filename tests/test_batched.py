@@ -103,8 +103,12 @@ def test_a_diverging_trial_leaves_the_batch_and_the_others_are_unchanged(digits)
     settings = [AdamParams(), AdamParams(lr=50.0), AdamParams(lr=3e-3)]
     trials, singles = run_both(task, data, settings, epochs=4, batch_size=64)
     assert singles[1].diverged_epoch is not None and singles[1].diverged_epoch < 4  # the premise
-    for trial, single in zip(trials, singles, strict=True):
-        assert_same_curves(trial.curves, single)
+    for i in (0, 2):
+        assert_same_curves(trials[i].curves, singles[i])
+    # The diverging trial's own values blow up (~5e8 by epoch 1), so the batched and sequential kernels'
+    # different rounding shows in them (0.5% apart in one CI run): compare where and how it stopped.
+    assert trials[1].curves.diverged_epoch == singles[1].diverged_epoch
+    assert [e.epoch for e in trials[1].curves.epochs] == [e.epoch for e in singles[1].epochs]
     assert len(trials[0].curves.epochs) == 4 and len(trials[1].curves.epochs) == singles[1].diverged_epoch
 
 
