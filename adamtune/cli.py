@@ -110,6 +110,9 @@ def cli() -> None:
     adamtune verify --task digits                 # recommendation vs defaults on fresh seeds, test split
     mlflow ui                                     # every trial's learning curves
     """
+    from adamtune.importance_import import for_commands
+
+    for_commands()  # PED-ANOVA without scikit-learn's import (see importance_import.py)
 
 
 @cli.command()

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
 from adamtune.errors import StorageError
+from adamtune.importance_import import optuna_importance
 from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
 from adamtune.study import (
     BASELINE_ATTR,
@@ -197,7 +198,7 @@ def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[di
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=names)
+            raw = optuna_importance().get_param_importances(study, evaluator=evaluator, params=names)
     except Exception as exc:  # the evaluator rejects an unusual study: say why, keep the summary
         return None, f"importance could not be computed: {type(exc).__name__}: {exc}"
     return {_setting_name(name): float(value) for name, value in raw.items()}, None
@@ -206,7 +207,8 @@ def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[di
 def importance_evaluator(complete: int) -> optuna.importance.BaseImportanceEvaluator:
     """The evaluator of :func:`param_importance` (and of the ``param_importances`` plot) for a study of
     ``complete`` complete trials: PED-ANOVA with ``target_quantile = max(0.1, 3 / complete)``."""
-    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=max(TOP_FRACTION, MIN_TOP_TRIALS / complete))
+    evaluators = optuna_importance()  # first use in this process: without scikit-learn where allowed
+    return evaluators.PedAnovaImportanceEvaluator(target_quantile=max(TOP_FRACTION, MIN_TOP_TRIALS / complete))
 
 
 def _setting_name(optuna_name: str) -> str:
