@@ -309,9 +309,12 @@ def search(
         for line in outcome_lines(outcome.summary, outcome.search_seconds, outcome.stage_seconds):
             click.echo(line, err=True)
     if tracking:
-        from adamtune.tracking_ui import study_ui_url
+        from adamtune.tracking_ui import experiment_url, study_ui_url, ui_base_url
 
-        url = study_ui_url(tracking_uri, outcome.study_name)
+        if outcome.experiment is not None:  # known from the search's own tracker
+            url: str | None = experiment_url(ui_base_url(outcome.experiment[0]), outcome.experiment[1])
+        else:
+            url = study_ui_url(tracking_uri, outcome.study_name)
         if url is not None:
             local = not (tracking_uri or "").startswith(("http://", "https://"))
             click.echo(f"learning curves: {url}" + (" (after 'adamtune ui')" if local else ""), err=True)

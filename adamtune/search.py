@@ -29,6 +29,7 @@ from adamtune.worker import WorkerOptions, make_worker, open_tracker
 if TYPE_CHECKING:
     from adamtune.confirm_stage import ConfirmRun
     from adamtune.report import StudySummary
+    from adamtune.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class SearchOutcome:
     #: Wall seconds of this search until the trial target was reached, and of the confirmation stage after.
     search_seconds: float | None = None
     stage_seconds: float | None = None
+    #: ``(tracking URI, experiment id)`` of the study's runs in MLflow when this search tracked them.
+    experiment: tuple[str, str] | None = None
 
 
 def run_search(
@@ -96,6 +99,10 @@ def run_search(
     from adamtune.tasks import resolve_task
 
     started = time.monotonic()
+    if workers == 1 and options.tracking and not options.system_metrics:
+        from adamtune.tracking_remote import prestart
+
+        prestart()  # MLflow's helper process starts beside this one's imports (see tracking_remote.py)
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
         start_fork_server(tracking=options.tracking)
     task = resolve_task(spec.task)
@@ -150,7 +157,15 @@ def run_search(
         summarize(study, importance=False),
         stage_started - started,
         ended - stage_started,
+        _tracked_experiment(tracker),
     )
+
+
+def _tracked_experiment(tracker: Tracker | None) -> tuple[str, str] | None:
+    """Where the tracker logged the study, read from it (asking MLflow again would import it here)."""
+    if tracker is None or tracker.disabled is not None or tracker.experiment_id is None:
+        return None
+    return str(tracker.tracking_uri), str(tracker.experiment_id)
 
 
 class FinishedTrialWatcher:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adamtune.tracking_remote import RunTag
 from adamtune.tracking_trial import RUN_STATUS
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ def end_stale_trial(
     """
 
     def end(client: Any, _: str | None) -> None:
-        from mlflow.entities import RunTag
-
         experiment_id = tracker.experiment_id  # read here: a deferred tracker knows it once the store is open
         tags = [RunTag("adamtune.state", "failed"), RunTag("adamtune.stale", "true")]
         ids = [run_id] if run_id else [r.info.run_id for r in runs_of_trial(tracker, trial_number, client=client)]
@@ -64,8 +63,6 @@ def close_orphan_runs(tracker: Tracker, study: optuna.Study) -> None:
     study_name = tracker.study_name
 
     def close(client: Any, _: str | None) -> None:
-        from mlflow.entities import RunTag
-
         experiment_id = tracker.experiment_id
         query = f"attributes.status = 'RUNNING' and tags.`adamtune.study` = '{study_name}'"
         for run in client.search_runs([experiment_id], filter_string=query):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adamtune.tracking_remote import Metric, Param, RunTag
 from adamtune.tracking_trial import BATCH_LIMIT
 from adamtune.tracking_writer import _first_line, _now_ms, _Op, is_retryable
 
@@ -90,25 +91,21 @@ def open_parent_run(
 
 
 def _existing_parent(tracker: Tracker, study: optuna.Study) -> str | None:
-    from mlflow.exceptions import MlflowException
-
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if not run_id:
         return None
     try:
         run = tracker.client.get_run(run_id)
-    except MlflowException as exc:
+    except Exception as exc:
         if is_retryable(exc):
             raise
-        return None  # not in this store
+        return None  # refused: not in this store
     if run.info.lifecycle_stage == "deleted" or run.info.experiment_id != tracker.experiment_id:
         return None
     return str(run_id)
 
 
 def _create_parent(tracker: Tracker, study: optuna.Study, spec: StudySpec, storage_url: str | None) -> str:
-    from mlflow.entities import Param
-
     tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": tracker.host}
     if storage_url:
         from adamtune.study import redact_url
@@ -128,8 +125,6 @@ def _create_parent(tracker: Tracker, study: optuna.Study, spec: StudySpec, stora
 
 
 def settings_tags(spec: StudySpec) -> list[Any]:
-    from mlflow.entities import RunTag
-
     values = {"adamtune.n_trials": spec.n_trials, "adamtune.sampler": spec.sampler, "adamtune.pruner": spec.pruner}
     return [RunTag(k, str(v)) for k, v in values.items()]
 
@@ -145,8 +140,6 @@ def log_progress(
 
     Reads the study once; an Optuna storage error there skips these updates only (it is not MLflow's).
     """
-    from mlflow.entities import Metric
-
     if not noted:
         return  # an earlier call took them
     try:

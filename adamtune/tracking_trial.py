@@ -16,10 +16,10 @@ get the ``mlflow.run_id`` attribute (Optuna forbids changing finished trials); t
 ``adamtune.study`` and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 ``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
 
-Heavy imports (mlflow) happen inside the methods that need them, and only on the writer's thread: the
-training thread keeps metrics, params and tags as plain tuples ``(key, value, timestamp, step)`` /
-``(key, value)``, turned into MLflow's entities by the call that sends them. So trial 0 trains while
-the writer still imports MLflow (a deferred open, see ``tracking.py``).
+MLflow is never imported here: the training thread keeps metrics, params and tags as plain tuples
+``(key, value, timestamp, step)`` / ``(key, value)``; the call that sends them wraps them in the light
+entities of ``tracking_remote.py``, which the tracker's client turns into MLflow's (in this process or
+in the helper process). So trial 0 trains while MLflow is still being imported elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from adamtune.tracking_remote import Metric, Param, RunTag
 from adamtune.tracking_writer import RunHandle, _now_ms
 
 if TYPE_CHECKING:
@@ -108,8 +109,6 @@ class TrialRun:
                 p: list[Any] = head_params,
                 t: list[Any] = head_tags,
             ) -> None:
-                from mlflow.entities import Metric, Param, RunTag
-
                 metrics, params, tags = [Metric(*x) for x in m], [Param(*x) for x in p], [RunTag(*x) for x in t]
                 client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 

@@ -27,11 +27,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from adamtune.tracking_remote import RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +75,24 @@ def is_retryable(exc: BaseException) -> bool:
     error code maps to a 4xx HTTP status; connection errors and server errors map to 5xx, and anything
     that is not an ``MlflowException`` (OSError, requests or SQLAlchemy errors) is taken as transient.
     """
+    if isinstance(exc, RemoteError):  # raised by MLflow in the helper process, which judged it there
+        return exc.retryable
+    if "mlflow.exceptions" not in sys.modules:  # MLflow is not imported here: not one of its errors
+        return True
     from mlflow.exceptions import MlflowException
 
     if not isinstance(exc, MlflowException):
         return True
     status = exc.get_http_status_code()
     return not (400 <= status < 500) or status == 429
+
+
+def answered_with_error(exc: BaseException) -> bool:
+    """True when a tracking server answered the call with an error of its own (MLflow's ``RestException``)."""
+    if isinstance(exc, RemoteError):
+        return exc.server_error
+    exceptions = sys.modules.get("mlflow.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.RestException)
 
 
 @dataclass
@@ -211,8 +226,6 @@ class Writer:
         """Try ``op`` until it is sent, refused, or the writer is abandoned; True when it was sent."""
         if self._disabled or (op.run is not None and op.run.run_id is None):
             return False  # tracking was given up, or its run was never created
-        from mlflow.exceptions import RestException
-
         backoff, server_errors = self.initial_backoff, 0
         while not self._abandon.is_set():
             try:
@@ -221,7 +234,7 @@ class Writer:
                 if not is_retryable(exc):
                     self._refused(op, exc)
                     return False
-                if isinstance(exc, RestException):  # the server answered, with an error of its own
+                if answered_with_error(exc):
                     server_errors += 1
                     if server_errors >= MAX_SERVER_ERROR_ATTEMPTS:
                         self._refused(op, exc)
@@ -246,7 +259,7 @@ class Writer:
 
     def _refused(self, op: _Op, exc: BaseException) -> None:
         log.debug("MLflow refused %s: %s", op.what, exc)
-        if not self._refused_reported:
+        if not self._refused_reported and not self._disabled:  # a tracker that gave up has said why
             self._refused_reported = True
             self.notify(f"MLflow: could not {op.what} ({describe_error(exc)}); skipping it and going on")
 

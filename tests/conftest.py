@@ -63,3 +63,22 @@ def mlflow_postgres_url() -> Iterator[str]:
 def listing(path: Path) -> list[str]:
     """Names of the files under ``path`` (to assert that nothing was written)."""
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def trial_run_id(tracking_uri: str, study_name: str, trial) -> str:  # type: ignore[no-untyped-def]
+    """The id of ``trial``'s MLflow run, found by its tags as the product promises (``tracking_trial.py``).
+
+    The trial's ``mlflow.run_id`` attribute is only there when the run was created before the trial
+    ended (a one-worker search's first trial often ends before the MLflow helper has opened the store);
+    when it is there, it must name the same run.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(f"adamtune/{study_name}")
+    assert experiment is not None, f"no MLflow experiment for study {study_name!r}"
+    query = f"tags.`adamtune.role` = 'trial' and tags.`adamtune.trial_number` = '{trial.number}'"
+    found = [r.info.run_id for r in client.search_runs([experiment.experiment_id], filter_string=query)]
+    assert len(found) == 1, (trial.number, found)
+    assert trial.user_attrs.get("mlflow.run_id") in (None, found[0])
+    return found[0]

@@ -16,10 +16,11 @@ from adamtune.batch_worker import BATCH_ATTR
 from adamtune.cli import cli
 from adamtune.objective import trial_seed
 from adamtune.space import BASELINE
-from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, SEED_ATTR, count_trials, trial_state
+from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR, count_trials, trial_state
 from adamtune.tasks import resolve_task
 from adamtune.train import train
 from adamtune.worker import WorkerOptions, join_study
+from tests.conftest import trial_run_id
 
 EPOCHS = 3
 N_TRIALS = 20
@@ -55,7 +56,7 @@ def test_every_batched_trial_has_its_curve_in_mlflow(searched: dict) -> None:
     study = optuna.load_study(study_name="digits", storage=searched["storage"])
     client = MlflowClient(tracking_uri=searched["tracking"])
     for trial in study.trials:
-        run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+        run = client.get_run(trial_run_id(searched["tracking"], "digits", trial))
         assert run.data.tags["adamtune.state"] == trial_state(trial)
         stopped = int(run.data.tags["adamtune.stopped_epoch"])
         history = client.get_metric_history(run.info.run_id, "val_loss")

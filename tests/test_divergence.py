@@ -13,9 +13,10 @@ import torch
 
 from adamtune.context import TrialContext
 from adamtune.space import AdamParams
-from adamtune.study import CURVES_ATTR, RUN_ID_ATTR, SEED_ATTR, STATE_ATTR
+from adamtune.study import CURVES_ATTR, SEED_ATTR, STATE_ATTR
 from adamtune.tasks import resolve_task
 from adamtune.train import build_model, evaluate_metrics
+from tests.conftest import trial_run_id
 from tests.test_parallel import finish, start
 
 WILD = """
@@ -65,7 +66,7 @@ def test_built_in_trials_with_a_huge_lr_are_diverged_never_ranked_and_keep_their
         assert state in ("complete", "diverged")
         assert trial.intermediate_values, trial.number  # per-epoch points, diverged ones too
         assert trial.user_attrs[CURVES_ATTR]["val_loss"]
-        assert client.get_metric_history(trial.user_attrs[RUN_ID_ATTR], "val_loss"), trial.number
+        assert client.get_metric_history(trial_run_id(tracking, "synthetic", trial), "val_loss"), trial.number
     assert sum(t.user_attrs[STATE_ATTR] == "diverged" for t in trials) >= 4
 
 

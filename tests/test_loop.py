@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 
 from adamtune.cli import cli
 from adamtune.objective import ERROR_ATTR
-from adamtune.study import CURVES_ATTR, DIVERGED_EPOCH_ATTR, RUN_ID_ATTR, count_trials, trial_state
-from tests.conftest import listing
+from adamtune.study import CURVES_ATTR, DIVERGED_EPOCH_ATTR, count_trials, trial_state
+from tests.conftest import listing, trial_run_id
 from tests.loop_tasks import write_task
 
 
@@ -49,7 +49,7 @@ def test_a_loop_task_searches_summarises_and_verifies_with_its_own_metrics(workd
     assert baseline.value == pytest.approx(curves["val_mae"][-1])
     assert sorted(baseline.intermediate_values) == [1, 2, 3]  # the objective went to Optuna each epoch
     client = MlflowClient(tracking_uri=tracking)
-    run_id = baseline.user_attrs[RUN_ID_ATTR]
+    run_id = trial_run_id(tracking, "loop", baseline)
     for metric in ("val_mae", "val_loss", "train_loss"):
         assert [m.step for m in client.get_metric_history(run_id, metric)] == [1, 2, 3]
 
@@ -85,7 +85,7 @@ def test_fit_that_raises_fails_that_trial_once_and_the_search_goes_on(workdir: P
     failed = study.trials[1]
     assert "RuntimeError: boom in the user's fit" in failed.user_attrs[ERROR_ATTR]
     assert "in fit" in failed.user_attrs[ERROR_ATTR]  # the traceback reaches into the user's code
-    run = MlflowClient(tracking_uri=tracking).get_run(failed.user_attrs[RUN_ID_ATTR])
+    run = MlflowClient(tracking_uri=tracking).get_run(trial_run_id(tracking, "boom", failed))
     assert run.info.status == "FAILED" and run.data.tags["adamtune.state"] == "failed"
     assert "boom in the user's fit" in run.data.tags["adamtune.traceback"]
 
@@ -106,7 +106,7 @@ def test_nan_or_blown_up_reports_end_diverged_and_the_search_goes_on(workdir: Pa
     # no untrained metrics were reported: a diverged trial scores the worst objective it reported
     reported = [v for v in diverged.user_attrs[CURVES_ATTR]["val_mae"] if v is not None]
     assert diverged.value == pytest.approx(max(reported))
-    run = MlflowClient(tracking_uri=tracking).get_run(diverged.user_attrs[RUN_ID_ATTR])
+    run = MlflowClient(tracking_uri=tracking).get_run(trial_run_id(tracking, "div", diverged))
     assert run.data.tags["adamtune.state"] == "diverged" and run.data.tags["adamtune.diverged_epoch"] == str(epoch)
     summary = json.loads(invoke("summary", "--json").output)[0]
     assert summary["trials"]["diverged"] == 1 and summary["recommended_trial"] != 1

@@ -20,9 +20,9 @@ from mlflow import MlflowClient
 
 from adamtune.cli import cli
 from adamtune.space import BASELINE
-from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, count_trials, trial_state
+from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, count_trials, trial_state
 from adamtune.tracking import experiment_name
-from tests.conftest import listing
+from tests.conftest import listing, trial_run_id
 
 EPOCHS = 3
 
@@ -60,7 +60,7 @@ def test_every_trial_has_an_mlflow_run_with_curves(searched: dict) -> None:
     experiment = client.get_experiment_by_name(experiment_name("synthetic"))
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
     study = load(searched["storage"])
-    trial_runs = [runs[t.user_attrs[RUN_ID_ATTR]] for t in study.trials]
+    trial_runs = [runs[trial_run_id(searched["tracking"], "synthetic", t)] for t in study.trials]
     assert len(trial_runs) == 6
     for trial, run in zip(study.trials, trial_runs, strict=True):
         assert run.data.tags["adamtune.study"] == "synthetic"
@@ -70,7 +70,7 @@ def test_every_trial_has_an_mlflow_run_with_curves(searched: dict) -> None:
         assert float(run.data.params["beta1"]) == pytest.approx(trial.user_attrs[PARAMS_ATTR]["beta1"], rel=1e-5)
         assert "seed" in run.data.params and run.info.status in ("FINISHED", "FAILED")
     complete = next(t for t in study.trials if trial_state(t) == "complete")
-    history = client.get_metric_history(complete.user_attrs[RUN_ID_ATTR], "val_loss")
+    history = client.get_metric_history(trial_run_id(searched["tracking"], "synthetic", complete), "val_loss")
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
 
 
@@ -112,7 +112,7 @@ def test_lr_ten_ends_diverged_and_the_search_goes_on(workdir: Path) -> None:
     assert states == ["complete", "diverged", "diverged"]  # the baseline trains with lr 1e-3
     diverged = study.trials[1]
     assert diverged.user_attrs["adamtune.diverged_epoch"] == 1 and diverged.value > study.trials[0].value
-    run = MlflowClient(tracking_uri=tracking).get_run(diverged.user_attrs[RUN_ID_ATTR])
+    run = MlflowClient(tracking_uri=tracking).get_run(trial_run_id(tracking, "synthetic", diverged))
     assert run.data.tags["adamtune.state"] == "diverged" and run.data.tags["adamtune.diverged_epoch"] == "1"
     assert run.info.status == "FAILED"
     summary = json.loads(invoke("summary", "--json").output)[0]

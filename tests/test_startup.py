@@ -16,7 +16,8 @@ import optuna
 from mlflow import MlflowClient
 
 from adamtune.plots import PLOT_NAMES
-from adamtune.study import RUN_ID_ATTR, trial_state
+from adamtune.study import trial_state
+from tests.conftest import trial_run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +36,7 @@ def test_a_search_process_leaves_its_study_runs_curves_and_plots(tmp_path: Path)
     assert experiment is not None
     runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
     for trial in study.trials:
-        run = runs[trial.user_attrs[RUN_ID_ATTR]]
+        run = runs[trial_run_id(f"sqlite:///{tmp_path}/mlflow.db", "digits", trial)]
         assert run.info.status == "FINISHED" and run.data.tags["adamtune.state"] == "complete"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
         assert "final_val_loss" in run.data.metrics

@@ -32,12 +32,13 @@ from adamtune.config import build_spec
 from adamtune.errors import TrackingError
 from adamtune.report import summarize
 from adamtune.search import run_search
-from adamtune.study import RUN_ID_ATTR, trial_state
+from adamtune.study import trial_state
 from adamtune.tracking import Tracker
 from adamtune.tracking_stale import end_stale_trial, runs_of_trial
 from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG, study_progress
 from adamtune.tracking_writer import Writer, _Op, describe_error, is_retryable
 from adamtune.worker import WorkerOptions
+from tests.conftest import trial_run_id
 
 CONNECTION_REFUSED = (
     "API request to http://127.0.0.1:1/api failed with exception NewConnectionError(Connection refused)"
@@ -271,7 +272,7 @@ def test_every_trial_is_a_child_of_the_study_parent_run(local: dict[str, Any]) -
     assert [p.info.run_id for p in parents] == [parent_id]
     assert len(children) == len(study.trials) == 4  # one run per trial
     for trial in study.trials:
-        run = runs[trial.user_attrs[RUN_ID_ATTR]]
+        run = runs[trial_run_id(local["uri"], "s", trial)]
         assert run.data.tags[PARENT_TAG] == parent_id
         assert run.data.tags["adamtune.trial_number"] == str(trial.number)
         assert run.data.tags["adamtune.study"] == "s"
