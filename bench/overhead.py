@@ -19,7 +19,8 @@ runs a search (fresh directory, seed = round) and then the bare loop on that rou
 median of the per-round ratios is the result. Both sides use the same number of torch threads
 (``--threads``, default 1).
 
-Usage: ``python bench/overhead.py [--trials 30] [--rounds 3] [--threads 1]``.
+Usage: ``python bench/overhead.py [--trials 30] [--rounds 3] [--threads 1] [--compare NAME=VALUE]``
+(``--compare ADAMTUNE_TRACKING_PROCESS=0``: the same rounds with MLflow in the training process).
 """
 
 from __future__ import annotations
@@ -99,10 +100,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--compare",
+        metavar="NAME=VALUE",
+        help="also run each round's search with this environment variable set, against the same bare loop "
+        "(same-minute A/B; the two searches' order alternates between rounds)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = digits.load_data(None)
     bare_training(AdamParams(), 0, 1, 32, data)  # warm-up: first-call imports inside torch.optim
+    if args.compare:
+        compare(args, data)
+        return
     rows = [measure_round(args.trials, seed, args.threads, data) for seed in range(args.rounds)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s)")
     print(
@@ -124,6 +134,29 @@ def main() -> None:
     sys.stdout.flush()
 
 
+def compare(args: argparse.Namespace, data) -> None:  # type: ignore[no-untyped-def]
+    """Per round: the search as is and with ``args.compare`` set (alternating order), one bare loop between."""
+    name, _, value = args.compare.partition("=")
+    print(f"A: as is; B: {name}={value}; {args.trials} trials, {args.threads} thread(s)")
+    print("round  order  bare (s)  A steady  B steady  A e2e  B e2e  (ratios to bare)")
+    pairs = []
+    for seed in range(args.rounds):
+        order = ["A", "B"] if seed % 2 == 0 else ["B", "A"]
+        first = run_search(args.trials, seed, args.threads, {name: value} if order[0] == "B" else {})
+        bare = bare_of(first.done, data)
+        second = run_search(args.trials, seed, args.threads, {name: value} if order[1] == "B" else {})
+        runs = dict(zip(order, (first.against(bare), second.against(bare)), strict=True))
+        a, b = runs["A"], runs["B"]
+        pairs.append((a, b))
+        print(
+            f"{seed:5d}  {''.join(order):5s}  {bare:8.2f}  {a.steady / bare:8.3f}  {b.steady / bare:8.3f}  "
+            f"{a.end_to_end / bare:5.3f}  {b.end_to_end / bare:5.3f}"
+        )
+    for label, pick in (("steady", lambda r: r.steady), ("end to end", lambda r: r.end_to_end)):
+        print(f"median {label}: A/B = {statistics.median(pick(a) / pick(b) for a, b in pairs):.3f}")
+    sys.stdout.flush()
+
+
 def trainings(workdir: Path) -> list[optuna.trial.FrozenTrial]:
     """Every finished training of the search: its trials and its confirmation runs (oldest first)."""
     storage = f"sqlite:///{workdir}/adamtune.db"
@@ -135,37 +168,58 @@ def trainings(workdir: Path) -> list[optuna.trial.FrozenTrial]:
     return sorted(done, key=lambda t: t.datetime_start)
 
 
-def measure_round(n_trials: int, seed: int, threads: int, data) -> Round:  # type: ignore[no-untyped-def]
-    """One search of ``n_trials`` then the bare loop on all its trainings."""
+def measure_round(n_trials: int, seed: int, threads: int, data, extra_env: dict[str, str] | None = None) -> Round:  # type: ignore[no-untyped-def]
+    """One search of ``n_trials`` (with ``extra_env`` set) then the bare loop on all its trainings."""
+    searched = run_search(n_trials, seed, threads, extra_env or {})
+    return searched.against(bare_of(searched.done, data))
+
+
+@dataclass
+class Searched:
+    """One search's trainings and its timings (the Round, once the bare loop is known)."""
+
+    done: list[optuna.trial.FrozenTrial]
+    end_to_end: float
+    launched: dt.datetime
+
+    def against(self, bare: float) -> Round:
+        first = min(t.datetime_start for t in self.done)
+        last = max(t.datetime_complete for t in self.done)
+        return Round(
+            trainings=len(self.done),
+            pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in self.done),
+            bare=bare,
+            steady=(last - first).total_seconds(),
+            end_to_end=self.end_to_end,
+            to_first=(first - self.launched).total_seconds(),
+            after_last=self.end_to_end - (last - self.launched).total_seconds(),
+        )
+
+
+def run_search(n_trials: int, seed: int, threads: int, extra_env: dict[str, str]) -> Searched:
+    """The README's search in a fresh directory, as a new process; its trainings read back."""
     workdir = Path(tempfile.mkdtemp(prefix="adamtune-bench-"))
     try:
         command = [sys.executable, "-m", "adamtune", "search", "--task", "digits"]  # the venv need not be active
         command += ["--n-trials", str(n_trials), "--seed", str(seed)]
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # this checkout's code
-        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads), **extra_env}
         launched = dt.datetime.now()
         started = time.perf_counter()
         subprocess.run(command, cwd=workdir, check=True, capture_output=True, env=env)
-        end_to_end = time.perf_counter() - started
-        done = trainings(workdir)
-        first = min(t.datetime_start for t in done)
-        last = max(t.datetime_complete for t in done)
-        bare = 0.0
-        for trial in done:
-            epochs = sum(1 for v in trial.user_attrs[CURVES_ATTR]["val_loss"])
-            params = AdamParams.from_dict(trial.user_attrs[PARAMS_ATTR])
-            bare += bare_training(params, trial.user_attrs[SEED_ATTR], epochs, 32, data)
+        return Searched(trainings(workdir), time.perf_counter() - started, launched)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return Round(
-        trainings=len(done),
-        pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
-        bare=bare,
-        steady=(last - first).total_seconds(),
-        end_to_end=end_to_end,
-        to_first=(first - launched).total_seconds(),
-        after_last=end_to_end - (last - launched).total_seconds(),
-    )
+
+
+def bare_of(done: list[optuna.trial.FrozenTrial], data) -> float:  # type: ignore[no-untyped-def]
+    """Seconds of the bare loop over the same trainings (settings, seed, epochs)."""
+    bare = 0.0
+    for trial in done:
+        epochs = sum(1 for v in trial.user_attrs[CURVES_ATTR]["val_loss"])
+        params = AdamParams.from_dict(trial.user_attrs[PARAMS_ATTR])
+        bare += bare_training(params, trial.user_attrs[SEED_ATTR], epochs, 32, data)
+    return bare
 
 
 if __name__ == "__main__":
