@@ -25,9 +25,10 @@ calls the same way, so the tracker's code does not know which one it has:
 Failure: a helper that exits (killed, out of memory) makes every later call raise a
 :class:`RemoteError` that is not retryable; the first such call tells ``on_exit``, and the tracker
 gives tracking up with one notice (``tracking.py``) while the training and the study go on. The
-helper runs in its own session, so a Ctrl-C in the terminal reaches only the command, which then
-sends what is queued; it exits when the command closes the socket or dies, and skips its
-interpreter's slow shutdown (``os._exit``), so that it never holds the command's output pipes open.
+helper runs in its own session and ignores SIGINT and SIGTERM, so a Ctrl-C, or a scheduler's
+SIGTERM to every process of the job, leaves it to the command, which then sends what is queued.
+It exits when the command closes the socket or dies, and skips its interpreter's slow shutdown
+(``os._exit``), so that it never holds the command's output pipes open.
 """
 
 from __future__ import annotations
@@ -302,7 +303,10 @@ def serve(connection: Connection) -> None:
 
 
 def main(argv: list[str]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command handles Ctrl-C and closes us
+    # The command handles Ctrl-C and SIGTERM (a scheduler may signal every process of the job) and then
+    # sends what is queued through us; we exit when it closes the socket or dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         serve(Connection(int(argv[0])))
     finally:

@@ -74,6 +74,18 @@ def test_a_helper_that_exits_fails_every_later_call_without_retry(tmp_path: Path
     client.close()
 
 
+def test_the_helper_leaves_sigint_and_sigterm_to_the_command(tmp_path: Path) -> None:
+    """A Ctrl-C or a scheduler's SIGTERM to the whole job must not stop it before the command flushes."""
+    client = RemoteClient()
+    client.open(f"sqlite:///{tmp_path}/mlflow.db")
+    for sent in (signal.SIGINT, signal.SIGTERM):
+        os.kill(client._process.pid, sent)
+    time.sleep(0.5)
+    assert client.get_experiment_by_name("Default") is not None  # still answering
+    client.close()
+    assert client._process.poll() == 0
+
+
 def test_closing_lets_the_helper_exit(tmp_path: Path) -> None:
     client = RemoteClient()
     client.open(f"sqlite:///{tmp_path}/mlflow.db")
