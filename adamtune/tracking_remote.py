@@ -114,10 +114,14 @@ def take_helper(on_exit: Callable[[str], None] | None = None) -> RemoteClient:
     """The helper :func:`prestart` started, or a new one; ``on_exit`` as for :class:`RemoteClient`."""
     global _spare
     helper, _spare = _spare, None
+    if helper is not None:
+        atexit.unregister(helper.close)
+        if helper.started_in != (os.getcwd(), dict(os.environ)):  # MLflow resolves paths and settings there
+            helper.close()
+            helper = None
     if helper is None:
         return RemoteClient(on_exit)
-    atexit.unregister(helper.close)  # its tracker closes it
-    helper.on_exit = on_exit
+    helper.on_exit = on_exit  # its tracker closes it
     return helper
 
 
@@ -171,6 +175,8 @@ class RemoteClient:
     def __init__(self, on_exit: Callable[[str], None] | None = None) -> None:
         """Start the helper; ``on_exit(reason)`` is called once, by the call that finds it has exited."""
         self.on_exit = on_exit
+        #: The working directory and environment the helper inherited.
+        self.started_in = (os.getcwd(), dict(os.environ))
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parent.parent)
         path = os.environ.get("PYTHONPATH")

@@ -86,6 +86,29 @@ def test_the_helper_leaves_sigint_and_sigterm_to_the_command(tmp_path: Path) -> 
     assert client._process.poll() == 0
 
 
+def test_a_prestarted_helper_is_taken_only_where_it_was_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow resolves relative paths (./mlruns) and its settings in the helper: same directory, same env."""
+    from adamtune import tracking_remote
+
+    monkeypatch.chdir(tmp_path)
+    tracking_remote.prestart()
+    spare = tracking_remote._spare
+    assert spare is not None
+    taken = tracking_remote.take_helper()
+    assert taken is spare and tracking_remote._spare is None
+    taken.close()
+    tracking_remote.prestart()
+    spare = tracking_remote._spare
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    taken = tracking_remote.take_helper()
+    assert taken is not spare and taken.started_in[0] == str(tmp_path / "elsewhere")
+    assert spare is not None and spare._process.poll() == 0  # the stale one was closed
+    taken.close()
+
+
 def test_closing_lets_the_helper_exit(tmp_path: Path) -> None:
     client = RemoteClient()
     client.open(f"sqlite:///{tmp_path}/mlflow.db")
