@@ -105,23 +105,31 @@ def prestart() -> None:
     and MLflow's import then overlap this process's own start-up. Does nothing when ``PROCESS_ENV=0``.
     A helper nobody takes exits with this process (closed at exit, or it reads EOF)."""
     global _spare
+    if _spare is not None and not _spare.fits_here():  # left by a search that failed before its tracker
+        _drop_spare()
     if _spare is None and use_process():
         _spare = RemoteClient()
         atexit.register(_spare.close)
 
 
-def take_helper(on_exit: Callable[[str], None] | None = None) -> RemoteClient:
-    """The helper :func:`prestart` started, or a new one; ``on_exit`` as for :class:`RemoteClient`."""
+def _drop_spare() -> None:
     global _spare
     helper, _spare = _spare, None
     if helper is not None:
         atexit.unregister(helper.close)
-        if helper.started_in != (os.getcwd(), dict(os.environ)):  # MLflow resolves paths and settings there
-            helper.close()
-            helper = None
+        helper.close()
+
+
+def take_helper(on_exit: Callable[[str], None] | None = None) -> RemoteClient:
+    """The helper :func:`prestart` started, or a new one; ``on_exit`` as for :class:`RemoteClient`."""
+    global _spare
+    if _spare is not None and not _spare.fits_here():
+        _drop_spare()
+    helper, _spare = _spare, None
     if helper is None:
         return RemoteClient(on_exit)
-    helper.on_exit = on_exit  # its tracker closes it
+    atexit.unregister(helper.close)  # its tracker closes it
+    helper.on_exit = on_exit
     return helper
 
 
@@ -196,6 +204,11 @@ class RemoteClient:
         self._gone: str | None = None
         self._closing = False
         self.tracking_uri: str | None = None
+
+    def fits_here(self) -> bool:
+        """Whether the helper inherited this directory and environment (MLflow resolves ``./mlruns``,
+        and reads its settings such as the HTTP client's retries, in the helper)."""
+        return self.started_in == (os.getcwd(), dict(os.environ))
 
     def open(self, tracking_uri: str | None) -> str:
         """Import MLflow there, create the local store if it is new, and make the client; the resolved URI."""

@@ -93,9 +93,9 @@ def test_a_prestarted_helper_is_taken_only_where_it_was_started(
     from adamtune import tracking_remote
 
     monkeypatch.chdir(tmp_path)
-    tracking_remote.prestart()
+    tracking_remote.prestart()  # replaces one an earlier in-process search left in another directory
     spare = tracking_remote._spare
-    assert spare is not None
+    assert spare is not None and spare.started_in[0] == str(tmp_path)
     taken = tracking_remote.take_helper()
     assert taken is spare and tracking_remote._spare is None
     taken.close()
