@@ -147,6 +147,8 @@ class TrialCheckpoints:
     set_pointer: Callable[[dict[str, Any]], None]
     pointers: list[dict[str, Any]] = field(default_factory=list)
     every: int | None = None
+    #: Where ``store`` is (``open_store``'s argument), for a trainer process that opens it itself.
+    location: str | None = None
     _latest: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

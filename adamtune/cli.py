@@ -247,58 +247,65 @@ def search(
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)
+    from adamtune.trainer import start_trainer
 
-    from adamtune.progress import SearchProgress
-    from adamtune.search import best_value, run_search
-    from adamtune.study import count_trials, redact_url
-    from adamtune.worker import WorkerOptions
+    # One worker trains in a trainer process where a core is spare (trainer.py). It starts first, so that
+    # its imports (torch, the task, the data) overlap this process's (optuna, the study database).
+    with start_trainer(spec.task, data_dir, devices, workers, spec.batch_trials) as trainer:
+        from adamtune.progress import SearchProgress
+        from adamtune.search import best_value, run_search
+        from adamtune.study import count_trials, redact_url
+        from adamtune.worker import WorkerOptions
 
-    options = WorkerOptions(
-        storage_url=storage,
-        study_name=spec.study_name,
-        tracking=tracking,
-        tracking_uri=tracking_uri,
-        system_metrics=system_metrics,
-        data_dir=data_dir,
-        seed=seed,
-        checkpoint_store=checkpoint_store,
-    )
-    display: dict[str, SearchProgress] = {}
-    final: dict[str, Any] = {"spec": spec}
-
-    def on_start(final_spec: Any, already: int) -> None:
-        final["spec"] = final_spec
-        click.echo(
-            f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
-            f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
-            f"{already} of {final_spec.n_trials} trials done",
-            err=True,
+        options = WorkerOptions(
+            storage_url=storage,
+            study_name=spec.study_name,
+            tracking=tracking,
+            tracking_uri=tracking_uri,
+            system_metrics=system_metrics,
+            data_dir=data_dir,
+            seed=seed,
+            checkpoint_store=checkpoint_store,
         )
-        display["bar"] = SearchProgress(final_spec.study_name, final_spec.n_trials, final_spec.objective).__enter__()
+        display: dict[str, SearchProgress] = {}
+        final: dict[str, Any] = {"spec": spec}
 
-    def on_trial(study: Any, trial: Any) -> None:
-        display["bar"].log(describe_trial(trial))
+        def on_start(final_spec: Any, already: int) -> None:
+            final["spec"] = final_spec
+            click.echo(
+                f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
+                f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
+                f"{already} of {final_spec.n_trials} trials done",
+                err=True,
+            )
+            display["bar"] = SearchProgress(
+                final_spec.study_name, final_spec.n_trials, final_spec.objective
+            ).__enter__()
+
+        def on_trial(study: Any, trial: Any) -> None:
+            display["bar"].log(describe_trial(trial))
+            try:
+                trials = study.get_trials(deepcopy=False)
+            except Exception:  # the database is away for a moment: the worker retries; the display waits
+                return
+            display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
+
         try:
-            trials = study.get_trials(deepcopy=False)
-        except Exception:  # the database is away for a moment: the worker retries; the display waits
-            return
-        display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
-
-    try:
-        outcome = run_search(
-            spec,
-            options,
-            on_trial=on_trial,
-            on_start=on_start,
-            workers=workers,
-            devices=devices,
-            on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
-            on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
-            on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
-        )
-    finally:
-        if "bar" in display:
-            display["bar"].__exit__(None, None, None)
+            outcome = run_search(
+                spec,
+                options,
+                on_trial=on_trial,
+                on_start=on_start,
+                workers=workers,
+                devices=devices,
+                trainer=trainer,
+                on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
+                on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
+                on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
+            )
+        finally:
+            if "bar" in display:
+                display["bar"].__exit__(None, None, None)
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "

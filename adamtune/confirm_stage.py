@@ -218,7 +218,8 @@ def _arm_params(state: StageState, arm: str, defaults: AdamParams) -> AdamParams
 def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interrupts) -> ConfirmRun:
     """Train one confirmation run under a heartbeat and record it (FAIL on an error or an interrupt)."""
     from adamtune.heartbeat import Heartbeat
-    from adamtune.runner import split_metric, train_once
+    from adamtune.runner import split_metric
+    from adamtune.trainer import describe_failure
 
     assert step.trial is not None and step.params is not None
     trial, objective, spec = step.trial, worker.objective, worker.objective.spec
@@ -244,11 +245,8 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
     with Heartbeat(confirm._storage, trial._trial_id, interval):
         try:
             interrupts.raise_pending()
-            outcome = train_once(
-                objective.task,
-                objective.data,
+            outcome = objective.training().train_once(
                 step.params,
-                device=objective.device,
                 epochs=spec.epochs,
                 batch_size=spec.batch_size,
                 seed=step.seed,
@@ -263,9 +261,10 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             log.warning("confirmation run %s seed %d: interrupted; it runs again on resume", step.arm, step.seed)
             raise
         except Exception as exc:
-            log.warning("confirmation run %s seed %d failed: %s: %s", step.arm, step.seed, type(exc).__name__, exc)
+            kind = describe_failure(exc)[0]
+            log.warning("confirmation run %s seed %d failed: %s: %s", step.arm, step.seed, kind, exc)
             with interrupts.critical():
-                _set_attrs(trial, {ERROR_ATTR: f"{type(exc).__name__}: {exc}"[:500]})
+                _set_attrs(trial, {ERROR_ATTR: f"{kind}: {exc}"[:500]})
                 _finish_mlflow(mlflow_run, trial, "failed", {}, None)
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             return ConfirmRun(step.arm, step.seed, None, metric, worker=objective.worker, device=objective.device)

@@ -72,8 +72,8 @@ from adamtune.checkpoint import AUTO_SECONDS, AUTO_SHARE, CheckpointUnusable
 from adamtune.metrics import SPLITS, bare_name, check_metric_name
 
 if TYPE_CHECKING:
+    from adamtune.curves import Curves
     from adamtune.space import AdamParams
-    from adamtune.train import Curves
 
 #: A ``loss`` this many times the reference loss is a blow-up (the built-in trainer's factor).
 DIVERGENCE_FACTOR = 10.0
@@ -159,6 +159,9 @@ class TrialContext:
         self.checkpoint_seconds = 0.0  # time spent saving checkpoints in this run
         self.checkpoint_bytes = 0  # size of the last checkpoint written
         self.checkpoints_saved = 0
+        #: The epochs at which adamtune's side may prune (its ``on_epoch`` answer matters); None: any epoch.
+        #: A trainer in another process waits for an answer only at these (``trainer_process.py``).
+        self.prune_epochs: frozenset[int] | None = None
 
     # ---- the user's side -------------------------------------------------------------------------------
 
@@ -340,6 +343,11 @@ class TrialContext:
         return self._stop is not None
 
     @property
+    def stop_reason(self) -> StopTrial | None:
+        """The ``TrialPruned``/``TrialDiverged`` that stopped the run, or None."""
+        return self._stop
+
+    @property
     def history(self) -> list[tuple[int, dict[str, float]]]:
         """``(epoch, metrics)`` of every reported epoch, metrics under their stored names."""
         return list(self._history)
@@ -373,6 +381,64 @@ class TrialContext:
         """:meth:`report` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning)."""
         self._report(epoch, metrics)
 
+    # ---- a trainer in another process (``trainer_client.py``): its context's calls, played here ----------
+
+    @property
+    def checkpoints(self) -> Any:
+        """The run's ``checkpoint.TrialCheckpoints`` (None: no checkpoints)."""
+        return self._checkpoints
+
+    @property
+    def checkpoint_dir_setting(self) -> Path | None:
+        """The scratch directory given to this context (None: a temporary one on first use)."""
+        return self._checkpoint_dir
+
+    def forward_report(self, epoch: int, record: Mapping[str, float], diverged: bool) -> bool:
+        """A report of this run's context in the trainer process (already checked there): kept in the
+        curve and given to adamtune's hook; returns the hook's prune answer."""
+        self._history.append((epoch, dict(record)))
+        self._last_epoch = epoch
+        if self._on_epoch is None:
+            return False
+        return bool(self._on_epoch(epoch, record, diverged)) and not diverged
+
+    def forward_resume(self, epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
+        """The trainer process restored a checkpoint of ``epoch`` with this curve."""
+        self._history, self._last_epoch, self.resumed_from_epoch = list(history), epoch, epoch
+        if self._on_resume is not None:
+            self._on_resume(epoch, list(history))
+
+    def prune(self, epoch: int) -> None:
+        """Stop the trial as pruned at ``epoch`` (adamtune's side decided after the report); raises TrialPruned."""
+        self._stop_as(TrialPruned(f"pruned at epoch {epoch}"), "pruned", None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This run's outcome as plain data (what :meth:`adopt` takes): state, curve, untrained metrics,
+        resume and checkpoint counts. Holds no data, hook, model or store, so it pickles."""
+        return {
+            "state": self.state,
+            "diverged_epoch": self.diverged_epoch,
+            "history": self._history,
+            "initial": self._initial,
+            "last_epoch": self._last_epoch,
+            "stop": self._stop,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "checkpoint_bytes": self.checkpoint_bytes,
+            "checkpoints_saved": self.checkpoints_saved,
+        }
+
+    def adopt(self, snapshot: Mapping[str, Any]) -> None:
+        """Take over the outcome of the same run trained elsewhere (:meth:`snapshot` of its context there)."""
+        self.state, self.diverged_epoch = snapshot["state"], snapshot["diverged_epoch"]
+        self._history = [(int(e), dict(m)) for e, m in snapshot["history"]]
+        self._initial = dict(snapshot["initial"]) if snapshot["initial"] is not None else None
+        self._last_epoch, self._stop = snapshot["last_epoch"], snapshot["stop"]
+        self.resumed_from_epoch, self.checkpoint_every = snapshot["resumed_from_epoch"], snapshot["checkpoint_every"]
+        self.checkpoint_seconds, self.checkpoint_bytes = snapshot["checkpoint_seconds"], snapshot["checkpoint_bytes"]
+        self.checkpoints_saved = snapshot["checkpoints_saved"]
+
     def mark_diverged(self, epoch: int, reason: str) -> None:
         """Stop the trial as diverged at ``epoch`` (a trainer that detected it itself); raises TrialDiverged."""
         self._stop_as(TrialDiverged(f"diverged at epoch {epoch}: {reason}"), "diverged", epoch)
@@ -405,8 +471,8 @@ class TrialContext:
         return last[name], {k: v for k, v in last.items() if k.startswith(prefix)}
 
     def curves(self) -> Curves:
-        """The reported epochs as :class:`adamtune.train.Curves` (imports torch)."""
-        from adamtune.train import Curves, EpochMetrics
+        """The reported epochs as :class:`adamtune.curves.Curves`."""
+        from adamtune.curves import Curves, EpochMetrics
 
         curves = Curves(epochs=[EpochMetrics(epoch, dict(m)) for epoch, m in self._history])
         curves.diverged_epoch = self.diverged_epoch

@@ -47,7 +47,6 @@ import re
 import socket
 import tempfile
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,7 +61,6 @@ from adamtune.context import TrialContext
 from adamtune.errors import TaskError
 from adamtune.metrics import bare_name
 from adamtune.reporting import TrialWriter
-from adamtune.runner import run_in_context
 from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
     BASELINE_ATTR,
@@ -78,13 +76,14 @@ from adamtune.study import (
     with_db_retry,
 )
 from adamtune.tasks.loop import LoopTask
+from adamtune.trainer import InlineTrainer, Trainer, describe_failure
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from adamtune.curves import Curves
     from adamtune.tracking import Tracker
     from adamtune.tracking_trial import TrialRun
-    from adamtune.train import Curves
 
 #: Trial attribute holding the traceback of a trial that failed with an exception.
 ERROR_ATTR = "adamtune.error"
@@ -121,10 +120,12 @@ class Objective:
     """Callable objective for ``study.optimize``; holds what stays the same across a worker's trials.
 
     ``task`` is a built-in ``Task`` (``data``: its ``TaskData`` on ``device``) or a ``LoopTask``
-    (``data``: its ``LoopData``). ``checkpoint_root`` holds one directory per study and trial (default:
-    ``<tmp>/adamtune-checkpoints``), created only when a trial asks for ``trial.checkpoint_dir``.
-    ``checkpoint_store`` is an opened ``(artifact store, id prefix)`` (``checkpoint.open_store``); None:
-    no checkpoints. ``checkpoint_every``: see ``context.py`` (None: automatic, 0: never).
+    (``data``: its ``LoopData``), trained in this process; or, with ``trainer`` (a trainer process, see
+    ``trainer.py``), the task's ``TaskInfo`` and no data. ``checkpoint_root`` holds one directory per
+    study and trial (default: ``<tmp>/adamtune-checkpoints``), created only when a trial asks for
+    ``trial.checkpoint_dir``. ``checkpoint_store`` is an opened ``(artifact store, id prefix)``
+    (``checkpoint.open_store``) of ``checkpoint_location``; None: no checkpoints. ``checkpoint_every``:
+    see ``context.py`` (None: automatic, 0: never).
     """
 
     spec: StudySpec
@@ -138,11 +139,19 @@ class Objective:
     checkpoint_store: tuple[Any, str] | None = None
     checkpoint_every: int | None = None
     keep_best_checkpoint: bool = False
+    checkpoint_location: str | None = None
+    trainer: Trainer | None = None
+
+    def training(self) -> Trainer:
+        """Where this objective's runs train: ``trainer``, else this process (made once)."""
+        if self.trainer is None:
+            self.trainer = InlineTrainer(self.task, self.data, self.device)
+        return self.trainer
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = self.begin(trial)
         try:
-            run_in_context(self.task, self.data, started.context)
+            self.training().run(started.context)
         except Exception as exc:
             if started.context.state == "running":  # the task's own error, not adamtune stopping it
                 self.fail(started, exc)
@@ -235,6 +244,7 @@ class Objective:
             checkpoint_every=self.checkpoint_every,
             on_resume=on_resume,
         )
+        context.prune_epochs = frozenset() if is_baseline else writer.decision_epochs()
         resumed = self._resume_tags(context, earlier)
         return StartedTrial(trial, context, run, writer, time.perf_counter(), checkpoints, resumed)
 
@@ -307,15 +317,15 @@ class Objective:
             if t.number != trial.number and t.value is not None and t.user_attrs.get(STATE_ATTR) == "complete"
         ]
         better = (min if self.spec.direction != "maximize" else max)([value, *scores]) == value
-        state = context.capture_state()
-        if not better or state is None:
+        if not better:
             return
         try:
-            pointer = checkpoints.save_best(context.history[-1][0], state)
+            pointer = self.training().save_best(context, checkpoints, context.history[-1][0])
         except Exception as exc:  # the store is away: the result stands, the checkpoint is not kept
             log.warning("trial %d: could not keep its checkpoint as the best (%s)", trial.number, exc)
             return
-        writer.set_attrs({BEST_ATTR: pointer})
+        if pointer is not None:
+            writer.set_attrs({BEST_ATTR: pointer})
 
     def _earlier_trials(self, trial: optuna.Trial, system_attrs: Mapping[str, Any]) -> list[optuna.trial.FrozenTrial]:
         """The lineage's earlier trials (oldest first); none for a trial that is no retry."""
@@ -358,6 +368,7 @@ class Objective:
             fingerprint=json_safe(fingerprint),
             set_pointer=set_pointer,
             pointers=[t.user_attrs[CHECKPOINT_ATTR] for t in earlier if CHECKPOINT_ATTR in t.user_attrs],
+            location=self.checkpoint_location,
         )
 
     @staticmethod
@@ -390,7 +401,8 @@ class Objective:
         extra_tags: Mapping[str, object] | None = None,
     ) -> None:
         """Record a failed trial: its traceback on the trial, its MLflow run closed as failed."""
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS:]
+        kind, text = describe_failure(exc)
+        text = (text or f"{kind}: {exc}")[-TRACEBACK_CHARS:]
         if isinstance(exc, Exception):  # an interruption is not the task's error
             writer.set_attrs({ERROR_ATTR: text})
         curves = context.curves()
@@ -433,11 +445,11 @@ class Objective:
         error_text: str | None = None,
         extra_tags: Mapping[str, object] | None = None,
     ) -> None:
-        """Close the trial's MLflow run as ``state`` (while the trial still runs, so its run id can be stored)."""
+        """Close the trial's MLflow run as ``state``; its run id, when already known, goes with the trial's
+        last write (not waited for: a short trial often ends before the run is made, see ``tracking_trial.py``)."""
         if run is None:
             return
-        run.wait_for_run_id()
-        _note_run_id(writer, run)
+        _note_run_id(writer, run, flush=False)
         last = curves.last if curves is not None else None
         final = last.as_dict() if last is not None else {}
         tags: dict[str, object] = {"adamtune.trial_number": trial.number, **(extra_tags or {})}
@@ -448,18 +460,22 @@ class Objective:
             if curves.seconds:
                 final["seconds"] = curves.seconds
         if error is not None:
-            tags["adamtune.error"] = f"{type(error).__name__}: {error}"[:500]
+            tags["adamtune.error"] = f"{describe_failure(error)[0]}: {error}"[:500]
             if error_text and isinstance(error, Exception):
                 tags["adamtune.traceback"] = error_text
         run.finish(state, final, tags, study=getattr(trial, "study", None), trial_number=trial.number, value=value)
 
 
-def _note_run_id(writer: TrialWriter, run: TrialRun) -> None:
-    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs)."""
+def _note_run_id(writer: TrialWriter, run: TrialRun, *, flush: bool = True) -> None:
+    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs).
+
+    During training it is written at once (``flush``): the stale-trial check closes a dead worker's run
+    by this id."""
     run_id = run.take_new_run_id()
-    if run_id is not None:  # written at once: the stale-trial check closes a dead worker's run by this id
+    if run_id is not None:
         writer.set_attrs({RUN_ID_ATTR: run_id})
-        writer.flush()
+        if flush:
+            writer.flush()
 
 
 def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:

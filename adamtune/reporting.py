@@ -140,14 +140,19 @@ class TrialWriter:
         if not self._curve_written or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def should_prune(self, epoch: int) -> bool:
-        """Flush and ask the pruner when it can act at ``epoch``; False without a database call otherwise."""
+    def decision_epochs(self) -> frozenset[int] | None:
+        """The epochs at which :meth:`should_prune` asks the pruner (None: every epoch)."""
         if not self._epochs_known:
             study = getattr(self.trial, "study", None)
             pruner = getattr(study, "pruner", None)
             self._epochs = None if pruner is None else decision_epochs(pruner, study, self.trial.number, self.n_epochs)
             self._epochs_known = True
-        if self._epochs is not None and epoch not in self._epochs:
+        return self._epochs
+
+    def should_prune(self, epoch: int) -> bool:
+        """Flush and ask the pruner when it can act at ``epoch``; False without a database call otherwise."""
+        epochs = self.decision_epochs()
+        if epochs is not None and epoch not in epochs:
             return False
         self.flush()
         return self.trial.should_prune()

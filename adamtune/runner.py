@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from adamtune.context import TrialContext, TrialDiverged
 from adamtune.errors import TaskError
@@ -43,7 +43,7 @@ class RunOutcome:
     split: str
     metrics: dict[str, float]
     diverged: bool
-    curves: Any  # adamtune.train.Curves (typed loosely so this module imports no torch at import time)
+    curves: Any  # adamtune.curves.Curves
 
 
 def split_metric(objective: str, split: str) -> str:
@@ -63,13 +63,28 @@ def seed_all(seed: int) -> None:
     numpy.random.seed(seed % 2**32)
 
 
-def run_in_context(task: Any, data: Any, context: TrialContext) -> None:
+class LateDecisions(Protocol):
+    """Pruning answers that may arrive after the report they answer (a trainer process, see
+    ``trainer_process.py``). The built-in trainer keeps training meanwhile and applies them at once."""
+
+    def check(self) -> None:
+        """Between optimizer steps: apply an answer that has arrived (raises ``TrialPruned`` to stop)."""
+
+    def settle(self) -> None:
+        """Before the next report and when training ends: wait for the answer still due, and apply it."""
+
+
+def run_in_context(task: Any, data: Any, context: TrialContext, late: LateDecisions | None = None) -> None:
     """Train ``task`` against ``context``: the user's ``fit`` for a loop task, the built-in trainer otherwise.
 
     Args:
         task: a :class:`LoopTask` or a built-in :class:`~adamtune.tasks.base.Task`.
         data: the worker's loaded data (a ``LoopData`` for a loop task; ``TaskData`` on the device else).
         context: the run's context; its reports are the result (see :meth:`TrialContext.result`).
+        late: for the built-in trainer only, where its hook returns before adamtune's side has decided
+            whether to prune: checked after every step, settled before each report and at the end, so
+            the trial stops with exactly the curve it would have had with an answer at once. A loop task's
+            hook must answer at once (``late`` is ignored).
 
     Raises:
         StopTrial: the context stopped the run (pruned or diverged); also when ``fit`` wrapped it in
@@ -79,10 +94,10 @@ def run_in_context(task: Any, data: Any, context: TrialContext) -> None:
         seed_all(context.seed)
         task.fit(context)
         return
-    _fit_builtin(task, data, context)
+    _fit_builtin(task, data, context, late)
 
 
-def _fit_builtin(task: Any, data: Any, context: TrialContext) -> None:
+def _fit_builtin(task: Any, data: Any, context: TrialContext, late: LateDecisions | None = None) -> None:
     """The built-in trainer reporting to ``context``: untrained metrics, then per epoch ``train_loss``/``lr``
     (logged) and the validation metrics (reported)."""
     from adamtune.train import train
@@ -91,6 +106,8 @@ def _fit_builtin(task: Any, data: Any, context: TrialContext) -> None:
         raise ValueError("the built-in trainer validates on the val split; use train_once(split='test') for test")
 
     def on_epoch(metrics: Any) -> None:
+        if late is not None:
+            late.settle()
         values = metrics.as_dict()
         context.log(**{k: v for k, v in values.items() if not k.startswith("val_")})
         context.report_epoch(metrics.epoch, {k[4:]: v for k, v in values.items() if k.startswith("val_")})
@@ -106,7 +123,10 @@ def _fit_builtin(task: Any, data: Any, context: TrialContext) -> None:
         on_epoch=on_epoch,
         on_initial=lambda initial: context.report_initial(**initial),
         resume=context,
+        on_step=late.check if late is not None else None,
     )
+    if late is not None:
+        late.settle()
     if curves.diverged and not context.stopped:  # train() stops at divergence without calling on_epoch
         assert curves.last is not None
         on_epoch(curves.last)  # the context applies the same rule and raises TrialDiverged
@@ -185,8 +205,8 @@ def _loop_once(
     """``train_once`` for a loop task: ``fit`` runs with ``trial.split == split``; its reports are the outcome."""
     import time
 
+    from adamtune.curves import EpochMetrics
     from adamtune.metrics import bare_name
-    from adamtune.train import EpochMetrics
 
     def hook(epoch: int, metrics: Any, diverged: bool) -> bool:
         if on_epoch is not None and not diverged:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -29,7 +29,10 @@ from adamtune.worker import WorkerOptions, make_worker, open_tracker
 if TYPE_CHECKING:
     from adamtune.confirm_stage import ConfirmRun
     from adamtune.report import StudySummary
+    from adamtune.tasks.base import Task
+    from adamtune.tasks.loop import LoopTask
     from adamtune.tracking import Tracker
+    from adamtune.trainer_client import ProcessTrainer
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def run_search(
     on_log: Callable[[str], None] | None = None,
     on_progress: Callable[[Counts, float | None], None] | None = None,
     on_confirm_run: Callable[[ConfirmRun], None] | None = None,
+    trainer: ProcessTrainer | None = None,
 ) -> SearchOutcome:
     """Create or resume ``spec``'s study in ``options.storage_url`` and run ``workers`` workers on it.
 
@@ -87,6 +91,9 @@ def run_search(
         on_confirm_run: called with each confirmation run that finished (any worker), see
             ``confirm_stage.py``. The stage runs in the workers once the trial target is reached, unless
             ``spec.confirm`` turns it off.
+        trainer: with one worker, a trainer process already preparing ``spec.task`` (``trainer.py``):
+            the worker's runs train there, and this process never loads the task or its data. The
+            caller closes it.
 
     Raises:
         ConfigError, DeviceError, TaskError, DataError, StorageError, TrackingError: bad input, before
@@ -105,12 +112,21 @@ def run_search(
         prestart()  # MLflow's helper process starts beside this one's imports (see tracking_remote.py)
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
         start_fork_server(tracking=options.tracking)
-    task = resolve_task(spec.task)
-    spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad objective
-    device_list = resolve_devices(devices if devices is not None else options.device, workers)
+    task: Task | LoopTask | None = None
+    data: Any = None
+    if trainer is not None:  # the trainer process imports the task and loads its data meanwhile
+        spec = spec.with_task(trainer.info)
+        device_list = [trainer.device]
+    else:
+        task = resolve_task(spec.task)
+        spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad one
+        device_list = resolve_devices(devices if devices is not None else options.device, workers)
     heartbeat_settings()
     options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")
-    data = task.load_data(options.data_dir or default_data_dir())
+    if trainer is not None:
+        trainer.wait_data()  # a missing dataset is reported before anything is written
+    else:
+        data = task.load_data(options.data_dir or default_data_dir())
     options = replace(options, seed=spec.seed if spec.seed is not None else options.seed)
     with removed_if_new(sqlite_files(options.storage_url)):
         storage = open_storage(options.storage_url)
@@ -123,7 +139,9 @@ def run_search(
     already = count_trials(study.get_trials(deepcopy=False)).finished
     with search_tracking(tracker, study):  # ends the parent run (plots, status) and flushes MLflow
         if workers == 1 or already >= spec.n_trials:  # a complete study needs no worker processes
-            worker = make_worker(study, spec, task, data, options, tracker)
+            if trainer is not None:
+                trainer.wait_ready()  # trial 0 starts when the trainer can train it
+            worker = make_worker(study, spec, task, data, options, tracker, trainer)
             worker.on_confirm_run = on_confirm_run
             if on_start is not None:
                 on_start(spec, already)

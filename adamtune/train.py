@@ -27,77 +27,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import torch
 
+from adamtune.curves import Curves, EpochMetrics
 from adamtune.optim import make_optimizer
 from adamtune.space import AdamParams
 from adamtune.tasks.base import Split, Task, TaskData
 
 EVAL_BATCH_SIZE = 2048  # evaluation needs no gradients, so large batches are cheap
 DIVERGENCE_FACTOR = 10.0  # a validation loss 10x the untrained model's is a blow-up, not learning
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch produced, under stored names: ``train_loss``, ``val_loss``, ``val_<metric>``…, ``lr``.
-
-    ``epoch`` counts from 1; ``lr`` is the rate after the epoch's last step. Metrics read as attributes
-    too (``metrics.val_loss``). A user loop's epochs hold whatever it reported and logged.
-    """
-
-    epoch: int
-    values: Mapping[str, float]
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.values)
-
-    def __getattr__(self, name: str) -> float:
-        values = self.__dict__.get("values")
-        if values is not None and name in values:
-            return values[name]
-        raise AttributeError(f"epoch metrics have no {name!r}")
-
-
-@dataclass
-class Curves:
-    """Per-epoch learning curves of one training run.
-
-    ``initial`` holds the untrained model's validation metrics (stored names), measured before training.
-    """
-
-    epochs: list[EpochMetrics] = field(default_factory=list)
-    diverged_epoch: int | None = None
-    seconds: float = 0.0
-    initial: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def diverged(self) -> bool:
-        return self.diverged_epoch is not None
-
-    @property
-    def last(self) -> EpochMetrics | None:
-        return self.epochs[-1] if self.epochs else None
-
-    @property
-    def initial_val_loss(self) -> float:
-        return self.initial.get("val_loss", math.nan)
-
-    @property
-    def initial_val_accuracy(self) -> float:
-        return self.initial.get("val_accuracy", math.nan)
-
-    def history(self) -> dict[str, list[float | None]]:
-        """Metric name -> values per epoch, with non-finite or missing values as None (JSON-safe)."""
-        names = list(dict.fromkeys(name for e in self.epochs for name in e.values))
-        return {n: [_finite_or_none(e.values.get(n, math.nan)) for e in self.epochs] for n in names}
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class Resumable(Protocol):
@@ -175,6 +116,7 @@ def train(
     on_trained: Callable[[torch.nn.Module], None] | None = None,
     on_initial: Callable[[dict[str, float]], None] | None = None,
     resume: Resumable | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> Curves:
     """Train ``task``'s model on ``data.train`` with Adam ``params``; validate on ``data.val`` each epoch.
 
@@ -192,6 +134,8 @@ def train(
             evaluate the trained model further, e.g. on the test split (``adamtune verify``).
         resume: a trial context to checkpoint to and resume from (see the module docstring); its
             ``n_epochs`` must equal ``epochs``.
+        on_step: called after every optimizer step; may raise to stop training at once (a pruning
+            decision that arrived after its epoch's report, see ``trainer_process.py``).
 
     Returns:
         The curves. ``diverged_epoch`` is set (and training stopped) when a loss became non-finite.
@@ -229,6 +173,8 @@ def train(
             optimizer.step()
             scheduler.step()
             total_loss += loss.detach().float() * len(index)
+            if on_step is not None:
+                on_step()
         train_loss = (total_loss / n).item()
         val = evaluate_metrics(task, model, data.val, device)
         val_loss = val["loss"]

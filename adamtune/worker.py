@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 from adamtune.devices import resolve_device
 from adamtune.heartbeat import Heartbeat
 from adamtune.signals import Interrupts
+from adamtune.trainer import Trainer, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Worker:
             except Exception as exc:
                 error = exc
                 if not is_transient_db_error(exc):
-                    log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
+                    log_failure(f"trial {trial.number} failed", exc)
             with interrupts.critical():
                 if error is not None and is_transient_db_error(error):
                     # The database went away under the trial (a restart, a network cut): that says nothing
@@ -384,6 +385,12 @@ class Worker:
                 end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
 
 
+def log_failure(what: str, exc: BaseException) -> None:
+    """``<what>: <type>: <message>`` and the traceback of training code (once), wherever it ran."""
+    kind, text = describe_failure(exc)
+    log.warning("%s: %s: %s%s", what, kind, exc, f"\n{text.rstrip()}" if text else "")
+
+
 def open_tracker(study_name: str, options: WorkerOptions, *, defer_open: bool = False) -> Tracker | None:
     """The MLflow tracker for a study, or None when tracking is off.
 
@@ -403,20 +410,26 @@ def open_tracker(study_name: str, options: WorkerOptions, *, defer_open: bool = 
 def make_worker(
     study: optuna.Study,
     spec: StudySpec,
-    task: Task,
-    data: TaskData,
+    task: Task | None,
+    data: TaskData | None,
     options: WorkerOptions,
     tracker: Tracker | None,
+    trainer: Trainer | None = None,
 ) -> Worker:
-    """Assemble a worker: data moved to the device (made the current CUDA device), CPU threads set."""
-    import torch
-
+    """Assemble a worker. Training in this process (no ``trainer``): ``data`` moved to the device (made
+    the current CUDA device), CPU threads set. With a ``trainer`` (a prepared trainer process, see
+    ``trainer.py``), ``task`` and ``data`` are not needed: the trainer holds them."""
     from adamtune.objective import Objective
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.device.startswith("cuda:"):
-        torch.cuda.set_device(options.device)  # implicit "current device" uses (synchronize, caches) stay on it
+    if trainer is None:
+        import torch
+
+        assert task is not None and data is not None
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        if options.device.startswith("cuda:"):
+            torch.cuda.set_device(options.device)  # implicit "current device" uses (synchronize, caches) stay on it
+        data = data.to(options.device)
     if tracker is not None:
         tracker.attach(study, storage_url=options.storage_url)  # the study's MLflow parent run
     from adamtune.checkpoint import open_store, resolve_location
@@ -426,8 +439,8 @@ def make_worker(
     store = None if spec.checkpoint_every == 0 and not keep_best else open_store(location)
     objective = Objective(
         spec,
-        task,
-        data.to(options.device),
+        task if trainer is None else trainer.info,
+        data,
         options.device,
         tracker,
         options.seed,
@@ -435,16 +448,18 @@ def make_worker(
         checkpoint_store=store,
         checkpoint_every=spec.checkpoint_every,
         keep_best_checkpoint=keep_best,
+        checkpoint_location=location,
+        trainer=trainer,
     )
     batch_trials = spec.batch_trials
-    if batch_trials > 1:
+    if batch_trials > 1 and trainer is None:
         from adamtune.batched import batch_blocker
 
         reason = batch_blocker(task, objective.data, options.device)
         if reason is not None:
             log.warning("batch_trials=%d: task %r trains one trial at a time: %s", batch_trials, spec.task, reason)
             batch_trials = 1
-    return Worker(study, objective, spec.n_trials, batch_trials=batch_trials)
+    return Worker(study, objective, spec.n_trials, batch_trials=batch_trials if trainer is None else 1)
 
 
 def join_study(options: WorkerOptions) -> Worker:
