@@ -19,9 +19,9 @@ The template is one SQLite file per schema, ``mlflow-<MLflow version>-<alembic h
   (``.<name>.saving-<pid>``, deleted rows zeroed) and renamed into place, so a template is whole or
   absent; concurrent savers each write a whole file and the last rename wins; a killed saver leaves
   only its hidden file.
-* :meth:`Template.fill` copies it to a new store's temporary file and checks the copy (SQLite's
-  ``quick_check``, the revision MLflow expects, no experiment). MLflow's own schema check follows when
-  the caller opens the copy.
+* :meth:`Template.fill` copies it to a new store's temporary file and checks the copy: SQLite's
+  ``quick_check``, the revision MLflow expects, every table of MLflow's models (so MLflow runs no
+  migration on it) and no experiment. MLflow's own schema check follows when the caller opens it.
 
 Nothing here fails a search: a missing, unreadable or corrupt template, one of another schema, a
 directory that cannot be created or written, a copy that fails: :meth:`~Template.fill` returns False
@@ -47,10 +47,12 @@ SEED_TABLES = frozenset({"alembic_version", "workspaces"})
 
 @dataclass(frozen=True)
 class Template:
-    """The template file for the installed MLflow (``path``) and the schema revision it must hold."""
+    """The template file for the installed MLflow (``path``), the schema revision it must hold and the
+    tables MLflow's models need (with them all, MLflow opens a store without running migrations)."""
 
     path: Path
     revision: str
+    tables: frozenset[str]
 
     def fill(self, target: Path) -> bool:
         """Copy the template to ``target`` (a new, private file); True when the copy is fit to open.
@@ -60,7 +62,8 @@ class Template:
         try:
             shutil.copyfile(self.path, target)
             with closing(sqlite3.connect(target)) as db:
-                if db.execute("PRAGMA quick_check").fetchall() == [("ok",)] and _is_empty(db, self.revision):
+                whole = db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+                if whole and _is_empty(db, self.revision) and _tables(db) >= self.tables:
                     return True
         except (OSError, sqlite3.Error):
             pass
@@ -92,13 +95,16 @@ def find() -> Template | None:
     revision cannot be found. Imports MLflow."""
     try:
         import mlflow
+        import mlflow.store.tracking.dbmodels.models  # its tables, in Base (MLflow's store imports it too)
+        from mlflow.store.db.base_sql_model import Base
         from mlflow.store.db.utils import _get_latest_schema_revision  # what MLflow's schema check expects
 
         revision = _get_latest_schema_revision()
-    except Exception:  # a private helper of MLflow's: if it moves, stores are created as before
+        tables = frozenset(Base.metadata.tables)  # what MLflow's _all_tables_exist looks for
+    except Exception:  # private parts of MLflow: if they move, stores are created as before
         return None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"mlflow-{mlflow.__version__}-{revision}")
-    return Template(template_dir() / f"{name}.db", revision)
+    return Template(template_dir() / f"{name}.db", revision, tables)
 
 
 def template_dir() -> Path:
@@ -117,9 +123,12 @@ def _is_empty(db: sqlite3.Connection, revision: str) -> bool:
     return revisions == [(revision,)] and db.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
 
 
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def _only_seed_rows(db: sqlite3.Connection) -> bool:
-    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    for table in tables:
+    for table in sorted(_tables(db)):
         if table in SEED_TABLES or table.startswith("sqlite_"):
             continue
         if db.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone() != (0,):

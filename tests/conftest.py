@@ -1,4 +1,5 @@
-"""Shared fixtures: a working directory per test, a throwaway PostgreSQL database, CLI helpers.
+"""Shared fixtures: a working directory per test, a throwaway PostgreSQL database, CLI helpers, and the
+session's own directory of MLflow store templates.
 
 PostgreSQL tests use this machine's server (127.0.0.1:5432, trust auth). They are skipped when it is
 unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the skip into a failure.
@@ -14,6 +15,15 @@ from pathlib import Path
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("ADAMTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """MLflow store templates (``tracking_template.py``) in this session's directory, never the user's cache
+    (processes the tests start inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ADAMTUNE_STORE_TEMPLATE_DIR", str(tmp_path_factory.mktemp("store-templates")))
+        yield
 
 
 @pytest.fixture
