@@ -8,6 +8,8 @@ unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,16 @@ import pytest
 POSTGRES_ADMIN_URL = os.environ.get("ADAMTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _store_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """MLflow store templates (``tracking_template.py``) in this session's directory, never the user's cache
-    (processes the tests start inherit it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ADAMTUNE_STORE_TEMPLATE_DIR", str(tmp_path_factory.mktemp("store-templates")))
-        yield
+def pytest_configure(config: pytest.Config) -> None:
+    """MLflow store templates (``tracking_template.py``) in this session's own directory, never the user's
+    cache: set before the test modules are imported, so environments they copy at import carry it too."""
+    os.environ["ADAMTUNE_STORE_TEMPLATE_DIR"] = tempfile.mkdtemp(prefix="adamtune-store-templates-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ.pop("ADAMTUNE_STORE_TEMPLATE_DIR", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
