@@ -92,7 +92,7 @@ class Template:
 
 def find() -> Template | None:
     """The template for the installed MLflow's schema (it may not exist yet); None when the schema's
-    revision cannot be found. Imports MLflow."""
+    revision or the template directory cannot be found. Imports MLflow."""
     try:
         import mlflow
         import mlflow.store.tracking.dbmodels.models  # its tables, in Base (MLflow's store imports it too)
@@ -101,10 +101,11 @@ def find() -> Template | None:
 
         revision = _get_latest_schema_revision()
         tables = frozenset(Base.metadata.tables)  # what MLflow's _all_tables_exist looks for
+        folder = template_dir()
     except Exception:  # private parts of MLflow: if they move, stores are created as before
         return None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"mlflow-{mlflow.__version__}-{revision}")
-    return Template(template_dir() / f"{name}.db", revision, tables)
+    return Template(folder / f"{name}.db", revision, tables)
 
 
 def template_dir() -> Path:
