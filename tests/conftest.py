@@ -1,4 +1,5 @@
-"""Shared fixtures: a working directory per test, a throwaway PostgreSQL database, CLI helpers.
+"""Shared fixtures: a working directory per test, a throwaway PostgreSQL database, CLI helpers, and the
+session's own directory of MLflow store templates.
 
 PostgreSQL tests use this machine's server (127.0.0.1:5432, trust auth). They are skipped when it is
 unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the skip into a failure.
@@ -7,6 +8,8 @@ unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,18 @@ from pathlib import Path
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get("ADAMTUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """MLflow store templates (``tracking_template.py``) in this session's own directory, never the user's
+    cache: set before the test modules are imported, so environments they copy at import carry it too."""
+    os.environ["ADAMTUNE_STORE_TEMPLATE_DIR"] = tempfile.mkdtemp(prefix="adamtune-store-templates-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = os.environ.pop("ADAMTUNE_STORE_TEMPLATE_DIR", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

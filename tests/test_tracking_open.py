@@ -176,11 +176,18 @@ def test_search_refuses_an_unusable_store_before_writing_anything(workdir: Path,
     assert listing(workdir) == ["notes.txt"] and (workdir / "notes.txt").read_text() == "my notes\n"
 
 
-def test_a_process_killed_while_creating_a_new_store_leaves_it_absent_or_whole(tmp_path: Path) -> None:
-    """MLflow's migrations take ~1.5 s; a kill -9 in the middle must not leave a half-made store behind."""
+def test_a_process_killed_while_creating_a_new_store_leaves_it_absent_or_whole(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's migrations take ~1.5 s; a kill -9 in the middle must not leave a half-made store behind,
+    nor a half-made schema template (no template at first: the first store to be made saves it)."""
     import random
     import time
 
+    from adamtune.tracking_template import TEMPLATE_DIR_ENV
+
+    templates = tmp_path_factory.mktemp("templates")
+    monkeypatch.setenv(TEMPLATE_DIR_ENV, str(templates))
     store = tmp_path / "mlflow.db"
     code = f"from adamtune.tracking import Tracker; Tracker('k', 'sqlite:///{store}').close()"
     chance = random.Random(3)
@@ -196,3 +203,7 @@ def test_a_process_killed_while_creating_a_new_store_leaves_it_absent_or_whole(t
     assert finished.returncode == 0
     assert MlflowClient(f"sqlite:///{store}").get_experiment_by_name("adamtune/k") is not None
     assert [p.name for p in tmp_path.iterdir() if p.name != "mlflow.db" and not p.name.startswith(".")] == []
+    (template,) = [p for p in templates.iterdir() if not p.name.startswith(".")]
+    with sqlite3.connect(f"file:{template}?mode=ro", uri=True) as connection:  # whole, and empty
+        assert connection.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        assert connection.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
