@@ -149,9 +149,9 @@ class Objective:
         return self.trainer
 
     def __call__(self, trial: optuna.Trial) -> float:
-        started = self.begin(trial)
-        try:
-            self.training().run(started.context)
+        started = self.begin(trial, flush=False)
+        try:  # the settings reach the study while the trainer starts (a trainer process trains meanwhile)
+            self.training().run(started.context, meanwhile=started.writer.flush)
         except Exception as exc:
             if started.context.state == "running":  # the task's own error, not adamtune stopping it
                 self.fail(started, exc)
@@ -163,12 +163,14 @@ class Objective:
             raise
         return self.conclude(started)
 
-    def begin(self, trial: optuna.Trial) -> StartedTrial:
+    def begin(self, trial: optuna.Trial, *, flush: bool = True) -> StartedTrial:
         """Sample the trial's settings, record them on the trial, open its MLflow run and build its context.
 
         :meth:`__call__` is ``begin`` → train against ``context`` → :meth:`conclude` (or :meth:`fail`);
         the batched worker (``batch_worker.py``) calls the three steps itself for K trials at once. A retry
         (see ``study.requeue_trial``) trains with its lineage's seed and, through its checkpoints, resumes.
+        The settings and attributes are written to the study here, or with ``flush=False`` by the caller
+        (``started.writer.flush()``), e.g. once the trainer has them.
         """
         spec = self.spec
         assert spec.epochs is not None and spec.batch_size is not None and spec.objective is not None
@@ -201,7 +203,8 @@ class Objective:
                 WORKER_ATTR: self.worker,
             }
         )
-        writer.flush()
+        if flush:
+            writer.flush()
         run = self._start_run(trial, params, seed, is_baseline, host)
         objective = spec.objective
 

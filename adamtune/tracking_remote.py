@@ -25,8 +25,9 @@ calls the same way, so the tracker's code does not know which one it has:
 Failure: a helper that exits (killed, out of memory) makes every later call raise a
 :class:`RemoteError` that is not retryable; the first such call tells ``on_exit``, and the tracker
 gives tracking up with one notice (``tracking.py``) while the training and the study go on. The
-helper runs in its own session and ignores SIGINT and SIGTERM, so a Ctrl-C, or a scheduler's
-SIGTERM to every process of the job, leaves it to the command, which then sends what is queued.
+helper runs at a lower scheduling priority (``NICENESS``), in its own session, and ignores SIGINT and
+SIGTERM, so a Ctrl-C, or a scheduler's SIGTERM to every process of the job, leaves it to the command,
+which then sends what is queued.
 It exits when the command closes the socket or dies, and skips its interpreter's slow shutdown
 (``os._exit``), so that it never holds the command's output pipes open.
 """
@@ -53,6 +54,9 @@ from adamtune.errors import TrackingError
 EXIT_WAIT_SECONDS = 5.0
 #: Set to "0" to keep MLflow in the training process (diagnostics, same-minute benchmarks).
 PROCESS_ENV = "ADAMTUNE_TRACKING_PROCESS"
+#: The helper's scheduling priority below the command's (``os.nice``): where cores are short, training and
+#: the trial loop run first, and MLflow catches up in their pauses (its queue is bounded, see tracking_writer).
+NICENESS = 10
 
 
 class Metric(NamedTuple):
@@ -326,6 +330,8 @@ def main(argv: list[str]) -> None:
     # sends what is queued through us; we exit when it closes the socket or dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # the review copy yields the CPU to training and the trial loop
+        os.nice(NICENESS)
     try:
         serve(Connection(int(argv[0])))
     finally:

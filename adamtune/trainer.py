@@ -112,10 +112,12 @@ class Trainer(Protocol):
 
     info: TaskInfo
 
-    def run(self, context: TrialContext) -> None:
+    def run(self, context: TrialContext, meanwhile: Callable[[], None] | None = None) -> None:
         """Train one trial against ``context`` (``runner.run_in_context``); its reports are the result.
 
-        On return or raise, ``context`` holds the run's outcome (state, curve, untrained metrics).
+        ``meanwhile`` is the caller's work for the run's start (writing its settings to the study): done
+        before training here, while it trains in a trainer process; what it raises stops the run and is
+        raised. On return or raise, ``context`` holds the run's outcome (state, curve, untrained metrics).
 
         Raises:
             StopTrial: the trial was pruned or diverged. KeyboardInterrupt: interrupted. Anything the
@@ -152,9 +154,11 @@ class InlineTrainer:
         self.task, self.data, self.device = task, data, device
         self.info = TaskInfo.of(task)
 
-    def run(self, context: TrialContext) -> None:
+    def run(self, context: TrialContext, meanwhile: Callable[[], None] | None = None) -> None:
         from adamtune.runner import run_in_context
 
+        if meanwhile is not None:
+            meanwhile()
         run_in_context(self.task, self.data, context)
 
     def train_once(

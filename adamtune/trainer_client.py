@@ -154,7 +154,7 @@ class ProcessTrainer:
 
     # -- runs ------------------------------------------------------------------------------------------
 
-    def run(self, context: TrialContext) -> None:
+    def run(self, context: TrialContext, meanwhile: Callable[[], None] | None = None) -> None:
         """Train one trial against ``context`` in the trainer process (see ``Trainer.run``)."""
         if self._process is None:
             self._restart()
@@ -176,6 +176,14 @@ class ProcessTrainer:
         ident = self._request("run", spec)
         failure: Exception | None = None
         try:
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except Exception as exc:  # the run stops at once; the failure is raised when it has
+                    snapshot, _ = self._interrupt(ident, "ran", context.number)
+                    if snapshot is not None:
+                        context.adopt(snapshot)
+                    raise exc from None
             while True:
                 message = self._receive(context.number)
                 kind = message[0]
