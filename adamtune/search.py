@@ -143,6 +143,8 @@ def run_search(
                 trainer.wait_ready()  # trial 0 starts when the trainer can train it
             worker = make_worker(study, spec, task, data, options, tracker, trainer)
             worker.on_confirm_run = on_confirm_run
+            if tracker is not None:  # the plots are drawn while the confirmation stage trains
+                worker.on_target = lambda: tracker.begin_artifacts(study)
             if on_start is not None:
                 on_start(spec, already)
             ran = worker.run(on_trial)
@@ -152,6 +154,8 @@ def run_search(
             if on_start is not None:
                 on_start(spec, already)
             watcher = FinishedTrialWatcher(study, on_trial, on_progress, spec.direction, on_confirm_run)
+            if tracker is not None:
+                watcher.on_target = lambda: tracker.begin_artifacts(study)
             result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
             ran, stage_started = watcher.seen_since_start, watcher.target_reached
             failures = result.failures()
@@ -210,6 +214,8 @@ class FinishedTrialWatcher:
         self._before = len(self._seen)
         #: ``time.monotonic()`` at the first poll that found the trial target reached (the stage's start).
         self.target_reached: float | None = None
+        #: Called once, at that poll.
+        self.on_target: Callable[[], None] | None = None
         self._confirm: optuna.Study | None = None
         self._confirm_seen = {t.number for t in self._confirm_trials() if t.state.is_finished()}
 
@@ -228,6 +234,8 @@ class FinishedTrialWatcher:
         counts = count_trials(trials)
         if self.target_reached is None and counts.finished >= self._target():
             self.target_reached = time.monotonic()
+            if self.on_target is not None:
+                self.on_target()
         if self.on_progress is not None:
             self.on_progress(counts, best_value(trials, self.direction))
         if self.on_confirm_run is not None:

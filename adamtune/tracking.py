@@ -87,6 +87,7 @@ from adamtune.tracking_remote import LocalClient, RemoteClient, take_helper, use
 from adamtune.tracking_stale import close_orphan_runs
 from adamtune.tracking_study import (
     PARENT_TAG,
+    PlotDrawing,
     log_progress,
     open_parent_run,
     param_text,
@@ -177,6 +178,7 @@ class Tracker:
         self._progress: list[tuple[Any, int, str, float | None]] = []
         self._progress_lock = threading.Lock()
         self._progress_sent = -math.inf
+        self._drawing: PlotDrawing | None = None  # the plots drawn once the trial target was reached
         self.direction = "minimize"
         self.objective = "val_loss"
         self.client: Any = None
@@ -375,20 +377,31 @@ class Tracker:
 
         self.submit("log the study's progress", update, self.parent)
 
+    def begin_artifacts(self, study: optuna.Study) -> None:
+        """Start drawing the study's plots on a background thread (the search reached its trial target and
+        its trials no longer change); :meth:`end_search` uploads them. Once per search; no-op untracked."""
+        if self._attached and not self.parent.abandoned and self._drawing is None:
+            self._drawing = PlotDrawing(self, study)
+
     def end_search(self, study: optuna.Study, *, status: str = "FINISHED", artifacts: bool = True) -> None:
         """Queue the end of a search: plots and ``recommendation.json`` on the parent run, then its status.
 
-        The plots are drawn now (synchronously, from the study; see ``plots.py``) into a temporary
-        directory that is removed once uploaded or dropped. A plot the study cannot support yet is
-        skipped; an error while drawing is reported once and the other artifacts still go out.
-        ``artifacts=False`` (an interrupted search) only sets the status.
+        The plots are those :meth:`begin_artifacts` started (waited for), else drawn now (from the
+        study; see ``plots.py``), into a temporary directory that is removed once uploaded or dropped. A
+        plot the study cannot support yet is skipped; an error while drawing is reported once and the
+        other artifacts still go out. ``artifacts=False`` (an interrupted search) only sets the status.
         """
+        drawing, self._drawing = self._drawing, None
         if not self._attached or self.parent.abandoned:
+            if drawing is not None:
+                drawing.discard()
             return
         self.flush_progress()
         close_orphan_runs(self, study)
         if artifacts:
-            queue_artifacts(self, study)
+            queue_artifacts(self, study, drawing)
+        elif drawing is not None:
+            drawing.discard()
         self.submit(
             "end the study's parent run", lambda c, parent: c.set_terminated(parent, status=status), self.parent
         )

@@ -2,7 +2,7 @@
 
 Part of the MLflow boundary (the layout is in ``tracking.py``'s docstring). The functions here run on
 the tracking writer's thread (called from the :class:`~adamtune.tracking.Tracker`'s queued calls),
-except :func:`queue_artifacts`, which draws the plots on the caller's thread, and
+except :func:`queue_artifacts` (the caller's thread), :class:`PlotDrawing` (its own thread) and
 :func:`search_tracking`, the context a search runs in. Heavy imports (mlflow) happen inside them.
 """
 
@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,28 +161,86 @@ def log_progress(
         client.log_batch(parent, metrics=metrics[start : start + BATCH_LIMIT])
 
 
-def queue_artifacts(tracker: Tracker, study: optuna.Study) -> None:
-    """Draw the plots and ``recommendation.json`` now, into a temporary directory; queue their upload.
+class PlotDrawing:
+    """The study's plots, drawn on a background thread into a temporary directory.
 
-    A plot the study cannot support yet is skipped (listed in ``plots/skipped.txt``); an error while
-    drawing is reported once and what exists still goes out. The directory is removed once uploaded or
-    dropped.
+    Started when a search reaches its trial target (:meth:`Tracker.begin_artifacts
+    <adamtune.tracking.Tracker.begin_artifacts>`): the plots show the search's trials only, which no
+    longer change, so they are drawn while the confirmation stage trains (on another core when the
+    training runs in a trainer process) instead of after it. :meth:`wait` returns the directory, with
+    any error already reported; :meth:`discard` drops it (an interrupted search uploads nothing).
     """
 
+    def __init__(self, tracker: Tracker, study: optuna.Study) -> None:
+        self.out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
+        self._tracker, self._study = tracker, study
+        self.finished = _finished(study)  # what the plots show; another search may raise the target later
+        self._discarded = False
+        self._thread = threading.Thread(target=self._draw, name="adamtune-plots", daemon=True)
+        self._thread.start()
+
+    def _draw(self) -> None:
+        try:
+            draw_plots(self._study, self.out)
+        except Exception as exc:  # report once; what was drawn still goes out
+            self._tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
+        if self._discarded:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    def wait(self) -> Path:
+        self._thread.join()
+        return self.out
+
+    def discard(self) -> None:
+        self._discarded = True
+        if not self._thread.is_alive():
+            shutil.rmtree(self.out, ignore_errors=True)
+
+
+def _finished(study: optuna.Study) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def draw_plots(study: optuna.Study, out: Path) -> None:
+    """The study's plots in ``out/plots`` (``plots.write_all``), with ``skipped.txt`` naming those left out."""
+    import matplotlib
+
     from adamtune import plots
+
+    matplotlib.use("Agg")  # never a window, whichever thread draws
+    result = plots.write_all(study, out / "plots")
+    if result.skipped:
+        lines = "\n".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+        (out / "plots").mkdir(exist_ok=True)
+        (out / "plots" / "skipped.txt").write_text(lines + "\n")
+
+
+def queue_artifacts(tracker: Tracker, study: optuna.Study, drawing: PlotDrawing | None = None) -> None:
+    """Write ``recommendation.json`` with the plots (``drawing``'s, else drawn now) and queue their upload.
+
+    A drawing made before more trials finished (another search raised the target) is dropped and the
+    plots drawn again. A plot the study cannot support yet is skipped (listed in ``plots/skipped.txt``);
+    an error while drawing is reported once and what exists still goes out. The directory is removed
+    once uploaded or dropped.
+    """
     from adamtune.report import summarize
 
-    out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
+    if drawing is not None and _finished(study) != drawing.finished:  # more trials ran since: draw again
+        drawing.discard()
+        drawing = None
+    if drawing is not None:
+        out = drawing.wait()
+    else:
+        out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
+        try:
+            draw_plots(study, out)
+        except Exception as exc:  # plotting failed: report, upload what exists
+            tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
     try:
         summary = summarize(study).as_dict()
         (out / "recommendation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        result = plots.write_all(study, out / "plots")
-        if result.skipped:
-            lines = "\n".join(f"{name}: {reason}" for name, reason in result.skipped.items())
-            (out / "plots").mkdir(exist_ok=True)
-            (out / "plots" / "skipped.txt").write_text(lines + "\n")
-    except Exception as exc:  # plotting or summarising failed: report, upload what exists
-        tracker.notify(f"MLflow: could not make the study's plots/recommendation: {_first_line(exc)[:200]}")
+    except Exception as exc:
+        tracker.notify(f"MLflow: could not make the study's recommendation: {_first_line(exc)[:200]}")
 
     def upload(client: Any, parent: str | None) -> None:
         client.log_artifacts(parent, str(out))

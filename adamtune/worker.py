@@ -174,6 +174,8 @@ class Worker:
     on_confirm_run: Callable[[ConfirmRun], None] | None = None
     #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
     stage_started: float | None = None
+    #: Called once, when this worker first finds the trial target reached (before the confirmation stage).
+    on_target: Callable[[], None] | None = None
     batch_trials: int = 1
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
@@ -212,6 +214,8 @@ class Worker:
 
                     if self.stage_started is None:
                         self.stage_started = time.monotonic()
+                        if self.on_target is not None:
+                            self.on_target()
                     if run_stage(self, interrupts, self.on_confirm_run):
                         return ran
                     continue

@@ -430,3 +430,27 @@ def test_ui_serves_the_local_store(local: dict[str, Any]) -> None:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+def test_plots_begun_at_the_target_are_drawn_again_when_more_trials_ran_since(tmp_path: Path) -> None:
+    """The search draws its plots while the confirmation stage trains; a later trial (another search raised
+    the target meanwhile) makes them stale, and the end of the search draws them again from the study."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    study = search(tmp_path, "late", 3, uri, tracking=True)
+    tracker = Tracker("late", uri)
+    try:
+        tracker.attach(study)
+        tracker.begin_artifacts(study)
+        drawing = tracker._drawing
+        assert drawing is not None
+        first = drawing.wait()
+        stale = (first / "plots" / "optimization_history.png").read_bytes()
+        last = study.trials[-1]
+        study.add_trial(optuna.trial.create_trial(value=0.0, params=last.params, distributions=last.distributions))
+        tracker.end_search(study)
+    finally:
+        tracker.close()
+    client = MlflowClient(uri)
+    parent = study.user_attrs[PARENT_RUN_ATTR]
+    uploaded = Path(client.download_artifacts(parent, "plots/optimization_history.png", str(tmp_path)))
+    assert uploaded.read_bytes() != stale  # drawn again, with the fourth trial
