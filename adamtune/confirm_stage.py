@@ -197,13 +197,12 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _St
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Write user attributes, retrying while the database is briefly away (each write is idempotent)."""
+    """Write user attributes in one transaction, retrying while the database is briefly away (idempotent)."""
+    from adamtune.reporting import write_trial
 
-    def write() -> None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-
-    with_db_retry(write, "recording a confirmation run")
+    if not attrs:
+        return
+    with_db_retry(lambda: write_trial(trial, user_attrs=attrs), "recording a confirmation run")
 
 
 def _arm_params(state: StageState, arm: str, defaults: AdamParams) -> AdamParams:
@@ -256,7 +255,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             )
         except KeyboardInterrupt:
             with interrupts.critical():
-                _finish_mlflow(mlflow_run, trial, "failed", {}, None)
+                _set_attrs(trial, _finish_mlflow(mlflow_run, "failed", {}, None))
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             log.warning("confirmation run %s seed %d: interrupted; it runs again on resume", step.arm, step.seed)
             raise
@@ -264,8 +263,9 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             kind = describe_failure(exc)[0]
             log.warning("confirmation run %s seed %d failed: %s: %s", step.arm, step.seed, kind, exc)
             with interrupts.critical():
-                _set_attrs(trial, {ERROR_ATTR: f"{kind}: {exc}"[:500]})
-                _finish_mlflow(mlflow_run, trial, "failed", {}, None)
+                _set_attrs(
+                    trial, {ERROR_ATTR: f"{kind}: {exc}"[:500], **_finish_mlflow(mlflow_run, "failed", {}, None)}
+                )
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             return ConfirmRun(step.arm, step.seed, None, metric, worker=objective.worker, device=objective.device)
         value = float(outcome.metrics[metric])
@@ -275,8 +275,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             history = getattr(outcome.curves, "history", None)
             if callable(history):
                 attrs[CURVES_ATTR] = history()
-            _set_attrs(trial, attrs)
-            _finish_mlflow(mlflow_run, trial, state, outcome.metrics, value)
+            _set_attrs(trial, {**attrs, **_finish_mlflow(mlflow_run, state, outcome.metrics, value)})
             if math.isfinite(value):
                 finished = with_db_retry(lambda: confirm.tell(trial, value, skip_if_finished=True), "recording")
             else:  # a metric that is not finite even for the untrained model: no result
@@ -317,13 +316,13 @@ def _start_mlflow_run(worker: Worker, step: _Step) -> Any:
     )
 
 
-def _finish_mlflow(run: Any, trial: optuna.Trial, state: str, metrics: dict[str, float], value: float | None) -> None:
+def _finish_mlflow(run: Any, state: str, metrics: dict[str, float], value: float | None) -> dict[str, Any]:
+    """Queue the end of a confirmation run's MLflow run; the trial attribute of its id, when already known."""
     if run is None:
-        return
+        return {}
     run_id = run.take_new_run_id()  # not waited for: the MLflow writer may create the run later
-    if run_id is not None:
-        _set_attrs(trial, {RUN_ID_ATTR: run_id})
     run.finish(state, dict(metrics), {"adamtune.role": "confirmation"}, value=value)
+    return {} if run_id is None else {RUN_ID_ATTR: run_id}
 
 
 def _close_stale_runs(worker: Worker, confirm: optuna.Study) -> None:
