@@ -260,3 +260,28 @@ def test_interrupting_the_worker_stops_the_run_in_the_trainer_process(tmp_path: 
         assert [epoch for epoch, _ in again.history] == [1, 2]
     finally:
         trainer.close()
+
+
+def test_the_trainer_process_dies_with_a_killed_command(workdir: Path) -> None:
+    task = write_task(workdir, behaviour={1: "slow"}, epochs=20)  # trial 1: ~10 s
+    command = [sys.executable, "-m", "adamtune", "search", "--task", task, "--study", "orphan", "--n-trials", "3"]
+    command += ["--pruner", "none", "--no-confirm", "--no-tracking"]
+    env = {**ENV, "ADAMTUNE_TRAINER": "process"}
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        trainers: list[psutil.Process] = []
+        while not trainers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            trainers = [
+                c for c in psutil.Process(process.pid).children() if "adamtune.trainer_process" in " ".join(c.cmdline())
+            ]
+        assert trainers, "no trainer process started"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        _, alive = psutil.wait_procs(trainers, timeout=15)
+        assert not alive, "the trainer process outlived the command"
+    finally:
+        if process.poll() is None:
+            process.kill()
