@@ -19,8 +19,9 @@ Contract
   ``trial.report(...)`` once per epoch with metrics measured on ``trial.split`` (``"val"`` during the
   search and confirmation, ``"test"`` during ``adamtune verify``). Each report must include the
   objective. ``fit`` returns nothing; what it reported is the result. It is called once per trial, in
-  the worker's process, many times per process: keep state in the function, not in globals.
-* ``data(data_dir)`` (optional) is called **once per worker process**; its result is ``trial.data`` in
+  the process that trains the worker's runs (its trainer process, see ``trainer.py``), many times per
+  process: keep state in the function, not in globals.
+* ``data(data_dir)`` (optional) is called **once per training process**; its result is ``trial.data`` in
   every trial of that worker (load files, build datasets there, not in ``fit``). Without it,
   ``trial.data`` is None.
 * ``objective`` is the bare name of the reported metric the study optimises (``"mae"`` is stored as
