@@ -6,8 +6,9 @@ be tested, benchmarked and reused on its own.
 Contract
 --------
 * ``load_data(data_dir)`` is called **once per training process** (a worker's, or its trainer process),
-  which moves the result to its device and keeps it there for every trial. It must be deterministic: the same call returns the same
-  train/validation/test split every time (carve validation from the training set with a fixed seed).
+  which moves the result to its device and keeps it there for every trial. It must be deterministic:
+  the same call returns the same train/validation/test split every time (carve validation from the
+  training set with a fixed seed).
   It may download into ``data_dir`` (raising :class:`adamtune.errors.DataError` when it cannot).
 * ``make_model()`` returns a freshly initialised ``nn.Module`` on the CPU; the trainer seeds torch's
   RNG right before calling it, so initialisation is reproducible per trial.
