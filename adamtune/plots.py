@@ -330,6 +330,21 @@ PLOTTERS: dict[str, Callable[..., list[Path]]] = {
 }
 
 
+def preload() -> None:
+    """Import what :func:`write_all` needs (Optuna's plotting modules, plotly, matplotlib, the importance
+    evaluators; ~0.6 s), e.g. on a background thread of a process that waits anyway, so that drawing
+    later pays only for drawing."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.pyplot  # noqa: F401
+    import optuna.visualization
+    import optuna.visualization.matplotlib  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+
+    from adamtune.importance_import import optuna_importance
+
+    optuna_importance()
+
+
 def write_all(study: optuna.Study, out_dir: Path, *, top: int = 5, plotlyjs: PlotlyJs = True) -> PlotSet:
     """Write every plot of :data:`PLOT_NAMES` that the study supports into ``out_dir``.
 

@@ -110,6 +110,10 @@ def run_search(
         from adamtune.tracking_remote import prestart
 
         prestart()  # MLflow's helper process starts beside this one's imports (see tracking_remote.py)
+        if trainer is not None:  # this process mostly waits for the trainer's start-up: import the plots' libraries
+            from adamtune.tracking_study import preload_plots
+
+            preload_plots()
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
         start_fork_server(tracking=options.tracking)
     task: Task | LoopTask | None = None

@@ -197,6 +197,24 @@ class PlotDrawing:
             shutil.rmtree(self.out, ignore_errors=True)
 
 
+def preload_plots() -> threading.Thread:
+    """Import the plotting libraries on a background thread (of a command that mostly waits for its trainer
+    process); :class:`PlotDrawing` then pays only for drawing."""
+
+    def load() -> None:
+        import matplotlib
+
+        from adamtune import plots
+
+        matplotlib.use("Agg")
+        with contextlib.suppress(Exception):  # an import that fails now fails again, and is reported, when drawing
+            plots.preload()
+
+    thread = threading.Thread(target=load, name="adamtune-plot-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _finished(study: optuna.Study) -> int:
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
