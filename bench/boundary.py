@@ -51,6 +51,7 @@ class Meter:
         self.commits = 0
         self.samples: dict[str, list[tuple[float, float, int, int]]] = defaultdict(list)
         self.log: list[str] | None = None
+        self.fingerprint = ""
         event.listen(engine, "before_cursor_execute", self._statement)
         event.listen(engine, "commit", self._commit)
 
@@ -159,7 +160,20 @@ def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool
             if show and index == warmup:
                 print("\n".join(meter.log or []))
                 meter.log = None
+    meter.fingerprint = fingerprint(study.get_trials(deepcopy=False))
     return meter
+
+
+def fingerprint(trials: list[Any]) -> str:
+    """A digest of every trial's number, state, settings, value and curve: equal digests of two runs with the
+    same seed mean the same sampling and pruning decisions."""
+    import hashlib
+
+    rows = [
+        (t.number, t.state.name, sorted(t.params.items()), t.value, sorted(t.intermediate_values.items()))
+        for t in trials
+    ]
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
 
 
 def report(meter: Meter, label: str) -> None:
@@ -175,6 +189,7 @@ def report(meter: Meter, label: str) -> None:
             for i, v in enumerate((cpu, wall, statements, commits)):
                 total[i] += v
     print(f"  {'serial path':<12} {total[0]:8.2f} {total[1]:8.2f} {total[2]:6.1f} {total[3]:7.1f}")
+    print(f"  study fingerprint {meter.fingerprint} (same seed and code paths: same settings, states and curves)")
 
 
 def main(argv: list[str] | None = None) -> None:
