@@ -40,7 +40,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from adamtune.tasks.base import Task, TaskData
     from adamtune.tracking import Tracker
 from adamtune.devices import resolve_device
-from adamtune.heartbeat import Heartbeat
+from adamtune.heartbeat import Heartbeat, StaleCheck
 from adamtune.signals import Interrupts
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,8 @@ class Worker:
     #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
     stage_started: float | None = None
     batch_trials: int = 1
+    #: When this worker last looked for stale trials (see ``_admit``).
+    _stale_check: StaleCheck = field(default_factory=StaleCheck, init=False, repr=False)
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -257,14 +259,18 @@ class Worker:
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places."""
+        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places.
+
+        Stale trials are looked for at most once per heartbeat interval (``heartbeat.StaleCheck``): a trial is
+        stale only after the longer grace period, so a dead worker's trial is found at most one interval later.
+        """
         storage = self.study._storage
         backend = getattr(storage, "_backend", storage)
         # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
         # under the lock: one database read serves those that no write separates (rdb.shared_reads).
         shared = backend.shared_reads() if isinstance(backend, StudyStorage) else nullcontext()
         with interrupts.critical(), admission_lock(storage, self.study.study_name), shared:
-            optuna.storages.fail_stale_trials(self.study)
+            self._stale_check.run(self.study)
             target = self._target()
             trials = self.study.get_trials(deepcopy=False)
             counts = count_trials(trials)
