@@ -153,7 +153,7 @@ def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool
                         break
             with meter.step("conclude", keep):
                 writer.set_attrs({CURVES_ATTR: history, STATE_ATTR: "pruned" if pruned else "complete"})
-                writer.flush()
+                getattr(writer, "flush_at_end", writer.flush)()  # as Objective.conclude (flush before it existed)
             with meter.step("tell", keep):
                 state = TrialState.PRUNED if pruned else TrialState.COMPLETE
                 worker._tell(trial, state, None if pruned else history[-1]["val_loss"])
