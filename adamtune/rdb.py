@@ -15,22 +15,18 @@ transactions, statements and reads a trial costs (row-level reads and writes are
   worker may fail a trial only once its heartbeat is a grace period old);
 * **first heartbeats**: within ``first_heartbeats()``, a trial this thread creates or takes from the
   queue gets its heartbeat in that same transaction (Optuna's heartbeat model, the database's clock);
-* reading trials (``get_trial``, and ``_get_trials`` behind ``study.get_trials``): the trial rows, then
-  all their params, values, attributes and intermediate values in *one* ``UNION ALL`` query, where
-  Optuna's eager loading sends one query per table;
-* ``shared_reads()``: inside it, this thread's repeated reads of a study's trials are answered once until
-  this storage writes (the worker's admission reads the trials, then Optuna's ``ask`` reads them again
-  for the queue, and the sampler twice more); a trial this thread creates is added to those answers;
+* **reads** (``rdb_shared.py``): a study's trials in 2 statements (Optuna's eager loading sends 6-7),
+  shared within ``shared_reads()`` by the reads of one admission (the worker's count, Optuna's look at
+  its queue, the sampler's draw), with the study's user attributes read alongside;
 * study ids are remembered by name (Optuna's Hyperband builds a study object per bracket several times a
-  trial, each asking the database for the id); a study's user attributes are read in one statement;
-  a heartbeat is one statement (an upsert, where the database has one).
+  trial, each asking the database for the id); a heartbeat is one statement (an upsert, where the
+  database has one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -44,11 +40,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune import rdb_rows
-from adamtune.rdb_waiting import WaitingWrites
+from adamtune.rdb_shared import SharedReads
 
 log = logging.getLogger(__name__)
 
-_shared = threading.local()  # .storage, .writes, .answers: the shared_reads() scope of this thread
 _beats = threading.local()  # .scope: (storage, set of trial ids) of this thread's first_heartbeats()
 
 #: How many finished trials are kept for their first read after this storage finished them.
@@ -63,10 +58,9 @@ class _State:
     told: dict[int, FrozenTrial] = field(default_factory=dict)  # finished here, until read once
     fresh: dict[int, FrozenTrial] = field(default_factory=dict)  # created here, until read once or any write
     study_ids: dict[str, int] = field(default_factory=dict)
-    writes: int = 0
 
 
-class StudyStorage(WaitingWrites):
+class StudyStorage(SharedReads):
     """Optuna's ``RDBStorage`` whose stale-trial check also covers trials that never beat (see the module
     docstring for the transactions it saves).
 
@@ -106,20 +100,6 @@ class StudyStorage(WaitingWrites):
             state.told.clear()
         self._wrote()
         super().delete_study(study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        """Optuna's answer in one statement: the study is looked up only when it has no attributes."""
-        import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        attrs = models.StudyUserAttributeModel
-        with _create_scoped_session(self.scoped_session) as session:
-            query = sqlalchemy.select(attrs.key, attrs.value_json).where(attrs.study_id == study_id)
-            rows = session.execute(query).all()
-            if not rows:
-                models.StudyModel.find_or_raise_by_id(study_id, session)  # KeyError for a missing study
-            return {row.key: json.loads(row.value_json) for row in rows}
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (a heartbeat older than the grace period, by the database's clock) plus trials that
@@ -222,25 +202,28 @@ class StudyStorage(WaitingWrites):
         answered to the first ``get_trial`` of it (Optuna's ``ask`` reads it back at once)."""
         before = self._write_count()
         beaten = self._beaten()
-        try:
-            if template_trial is None:
-                frozen = self._create_running_trial(study_id, heartbeat=beaten is not None)
-            else:
+        if template_trial is not None:
+            try:
                 frozen = super()._create_new_trial(study_id, template_trial)
+            finally:
+                self._wrote()
+            self._share_created(study_id, copy.deepcopy(frozen), before)
+            return frozen
+        try:
+            row = self._create_running_trial(study_id, heartbeat=beaten is not None)
         finally:
             self._wrote()
-        if template_trial is None:
-            state = self._st()
-            with state.lock:
-                state.fresh[frozen._trial_id] = copy.deepcopy(frozen)
-        if beaten is not None and template_trial is None:
-            beaten.add(frozen._trial_id)
-        self._share_created(study_id, frozen, before)
-        return frozen
+        if beaten is not None:
+            beaten.add(row.trial_id)
+        state = self._st()
+        with state.lock:
+            state.fresh[row.trial_id] = _new_trial(row)
+        self._share_created(study_id, _new_trial(row), before)
+        return _new_trial(row)
 
-    def _create_running_trial(self, study_id: int, *, heartbeat: bool) -> FrozenTrial:
-        """A new RUNNING trial as Optuna's ``_create_new_trial`` makes it, tried up to 5 times as Optuna does (a
-        deadlock between servers' workers is reported as ``StorageInternalError``)."""
+    def _create_running_trial(self, study_id: int, *, heartbeat: bool) -> rdb_rows.TrialRow:
+        """A new RUNNING trial's row as Optuna's ``_create_new_trial`` makes it, tried up to 5 times as Optuna
+        does (a deadlock between servers' workers is reported as ``StorageInternalError``)."""
         import random
         import time
 
@@ -249,26 +232,11 @@ class StudyStorage(WaitingWrites):
         for attempt in range(1, 6):
             try:
                 with _create_scoped_session(self.scoped_session) as session:
-                    row = rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat)
+                    return rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat)
             except optuna.exceptions.StorageInternalError:
                 if attempt == 5:
                     raise
                 time.sleep(random.random() * 2.0)
-                continue
-            return FrozenTrial(
-                number=row.number,
-                state=row.state,
-                value=None,
-                values=None,
-                datetime_start=row.datetime_start,
-                datetime_complete=None,
-                params={},
-                distributions={},
-                user_attrs={},
-                system_attrs={},
-                intermediate_values={},
-                trial_id=row.trial_id,
-            )
         raise AssertionError("not reached")
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -296,42 +264,11 @@ class StudyStorage(WaitingWrites):
 
     # ----- reads -----
 
-    @contextlib.contextmanager
-    def shared_reads(self) -> Iterator[None]:
-        """Within: this thread's identical reads of a study's trials return the first answer, until a write.
-
-        Any write through this storage (from any thread of this process) ends the sharing for the reads
-        after it, except a trial this thread creates, which is added to the answers (they then hold what
-        a read would). Writes of other processes are not seen by a shared answer: use it only around a
-        few reads milliseconds apart that would act on the same snapshot anyway (the admission lock's
-        critical section, where no other worker creates or starts trials).
-        """
-        outer = getattr(_shared, "storage", None)
-        _shared.storage, _shared.writes, _shared.answers = self, self._write_count(), {}
-        try:
-            yield
-        finally:
-            _shared.storage = outer
-
-    def _write_count(self) -> int:
-        return self._st().writes
-
     def _wrote(self) -> None:
         state = self._st()
         with state.lock:
-            state.writes += 1
-            state.fresh.clear()
-
-    def _share_created(self, study_id: int, trial: FrozenTrial, before: int) -> None:
-        """Add a trial this thread just created to its shared answers, if no other write came between."""
-        if getattr(_shared, "storage", None) is not self:
-            return
-        if _shared.writes != before or self._write_count() != before + 1:
-            return  # another write: the next read goes to the database
-        for (study, states), (_, _, trials) in _shared.answers.items():
-            if study == study_id and (states is None or trial.state.value in states):
-                trials.append(copy.deepcopy(trial))
-        _shared.writes = before + 1
+            state.fresh.clear()  # a created trial is answered only until this storage writes anything
+        super()._wrote()
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -345,65 +282,24 @@ class StudyStorage(WaitingWrites):
             frozen = rdb_rows.frozen_trials(self, session, [rdb_rows.trial_row(session, trial_id)])[0]
         return self._merged(frozen)
 
-    def _read_trials(
-        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
-    ) -> list[FrozenTrial]:
-        """Optuna's ``RDBStorage._get_trials`` (same arguments, same answer) in 2 round trips instead of 7."""
-        import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
-        wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        trial_model = models.TrialModel
-        conditions = [trial_model.study_id == study_id]
-        if states is not None:
-            conditions.append(trial_model.state.in_(list(states)))
-        if wanted and trial_id_greater_than > -1:
-            conditions.append(
-                sqlalchemy.or_(trial_model.trial_id.in_(wanted), trial_model.trial_id > trial_id_greater_than)
-            )
-        elif trial_id_greater_than > -1:
-            conditions.append(trial_model.trial_id > trial_id_greater_than)
-        with _create_scoped_session(self.scoped_session) as session:
-            try:
-                trials = rdb_rows.trial_rows(session, conditions)
-                if not trials:  # a study that has trials exists: only an empty answer needs the check
-                    models.StudyModel.find_or_raise_by_id(study_id, session)  # KeyError for a missing study
-                # the children of the same trials, selected again by the database (no long list of ids)
-                ids = sqlalchemy.select(trial_model.trial_id).where(*conditions)
-                return rdb_rows.frozen_trials(self, session, trials, ids)
-            except sqlalchemy.exc.OperationalError:  # too many ids for one IN (Optuna's own fallback)
-                session.rollback()
-                return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-
-    def _get_trials(
-        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
-    ) -> list[FrozenTrial]:
-        return [
-            self._merged(t) for t in self._shared_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        ]
-
-    def _shared_trials(
-        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
-    ) -> list[FrozenTrial]:
-        if getattr(_shared, "storage", None) is not self:
-            return self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        if _shared.writes != self._write_count():
-            _shared.writes, _shared.answers = self._write_count(), {}
-        wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        answer = _shared.answers.get((study_id, _states_key(states)))
-        if answer is not None:
-            known, greater, trials = answer
-            # It holds every trial above `greater` and those of `known`: enough if nothing else is wanted.
-            if trial_id_greater_than >= greater and all(i in known or i > greater for i in wanted):
-                return [t for t in trials if t._trial_id in wanted or t._trial_id > trial_id_greater_than]
-        trials = self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        _shared.answers[(study_id, _states_key(states))] = (wanted, trial_id_greater_than, trials)
-        return list(trials)
-
-
-def _states_key(states: Any) -> tuple[int, ...] | None:
-    return None if states is None else tuple(sorted(TrialState(s).value for s in states))
+def _new_trial(row: rdb_rows.TrialRow) -> FrozenTrial:
+    """The FrozenTrial of a trial just created without a template, as Optuna's ``_create_new_trial`` returns it
+    (and reads it back)."""
+    return FrozenTrial(
+        number=row.number,
+        state=row.state,
+        value=None,
+        values=None,
+        datetime_start=row.datetime_start,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=row.trial_id,
+    )
 
 
 def _counted_write(name: str) -> Any:

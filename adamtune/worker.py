@@ -276,8 +276,8 @@ class Worker:
         beats = backend.first_heartbeats() if ours else nullcontext(set[int]())
         with interrupts.critical(), admission_lock(storage, self.study.study_name), shared, beats as beaten:
             self._stale_check.run(self.study)
-            target = self._target()
             trials = self.study.get_trials(deepcopy=False)
+            target = self._target()  # read with the trials, in the same transaction (rdb_shared.shared_reads)
             counts = count_trials(trials)
             if counts.finished >= target:
                 return Admission(counts, target, done=True)

@@ -156,6 +156,20 @@ def test_shared_reads_answer_once_until_a_write(tmp_path, monkeypatch):
     assert reads[0] == outside + 2  # outside the scope every read reaches the database
 
 
+def test_shared_reads_read_the_study_s_attributes_with_its_trials(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    study.set_user_attr("target", 3)
+    transactions = Transactions(storage)
+    with storage.shared_reads():
+        assert transactions.during(lambda: study.get_trials(deepcopy=False)) == 1
+        assert transactions.during(lambda: study.user_attrs) == 0  # read with the trials
+        assert study.user_attrs == {"target": 3}
+        study.set_user_attr("target", 4)  # a write: read again
+        assert transactions.during(lambda: study.user_attrs) == 1 and study.user_attrs == {"target": 4}
+    assert transactions.during(lambda: study.user_attrs) == 1  # outside: every read reaches the database
+
+
 def test_shared_reads_see_writes_of_other_threads(tmp_path):
     import threading
 
