@@ -3,11 +3,13 @@
 Runs the study-database side of a one-worker search (``adamtune search --task digits``: TPE, Hyperband,
 20 epochs) without training: for each trial the worker's own calls, in the worker's order:
 
-* ``admit``: ``Worker._admit`` (admission lock, stale-trial check, count, ``study.ask``, first heartbeat);
+* ``admit``: ``Worker._admit`` (admission lock, stale-trial check, count, ``study.ask``, first heartbeat;
+  since issue 14 also the sampler's draw of the settings, which Optuna otherwise makes at ``suggest``);
 * ``suggest``: ``space.suggest`` with the settings deferred (``TrialWriter.defer_params``);
 * ``begin_flush``: the first ``TrialWriter.flush`` (settings, seed, device, ...);
 * ``epochs``: 20 ``report``/``should_prune`` calls on a made-up curve (not on the serial path; shown for scale);
-* ``conclude``: the concluding attributes (curves, state) written as ``Objective.conclude`` writes them;
+* ``conclude``: the concluding attributes (curves, state) handed over as ``Objective.conclude`` does
+  (``flush_at_end`` where it exists: then they are written by ``tell``; ``flush`` before);
 * ``tell``: ``Worker._tell``.
 
 Reported per step, averaged over the steady-state trials (the first ``--warmup`` are left out): this
@@ -15,8 +17,12 @@ thread's CPU time (``time.thread_time``; SQLite runs in-process, PostgreSQL's se
 the SQL statements sent and the transactions committed (SQLAlchemy events), and wall time for reference
 only. Statement counts do not depend on machine load; CPU times do a little; wall times a lot.
 
-    python bench/boundary.py --storage sqlite            # a fresh SQLite file in a temporary directory
+    python bench/boundary.py --storage sqlite      # a fresh SQLite file in a temporary directory
     python bench/boundary.py --storage postgresql  # a throwaway database on 127.0.0.1:5432
+
+To compare two versions, run this script from outside the checkout with ``PYTHONPATH`` naming the
+checkout to measure (``cd /tmp && PYTHONPATH=/path/to/old python /path/to/bench/boundary.py``), the two
+alternating; equal fingerprints mean the same sampling and pruning.
 """
 
 from __future__ import annotations
