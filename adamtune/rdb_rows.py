@@ -105,7 +105,7 @@ def create_trial_row(session: Any, study_id: int, *, heartbeat: bool) -> TrialRo
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
     locked = sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
     if session.execute(locked).first() is None:
-        raise KeyError(models.NOT_FOUND_MSG)
+        raise KeyError(getattr(models, "NOT_FOUND_MSG", f"No study with id {study_id}."))
     count = sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id)).where(trials.c.study_id == study_id)
     number = session.execute(count).scalar_one()
     start = datetime.now()

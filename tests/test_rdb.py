@@ -128,6 +128,8 @@ def test_trials_read_in_one_union_are_optuna_s(
         storage.get_trial(10_000)
     with pytest.raises(KeyError):
         storage._read_trials(10_000, None, set(), -1)
+    with pytest.raises(KeyError):  # as Optuna: no trial of a missing study
+        storage.create_new_trial(10_000)
 
 
 def test_shared_reads_answer_once_until_a_write(tmp_path, monkeypatch):
