@@ -243,10 +243,13 @@ def _child(row: Any) -> SimpleNamespace:
 def write_pending(session: Any, trial_id: int, pending: Pending) -> None:
     """Write ``pending`` for trial ``trial_id`` in ``session`` (whose transaction the caller commits).
 
-    The caller has checked that the trial exists and is updatable. Settings are inserted (a setting
-    already stored raises ``IntegrityError``, as in Optuna); attributes and intermediate values replace
-    stored ones of the same key or step. One statement per table with rows to write, each built once per
-    database and run with the rows as its parameters (an ``executemany``).
+    The caller has checked that the trial exists and is updatable. Attributes and intermediate values
+    replace stored ones of the same key or step. A setting already stored keeps its stored value, as in
+    Optuna (whose insert fails and is ignored), but here the rest of the transaction is written: a write
+    retried after a commit whose answer was lost (a connection cut) repeats its settings harmlessly. (On
+    databases without upserts the insert fails with ``IntegrityError`` as Optuna's does.) One statement
+    per table with rows to write, each built once per database and run with the rows as its parameters
+    (an ``executemany``).
     """
     from optuna.storages._rdb import models
 
@@ -260,7 +263,7 @@ def write_pending(session: Any, trial_id: int, pending: Pending) -> None:
         for name, value, distribution in pending.params
     ]
     if params:
-        session.connection().execute(_param_insert(), params)
+        session.connection().execute(_param_insert(session.get_bind().dialect.name), params)
     for model, attrs in (
         (models.TrialSystemAttributeModel, pending.system_attrs),
         (models.TrialUserAttributeModel, pending.user_attrs),
@@ -323,11 +326,29 @@ def _upsert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
 
 
 @functools.cache
-def _param_insert() -> Any:
+def _param_insert(dialect: str) -> Any:
+    """The insert of a trial's settings: with ``ON CONFLICT DO NOTHING`` where the database has it."""
     from optuna.storages._rdb import models
     from sqlalchemy import insert
 
-    return insert(models.TrialParamModel.__table__)
+    table = models.TrialParamModel.__table__
+    statement = _dialect_insert(dialect)
+    if statement is None:
+        return insert(table)
+    return statement(table).on_conflict_do_nothing(index_elements=[table.c.trial_id, table.c.param_name])
+
+
+def _dialect_insert(dialect: str) -> Any:
+    """The dialect's ``insert`` construct with ``ON CONFLICT`` clauses (SQLite >= 3.24, PostgreSQL); None if none."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert
+    return None
 
 
 @functools.cache
@@ -336,11 +357,8 @@ def _upsert_statement(dialect: str, model: Any) -> Any:
     databases where Optuna upserts by rows (all but SQLite >= 3.24 and PostgreSQL)."""
     import sqlalchemy
 
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-        from sqlalchemy.dialects.sqlite import insert
-    else:
+    insert = _dialect_insert(dialect)
+    if insert is None:
         return None
     table = model.__table__
     key, columns = _UPSERTS[table.name]

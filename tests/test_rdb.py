@@ -289,9 +289,13 @@ def test_a_trial_is_created_with_its_first_heartbeat_and_read_back_without_the_d
     assert heartbeat(outside._trial_id) is None  # as Optuna's own ask
 
 
-def test_a_waiting_write_that_conflicts_does_not_stop_the_trial_s_end(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    """Another process stored the setting this one was holding back: the end is still recorded."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_setting_stored_already_keeps_its_value_and_the_rest_is_written(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A waiting setting that is stored already (another process wrote it, or a write whose commit answer was
+    lost is retried): the stored value stays, as in Optuna, and the rest of the transaction is written."""
+    url = database_url(backend, tmp_path, request)
     storage = open_storage(url)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
@@ -299,10 +303,11 @@ def test_a_waiting_write_that_conflicts_does_not_stop_the_trial_s_end(tmp_path: 
     trial.suggest_float("x", 0.0, 1.0)
     distribution = optuna.distributions.FloatDistribution(0.0, 1.0)
     optuna.storages.RDBStorage(url).set_trial_param(trial._trial_id, "x", 0.25, distribution)
+    storage.hold_trial_values(trial._trial_id, user_attrs={"state": "complete"}, intermediate={1: 0.5})
     study.tell(trial, 1.0)
-    stored = storage.get_trial(trial._trial_id)
+    stored = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
     assert stored.state == TrialState.COMPLETE and stored.params == {"x": 0.25}
-    assert "conflict" in caplog.text
+    assert stored.user_attrs == {"state": "complete"} and stored.intermediate_values == {1: 0.5}
 
 
 def test_pickled_storage_leaves_its_waiting_writes_behind(tmp_path: Path) -> None:
