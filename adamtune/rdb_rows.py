@@ -89,12 +89,13 @@ def create_trial_row(session: Any, study_id: int, *, heartbeat: bool) -> TrialRo
     """Create a RUNNING trial of study ``study_id`` with no settings or attributes (what Optuna's ``ask``
     creates), and with its first heartbeat if ``heartbeat``; returns its row.
 
-    Optuna's ``_create_new_trial`` without a template, in plain statements: the study's row is locked
-    (``FOR UPDATE``, as Optuna does: it serializes the creations of a study's trials), then the trial's
-    number, which Optuna counts after inserting as the study's trials with a smaller id, is counted before
-    inserting as the study's trials, the same number under that lock (and on SQLite, whose writes are
-    serialized anyway, a read that another writer outdated fails the transaction when it writes), so the
-    row is inserted with it instead of updated after: 3 statements where Optuna sends 4.
+    Optuna's ``_create_new_trial`` without a template, in fewer statements. As Optuna, the study's row is
+    locked first (``FOR UPDATE``: it serializes the creations of a study's trials on a server). Optuna then
+    inserts the trial, counts the study's trials with a smaller id as its number and updates the row; here
+    the row is inserted with its number counted by a subquery of that same ``INSERT``: the study's trials
+    as the statement starts, which are exactly those with a smaller id, because the statement runs either
+    under that lock (PostgreSQL) or holding the database's only write lock (SQLite, whose lock is taken as
+    the statement starts). 2 statements (3 with the heartbeat) where Optuna sends 4.
 
     Raises:
         KeyError: no such study (Optuna's error).
@@ -107,11 +108,16 @@ def create_trial_row(session: Any, study_id: int, *, heartbeat: bool) -> TrialRo
     if session.execute(locked).first() is None:
         raise KeyError(getattr(models, "NOT_FOUND_MSG", f"No study with id {study_id}."))
     count = sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id)).where(trials.c.study_id == study_id)
-    number = session.execute(count).scalar_one()
     start = datetime.now()
     stored = start.astimezone(timezone.utc).replace(tzinfo=None) if _datetimes_in_utc() else start
-    insert = trials.insert().values(number=number, study_id=study_id, state=TrialState.RUNNING, datetime_start=stored)
-    trial_id = session.execute(insert).inserted_primary_key[0]
+    insert = trials.insert().values(
+        number=count.scalar_subquery(), study_id=study_id, state=TrialState.RUNNING, datetime_start=stored
+    )
+    if session.get_bind().dialect.insert_returning:
+        trial_id, number = session.execute(insert.returning(trials.c.trial_id, trials.c.number)).one()
+    else:
+        trial_id = session.execute(insert).inserted_primary_key[0]
+        number = session.execute(sqlalchemy.select(trials.c.number).where(trials.c.trial_id == trial_id)).scalar_one()
     if heartbeat:
         session.execute(models.TrialHeartbeatModel.__table__.insert().values(trial_id=trial_id))  # the database's clock
     return _trial_row((trial_id, number, TrialState.RUNNING, stored, None))

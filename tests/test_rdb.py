@@ -320,3 +320,27 @@ def test_pickled_storage_leaves_its_waiting_writes_behind(tmp_path: Path) -> Non
     copy = pickle.loads(pickle.dumps(storage))
     assert copy.get_trial(trial._trial_id).user_attrs == {}  # another process: not written yet
     assert storage.get_trial(trial._trial_id).user_attrs == {"a": 1}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_trials_created_at_once_by_many_storages_get_distinct_numbers(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Creation outside any admission lock (4 storages, as 4 processes, asking at once): numbers 0..n-1."""
+    url = database_url(backend, tmp_path, request)
+    optuna.create_study(storage=open_storage(url), study_name="race")
+    studies = [optuna.load_study(study_name="race", storage=open_storage(url)) for _ in range(4)]
+    start = threading.Barrier(len(studies))
+
+    def asks(study: optuna.Study) -> None:
+        start.wait()
+        for _ in range(10):
+            ask(study)
+
+    threads = [threading.Thread(target=asks, args=(study,)) for study in studies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    numbers = [t.number for t in optuna.storages.RDBStorage(url).get_all_trials(studies[0]._study_id)]
+    assert sorted(numbers) == list(range(40))
