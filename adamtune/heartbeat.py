@@ -2,6 +2,7 @@
 
 A trial whose heartbeat is older than the grace period is failed and re-queued by the next worker (see
 ``study.py``); this thread keeps beating through database outages so live trials are never caught.
+:class:`StaleCheck` is how often a worker looks for such trials.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import threading
 import time
 from typing import Any
+
+import optuna
 
 from adamtune.study import db_error_text
 
@@ -88,3 +91,36 @@ class _HeartbeatThread:
             if beat.trial_id not in self._failing:
                 log.warning("could not record the heartbeat of the running trial (%s); retrying", db_error_text(exc))
             self._failing.add(beat.trial_id)
+
+
+class StaleCheck:
+    """A worker's look for stale trials (``optuna.storages.fail_stale_trials``), at most once per heartbeat interval.
+
+    The look is a database round trip or two at every trial boundary, yet a trial can only be stale once its
+    heartbeat is a grace period old (30 s by default, always longer than the interval): looking once per
+    interval (10 s by default) finds a dead worker's trial at most one interval later than looking at every
+    boundary would, in the waiting loop too (which comes back here every pause). The first call always looks
+    (a worker that joins a study to finish it fails the dead trials at once), and so does a call after a
+    ``clock`` jump backwards. ``fail_stale_trials`` runs the storage's stale-trial callback
+    (``study.RetryStaleTrial``) as before.
+    """
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+
+    def run(self, study: optuna.Study) -> bool:
+        """Fail ``study``'s stale trials if a heartbeat interval has passed since the last look; True if it looked.
+
+        A storage without heartbeats is looked at every time (``fail_stale_trials`` does nothing then).
+
+        Raises:
+            Whatever the storage raises; the look then counts as not done (the next call looks again).
+        """
+        interval = study._storage.get_heartbeat_interval()
+        now = self._clock()
+        if interval and self._last is not None and 0 <= now - self._last < interval:
+            return False
+        optuna.storages.fail_stale_trials(study)
+        self._last = now
+        return True

@@ -283,13 +283,13 @@ class Objective:
         if context.state == "pruned":
             writer.set_attrs({STATE_ATTR: "pruned"})
             self._finish(run, "pruned", curves, trial, writer, extra_tags=resumed())
-            writer.flush()
+            writer.flush_at_end()
             raise optuna.TrialPruned(f"pruned at epoch {context.history[-1][0]}")
         if context.state == "diverged":
             value, _ = context.result()
             writer.set_attrs({STATE_ATTR: "diverged", DIVERGED_EPOCH_ATTR: context.diverged_epoch})
             self._finish(run, "diverged", curves, trial, writer, value=value, extra_tags=resumed())
-            writer.flush()
+            writer.flush_at_end()
             return value
         try:
             value, _ = context.result()
@@ -301,7 +301,7 @@ class Objective:
         if self.keep_best_checkpoint and checkpoints is not None:
             self._keep_if_best(trial, context, checkpoints, value, writer)
         self._finish(run, "complete", curves, trial, writer, value=value, extra_tags=resumed())
-        writer.flush()
+        writer.flush_at_end()
         return value
 
     def _keep_if_best(

@@ -1,72 +1,110 @@
-"""adamtune's Optuna ``RDBStorage``: stale trials that never beat, fewer round trips, batched trial writes.
+"""adamtune's Optuna ``RDBStorage``: stale trials that never beat, fewer transactions, batched trial writes.
 
 :class:`StudyStorage` is what ``study.open_storage`` opens. It stores exactly the rows Optuna's own
 ``RDBStorage`` stores, so any Optuna tool reads an adamtune study; what it changes is how many
-transactions and reads a trial costs:
+transactions, statements and reads a trial costs (row-level reads and writes are in ``rdb_rows.py``):
 
-* ``write_trial_values``: a running trial's user attributes and intermediate values in one transaction
-  (used by ``reporting.TrialWriter``; Optuna writes each value in its own);
+* **waiting writes** (``rdb_waiting.py``): a running trial's settings, the sampler's records beside them
+  and its concluding values wait for the trial's next write, at the latest its state change, which
+  writes them in the *same* transaction as the new state and value (a trial's end and its tell are one
+  transaction). A write that fails keeps them for its retry; this process reads the trial with them;
+* **reads answered without the database**: the first read of a trial this storage just created (Optuna's
+  ``ask`` reads it back at once) answers from the creation; the first read of a trial this storage just
+  finished (``study.tell`` reads it back) answers from the rows read inside the finishing transaction.
+  Both are what the database holds then: nothing else writes a trial in those milliseconds (another
+  worker may fail a trial only once its heartbeat is a grace period old);
+* **first heartbeats**: within ``first_heartbeats()``, a trial this thread creates or takes from the
+  queue gets its heartbeat in that same transaction (Optuna's heartbeat model, the database's clock);
+* **reads** (``rdb_shared.py``): a study's trials in 2 statements (Optuna's eager loading sends 6-7),
+  shared within ``shared_reads()`` by the reads of one admission (the worker's count, Optuna's look at
+  its queue, the sampler's draw), with the study's user attributes read alongside;
 * study ids are remembered by name (Optuna's Hyperband builds a study object per bracket several times a
-  trial, each asking the database for the id);
-* ``defer_params(trial_id)``: the trial's sampled settings (one transaction each in Optuna) wait for the
-  trial's next ``write_trial_values`` (or its end) and go in that transaction;
-* reading trials (``get_trial``, and ``_get_trials`` behind ``study.get_trials``): the trial rows, then
-  all their params, values, attributes and intermediate values in *one* ``UNION ALL`` query, where
-  Optuna's eager loading sends one query per table (2 round trips instead of 6-7; each is ~0.7-1 ms on
-  a local PostgreSQL). The FrozenTrials are built by Optuna's own ``_build_frozen_trial_from_trial_model``;
-* ``shared_reads()``: inside it, this thread's repeated reads of a study's trials are answered once until
-  this storage writes (the worker's admission reads the trials, then Optuna's ``ask`` reads them again
-  for the queue, and the sampler twice more).
+  trial, each asking the database for the id); a heartbeat is one statement (an upsert, where the
+  database has one).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
+import copy
+import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from optuna import distributions
+import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-_shared = threading.local()  # .storage, .writes, .answers: the shared_reads() scope of this thread
+from adamtune import rdb_rows
+from adamtune.rdb_shared import SharedReads
+
+log = logging.getLogger(__name__)
+
+_beats = threading.local()  # .scope: (storage, set of trial ids) of this thread's first_heartbeats()
+
+#: How many finished trials are kept for their first read after this storage finished them.
+_TOLD = 16
 
 
-class StudyStorage(RDBStorage):
-    """Optuna's ``RDBStorage`` whose stale-trial check also covers trials that never beat.
+@dataclass
+class _State:
+    """What a :class:`StudyStorage` keeps in memory (``lock`` guards the rest)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    told: dict[int, FrozenTrial] = field(default_factory=dict)  # finished here, until read once
+    fresh: dict[int, FrozenTrial] = field(default_factory=dict)  # created here, until read once or any write
+    study_ids: dict[str, int] = field(default_factory=dict)
+
+
+class StudyStorage(SharedReads):
+    """Optuna's ``RDBStorage`` whose stale-trial check also covers trials that never beat (see the module
+    docstring for the transactions it saves).
 
     Optuna counts a RUNNING trial as stale only once its heartbeat is older than the grace period; a trial
     whose worker died between creating it and recording its first heartbeat has no heartbeat at all and
     would stay RUNNING forever (and, counted as running, block the study's last places). Here such a trial
     is stale too once its start (``datetime_start``, written by the creating worker's clock) is older than
-    the grace period. The worker records the first heartbeat within the admission lock, milliseconds after
-    creating the trial, so a live trial is never caught by this rule.
+    the grace period. A worker creates its trials within ``first_heartbeats()``, so its trials have a
+    heartbeat from their first moment; the rule covers other callers of ``ask``.
 
-    It also remembers study ids by name: Optuna's Hyperband builds a study object per bracket several
-    times a trial, each asking the database for the id. A name's id changes only when the study is
-    deleted and created again; deleting it through this storage forgets the id (a study deleted by
-    another process while this one still runs trials in it fails those trials either way).
+    Study ids are remembered by name. A name's id changes only when the study is deleted and created
+    again; deleting it through this storage forgets the id (a study deleted by another process while
+    this one still runs trials in it fails those trials either way).
     """
 
+    def _st(self) -> _State:
+        state = self.__dict__.get("_adamtune")
+        if state is None:
+            state = self.__dict__.setdefault("_adamtune", _State())
+        return state
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_adamtune", None)  # a lock and this process's reads: not for another process
+        return state
+
     def get_study_id_from_name(self, study_name: str) -> int:
-        known = self.__dict__.setdefault("_study_ids", {})
+        known = self._st().study_ids
         if study_name not in known:
             known[study_name] = super().get_study_id_from_name(study_name)
         return known[study_name]
 
     def delete_study(self, study_id: int) -> None:
-        self.__dict__.get("_study_ids", {}).clear()
+        state = self._st()
+        with state.lock:
+            state.study_ids.clear()
+            state.told.clear()
         self._wrote()
         super().delete_study(study_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (a heartbeat older than the grace period, by the database's clock) plus trials that
         never beat and started longer ago than the grace period, from one read of the running trials."""
-        from datetime import datetime, timedelta
+        from datetime import timedelta
 
         import sqlalchemy
         from optuna.storages._rdb import models
@@ -96,269 +134,172 @@ class StudyStorage(RDBStorage):
                     stale.append(trial.trial_id)
         return stale
 
-    def write_trial_values(
-        self, trial_id: int, *, user_attrs: Mapping[str, Any], intermediate: Mapping[int, float]
-    ) -> None:
-        """Several user attributes and intermediate values of one running trial, in one transaction.
-
-        The same rows as Optuna's ``set_trial_user_attr``/``set_trial_intermediate_value`` one by one,
-        with one read of the trial and one of each table instead of a transaction per value (see
-        ``reporting.py`` for why it matters). Raises ``UpdateFinishedTrialError`` for a finished trial.
-        """
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        values, attrs = models.TrialIntermediateValueModel, models.TrialUserAttributeModel
-        self._wrote()
-        params = self._pending_params().pop(trial_id, [])
-        with _create_scoped_session(self.scoped_session, True) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-            self.check_trial_is_updatable(trial_id, trial.state)
-            for name, value, distribution in params:
-                session.add(
-                    models.TrialParamModel(
-                        trial_id=trial_id,
-                        param_name=name,
-                        param_value=value,
-                        distribution_json=distributions.distribution_to_json(distribution),
-                    )
-                )
-            if intermediate:  # one read of the rows to update, then one insert/update per value
-                rows = session.query(values).filter(values.trial_id == trial_id, values.step.in_(list(intermediate)))
-                stored = {row.step: row for row in rows}
-                for step, value in intermediate.items():
-                    number, kind = values.intermediate_value_to_stored_repr(value)
-                    row = stored.get(step)
-                    if row is None:
-                        session.add(
-                            values(
-                                trial_id=trial_id, step=step, intermediate_value=number, intermediate_value_type=kind
-                            )
-                        )
-                    else:
-                        row.intermediate_value, row.intermediate_value_type = number, kind
-            if user_attrs:
-                rows = session.query(attrs).filter(attrs.trial_id == trial_id, attrs.key.in_(list(user_attrs)))
-                stored_attrs = {row.key: row for row in rows}
-                for key, value in user_attrs.items():
-                    text = json.dumps(value)
-                    if key in stored_attrs:
-                        stored_attrs[key].value_json = text
-                    else:
-                        session.add(attrs(trial_id=trial_id, key=key, value_json=text))
-
-    def defer_params(self, trial_id: int) -> None:
-        """Hold trial ``trial_id``'s next ``set_trial_param`` calls until its next write of values.
-
-        The settings then reach the database with that write (``write_trial_values``) or, at the latest,
-        just before the trial's state changes (``set_trial_state_values``), in one transaction instead of
-        one each. Until then other processes see the trial RUNNING without those settings, as they do
-        between Optuna's ``ask`` and its ``suggest`` calls anyway. Distribution compatibility is checked
-        at once, as Optuna does.
-        """
-        self._pending_params()[trial_id] = []
-
-    def _pending_params(self) -> dict[int, list[tuple[str, float, Any]]]:
-        return self.__dict__.setdefault("_params_waiting", {})
-
-    def _set_trial_param(
-        self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any, previous: Any = None
-    ) -> None:
-        waiting = self._pending_params().get(trial_id)
-        if waiting is None:
-            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous)
-            return
-        if previous is not None:
-            distributions.check_distribution_compatibility(previous, distribution)
-        self._wrote()
-        waiting.append((param_name, param_value_internal, distribution))
+    # ----- a trial's state -----
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        if self._pending_params().get(trial_id):  # a trial that ends before its first write keeps its settings
-            with contextlib.suppress(Exception):
-                self.write_trial_values(trial_id, user_attrs={}, intermediate={})
-        self._pending_params().pop(trial_id, None)
-        self._wrote()
-        return super().set_trial_state_values(trial_id, state, values)
+        """Optuna's ``set_trial_state_values`` (same checks, rows and answers), with the trial's waiting writes
+        first in the same transaction. A finished trial is read back inside it (answered to the next
+        ``get_trial`` of it); a trial taken from the queue within ``first_heartbeats()`` gets its heartbeat."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy.exc import IntegrityError
+
+        taken = self._take(trial_id)
+        beaten = self._beaten()
+        told = None
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                row = rdb_rows.trial_row(session, trial_id, for_update=True)
+                self.check_trial_is_updatable(trial_id, row.state)
+                if taken:
+                    rdb_rows.write_pending(session, trial_id, taken)
+                for objective, value in enumerate(values or ()):
+                    rdb_rows.upsert_value(session, trial_id, objective, value)
+                if state == TrialState.RUNNING and row.state != TrialState.WAITING:
+                    return False  # the writes above are committed, as Optuna commits the values
+                changes: dict[str, Any] = {"state": state}
+                if state == TrialState.RUNNING:
+                    changes["datetime_start"] = datetime.now()
+                if state.is_finished():
+                    changes["datetime_complete"] = datetime.now()
+                rdb_rows.set_trial_row(session, trial_id, **changes)
+                if state == TrialState.RUNNING and beaten is not None:
+                    rdb_rows.upsert_heartbeat(session, trial_id)
+                if state.is_finished() and rdb_rows.exact_datetimes(self.engine.dialect.name):
+                    now = {**row._asdict(), **changes}
+                    told = rdb_rows.frozen_trials(self, session, [SimpleNamespace(**now)])[0]
+        except IntegrityError:
+            if not taken:
+                return False  # as Optuna
+            # A waiting write conflicts with a stored row: written apart as before (Optuna ignores such a
+            # conflict), so that the state change does not fail for it.
+            log.warning("trial %d: its waiting writes conflict with stored rows; writing its state alone", trial_id)
+            with contextlib.suppress(optuna.exceptions.OptunaError):
+                self._write_waiting(trial_id, taken)
+            return self.set_trial_state_values(trial_id, state, values)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+            raise  # a finished or missing trial takes no writes: they are dropped
+        except BaseException:
+            self._give_back(trial_id, taken)
+            raise
+        finally:
+            self._wrote()
+        if beaten is not None and state == TrialState.RUNNING:
+            beaten.add(trial_id)
+        if told is not None:
+            self._remember_told(told)
+        return True
+
+    def _remember_told(self, trial: FrozenTrial) -> None:
+        state = self._st()
+        with state.lock:
+            state.told[trial._trial_id] = trial
+            while len(state.told) > _TOLD:
+                del state.told[next(iter(state.told))]
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's trial creation; a trial without a template (``ask``'s) in fewer statements
+        (``rdb_rows.create_trial_row``), with its first heartbeat within ``first_heartbeats()``, and
+        answered to the first ``get_trial`` of it (Optuna's ``ask`` reads it back at once)."""
+        before = self._write_count()
+        beaten = self._beaten()
+        if template_trial is not None:
+            try:
+                frozen = super()._create_new_trial(study_id, template_trial)
+            finally:
+                self._wrote()
+            self._share_created(study_id, copy.deepcopy(frozen), before)
+            return frozen
+        try:
+            row = self._create_running_trial(study_id, heartbeat=beaten is not None)
+        finally:
+            self._wrote()
+        if beaten is not None:
+            beaten.add(row.trial_id)
+        state = self._st()
+        with state.lock:
+            state.fresh[row.trial_id] = _new_trial(row)
+        self._share_created(study_id, _new_trial(row), before)
+        return _new_trial(row)
+
+    def _create_running_trial(self, study_id: int, *, heartbeat: bool) -> rdb_rows.TrialRow:
+        """A new RUNNING trial's row as Optuna's ``_create_new_trial`` makes it, tried up to 5 times as Optuna
+        does (a deadlock between servers' workers is reported as ``StorageInternalError``)."""
+        import random
+        import time
+
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        for attempt in range(1, 6):
+            try:
+                with _create_scoped_session(self.scoped_session) as session:
+                    return rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat)
+            except optuna.exceptions.StorageInternalError:
+                if attempt == 5:
+                    raise
+                time.sleep(random.random() * 2.0)
+        raise AssertionError("not reached")
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's ``record_heartbeat`` in one statement (an upsert) where the database has one."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            rdb_rows.upsert_heartbeat(session, trial_id)
 
     @contextlib.contextmanager
-    def shared_reads(self) -> Iterator[None]:
-        """Within: this thread's identical reads of a study's trials return the first answer, until a write.
-
-        Any write through this storage (from any thread of this process) ends the sharing for the reads
-        after it. Writes of other processes are not seen by a shared answer: use it only around a few
-        reads milliseconds apart that would act on the same snapshot anyway (the admission lock's
-        critical section, where no other worker creates or starts trials).
-        """
-        outer = getattr(_shared, "storage", None)
-        _shared.storage, _shared.writes, _shared.answers = self, self._write_count(), {}
+    def first_heartbeats(self) -> Iterator[set[int]]:
+        """Within: a RUNNING trial this thread creates (``ask``) or takes from the queue gets its first heartbeat
+        in the same transaction. Yields the set of the trials that got one (the caller records the others')."""
+        outer = getattr(_beats, "scope", None)
+        beaten: set[int] = set()
+        _beats.scope = (self, beaten)
         try:
-            yield
+            yield beaten
         finally:
-            _shared.storage = outer
+            _beats.scope = outer
 
-    def _write_count(self) -> int:
-        return self.__dict__.get("_writes", 0)
+    def _beaten(self) -> set[int] | None:
+        scope = getattr(_beats, "scope", None)
+        return scope[1] if scope is not None and scope[0] is self else None
+
+    # ----- reads -----
 
     def _wrote(self) -> None:
-        self.__dict__["_writes"] = self._write_count() + 1
+        state = self._st()
+        with state.lock:
+            state.fresh.clear()  # a created trial is answered only until this storage writes anything
+        super()._wrote()
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        state = self._st()
+        with state.lock:
+            known = state.told.pop(trial_id, None) or state.fresh.pop(trial_id, None)
+        if known is not None:
+            return self._merged(known)
         with _create_scoped_session(self.scoped_session) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-            return self._frozen(session, [trial])[0]
-
-    def _read_trials(
-        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
-    ) -> list[FrozenTrial]:
-        """Optuna's ``RDBStorage._get_trials`` (same arguments, same answer) in 2 round trips instead of 7."""
-        import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        trial_model = models.TrialModel
-        conditions = [trial_model.study_id == study_id]
-        if states is not None:
-            conditions.append(trial_model.state.in_(list(states)))
-        if wanted and trial_id_greater_than > -1:
-            conditions.append(
-                sqlalchemy.or_(trial_model.trial_id.in_(wanted), trial_model.trial_id > trial_id_greater_than)
-            )
-        elif trial_id_greater_than > -1:
-            conditions.append(trial_model.trial_id > trial_id_greater_than)
-        with _create_scoped_session(self.scoped_session) as session:
-            try:
-                trials = session.query(trial_model).filter(*conditions).order_by(trial_model.trial_id).all()
-                if not trials:  # a study that has trials exists: only an empty answer needs the check
-                    models.StudyModel.find_or_raise_by_id(study_id, session)  # KeyError for a missing study
-                # the children of the same trials, selected again by the database (no long list of ids)
-                return self._frozen(session, trials, sqlalchemy.select(trial_model.trial_id).where(*conditions))
-            except sqlalchemy.exc.OperationalError:  # too many ids for one IN (Optuna's own fallback)
-                session.rollback()
-                return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-
-    def _frozen(self, session: Any, trials: list[Any], ids: Any = None) -> list[FrozenTrial]:
-        """FrozenTrials of ``trials`` (TrialModel rows), their child rows read in one query.
-
-        ``ids``: a SELECT of exactly those trials' ids (default: their ids as a list).
-        """
-        rows: dict[int, dict[str, list[Any]]] = {trial.trial_id: {name: [] for name in _CHILDREN} for trial in trials}
-        if trials:
-            numbers = [trial.trial_id for trial in trials]
-            if ids is None or len(numbers) <= _LISTED_IDS:  # the prepared statement, with the ids bound
-                result = session.execute(_listed_children_query(), {"ids": numbers})
-            else:
-                result = session.execute(_children_query(ids))
-            for row in result:
-                rows[row.trial_id][_CHILDREN[row.kind]].append(_child(row))
-        return [
-            self._build_frozen_trial_from_trial_model(
-                SimpleNamespace(
-                    trial_id=trial.trial_id,
-                    number=trial.number,
-                    state=trial.state,
-                    datetime_start=trial.datetime_start,
-                    datetime_complete=trial.datetime_complete,
-                    **rows[trial.trial_id],
-                )
-            )
-            for trial in trials
-        ]
-
-    def _get_trials(
-        self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
-    ) -> list[FrozenTrial]:
-        if getattr(_shared, "storage", None) is not self:
-            return self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        if _shared.writes != self._write_count():
-            _shared.writes, _shared.answers = self._write_count(), {}
-        wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        answer = _shared.answers.get((study_id, _states_key(states)))
-        if answer is not None:
-            known, greater, trials = answer
-            # It holds every trial above `greater` and those of `known`: enough if nothing else is wanted.
-            if trial_id_greater_than >= greater and all(i in known or i > greater for i in wanted):
-                return [t for t in trials if t._trial_id in wanted or t._trial_id > trial_id_greater_than]
-        trials = self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        _shared.answers[(study_id, _states_key(states))] = (wanted, trial_id_greater_than, trials)
-        return list(trials)
+            frozen = rdb_rows.frozen_trials(self, session, [rdb_rows.trial_row(session, trial_id)])[0]
+        return self._merged(frozen)
 
 
-#: The child tables of a trial, by the ``kind`` column of :func:`_children_query`, named as Optuna's
-#: ``TrialModel`` relationships that ``_build_frozen_trial_from_trial_model`` reads.
-_CHILDREN = ("values", "params", "user_attributes", "system_attributes", "intermediate_values")
-
-
-#: Up to this many trials, their children are selected by a list of ids bound to a statement built once
-#: (building the union costs more than running it); more go by a SELECT of their ids (no long lists).
-_LISTED_IDS = 500
-
-
-@functools.cache
-def _listed_children_query() -> Any:
-    """:func:`_children_query` for the ids bound as the expanding parameter ``ids``, built once."""
-    from sqlalchemy import bindparam
-
-    return _children_query(bindparam("ids", expanding=True))
-
-
-def _children_query(trial_ids: Any) -> Any:
-    """One ``UNION ALL`` of the five child tables' rows of ``trial_ids`` (a SELECT of ids, or a bound
-    expanding parameter), as rows (trial_id, kind, n, x, a, b).
-
-    ``kind`` indexes :data:`_CHILDREN`; ``n`` is the objective / param id / attribute id / step, ``x`` the
-    number, ``a`` a name or an enum's name, ``b`` JSON text. Sorted by trial, kind and ``n``.
-    """
-    from optuna.storages._rdb import models
-    from sqlalchemy import Float, Integer, String, Text, cast, literal, null, select, union_all
-
-    def branch(kind: int, table: Any, n: Any, x: Any, a: Any, b: Any) -> Any:
-        return select(
-            table.trial_id.label("trial_id"),
-            literal(kind, Integer).label("kind"),
-            cast(n, Integer).label("n"),
-            cast(x, Float).label("x"),
-            cast(a, String).label("a"),
-            cast(b, Text).label("b"),
-        ).where(table.trial_id.in_(trial_ids))
-
-    value, param = models.TrialValueModel, models.TrialParamModel
-    user, system, step = (
-        models.TrialUserAttributeModel,
-        models.TrialSystemAttributeModel,
-        models.TrialIntermediateValueModel,
+def _new_trial(row: rdb_rows.TrialRow) -> FrozenTrial:
+    """The FrozenTrial of a trial just created without a template, as Optuna's ``_create_new_trial`` returns it
+    (and reads it back)."""
+    return FrozenTrial(
+        number=row.number,
+        state=row.state,
+        value=None,
+        values=None,
+        datetime_start=row.datetime_start,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=row.trial_id,
     )
-    query = union_all(
-        branch(0, value, value.objective, value.value, value.value_type, null()),
-        branch(1, param, param.param_id, param.param_value, param.param_name, param.distribution_json),
-        branch(2, user, user.trial_user_attribute_id, null(), user.key, user.value_json),
-        branch(3, system, system.trial_system_attribute_id, null(), system.key, system.value_json),
-        branch(4, step, step.step, step.intermediate_value, step.intermediate_value_type, null()),
-    ).subquery()
-    return select(query).order_by(query.c.trial_id, query.c.kind, query.c.n)
-
-
-def _child(row: Any) -> SimpleNamespace:
-    """One child row as the attributes Optuna's model of its table has (enum names back to enums)."""
-    from optuna.storages._rdb import models
-
-    if row.kind == 0:
-        kind = models.TrialValueModel.TrialValueType[row.a]
-        return SimpleNamespace(objective=row.n, value=row.x, value_type=kind)
-    if row.kind == 1:
-        return SimpleNamespace(param_id=row.n, param_name=row.a, param_value=row.x, distribution_json=row.b)
-    if row.kind in (2, 3):
-        return SimpleNamespace(key=row.a, value_json=row.b)
-    kind = models.TrialIntermediateValueModel.TrialIntermediateValueType[row.a]
-    return SimpleNamespace(step=row.n, intermediate_value=row.x, intermediate_value_type=kind)
-
-
-def _states_key(states: Any) -> tuple[int, ...] | None:
-    return None if states is None else tuple(sorted(TrialState(s).value for s in states))
 
 
 def _counted_write(name: str) -> Any:
@@ -372,13 +313,5 @@ def _counted_write(name: str) -> Any:
     return write
 
 
-for _name in (
-    "create_new_trial",
-    "set_trial_param",
-    "set_trial_intermediate_value",
-    "set_trial_user_attr",
-    "set_trial_system_attr",
-    "set_study_user_attr",
-    "set_study_system_attr",
-):
+for _name in ("set_study_user_attr", "set_study_system_attr"):
     setattr(StudyStorage, _name, _counted_write(_name))

@@ -29,8 +29,12 @@ Any other pruner (or a future Optuna that changes these internals) is consulted 
 pruned at the same epochs with the same settings sampled.
 
 The trial's final study state is the same as with a write per epoch: every epoch's intermediate value
-and every attribute is written by the time the trial is told. Only a worker that dies mid-trial loses
-what it had not flushed yet; its retry re-reports the restored curve when it resumes from a checkpoint.
+and every attribute is written by the time the trial is told. The last of them are written *with* the
+tell (``TrialWriter.flush_at_end``: in the transaction that changes the trial's state, see
+``rdb.StudyStorage``), so a trial's end is one transaction; a tell that fails (the database away,
+retried by ``study.with_db_retry``) keeps them for its retry. Only a worker that dies mid-trial (or
+between a trial's end and its tell) loses what it had not written yet; its retry re-reports the
+restored curve when it resumes from a checkpoint.
 """
 
 from __future__ import annotations
@@ -166,18 +170,43 @@ class TrialWriter:
         if not self._attrs and not self._values:
             return
         write_trial(self.trial, user_attrs=self._attrs, intermediate=self._values)
+        self._flushed()
+
+    def flush_at_end(self) -> None:
+        """Hand the buffered values and attributes over to be written with the trial's end, for a trial whose
+        training is over and that is told next.
+
+        On adamtune's storage they join the transaction of the trial's state change (``study.tell``, or a
+        FAIL the worker records instead): the trial's end costs one transaction, and everything is written
+        by the time it is told. A tell that fails keeps them for its retry; if the worker dies before the
+        tell, they are lost with the trial's result (the trial is retried as stale). The trial reads with
+        them at once in this process (its cached copy, and the storage's answers). On any other storage
+        this is :meth:`flush`.
+        """
+        if not self._attrs and not self._values:
+            return
+        write_trial(self.trial, user_attrs=self._attrs, intermediate=self._values, at_end=True)
+        self._flushed()
+
+    def _flushed(self) -> None:
         self._curve_written = self._curve_written or bool(self._values)
         self._attrs, self._values = {}, {}
         self._last_flush = time.monotonic()
 
 
 def write_trial(
-    trial: optuna.Trial, *, user_attrs: Mapping[str, Any] | None = None, intermediate: Mapping[int, float] | None = None
+    trial: optuna.Trial,
+    *,
+    user_attrs: Mapping[str, Any] | None = None,
+    intermediate: Mapping[int, float] | None = None,
+    at_end: bool = False,
 ) -> None:
     """Write ``user_attrs`` and ``intermediate`` values (step -> value) of a running ``trial`` together.
 
     One transaction on a :class:`StudyStorage` (the trial's cached copy is updated too, as Optuna's own
-    setters do); on any other storage, or a ``FixedTrial``, Optuna's one-call-per-value API.
+    setters do); ``at_end``: in the transaction of the trial's state change instead
+    (``StudyStorage.hold_trial_values``). On any other storage, or a ``FixedTrial``, Optuna's
+    one-call-per-value API, at once.
     """
     user_attrs, intermediate = dict(user_attrs or {}), dict(intermediate or {})
     backend = _study_storage(trial)
@@ -188,7 +217,8 @@ def write_trial(
         for step, value in intermediate.items():
             trial.report(value, step)
         return
-    backend.write_trial_values(trial._trial_id, user_attrs=user_attrs, intermediate=intermediate)
+    write = backend.hold_trial_values if at_end else backend.write_trial_values
+    write(trial._trial_id, user_attrs=user_attrs, intermediate=intermediate)
     cached.user_attrs.update(user_attrs)
     cached.intermediate_values.update(intermediate)
 

@@ -170,8 +170,10 @@ def open_storage(url: str, *, create: bool = True) -> StudyStorage:
     """Open (and, for SQLite with ``create``, create) the study database at ``url``.
 
     Heartbeats are on: a trial whose worker stops beating for ``GRACE_SECONDS`` is failed by the next
-    worker that starts a trial and re-queued up to ``MAX_RETRIES`` times (see :class:`RetryStaleTrial`);
-    both periods can be changed with ``ADAMTUNE_HEARTBEAT_SECONDS``/``ADAMTUNE_GRACE_SECONDS``.
+    worker that looks for stale trials (each worker looks when it starts a trial or waits for one, at most
+    once per heartbeat interval: ``heartbeat.StaleCheck``) and re-queued up to ``MAX_RETRIES`` times (see
+    :class:`RetryStaleTrial`); both periods can be changed with
+    ``ADAMTUNE_HEARTBEAT_SECONDS``/``ADAMTUNE_GRACE_SECONDS``.
 
     Raises:
         StorageError: an unparsable URL, a missing driver, a SQLite file that cannot be created, or a
@@ -455,7 +457,8 @@ def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
 
     Counting finished + running trials and then creating a trial is a check-then-act race between
     workers; doing both under this lock makes ``n_trials`` exact. The lock is held for milliseconds (a
-    count and ``study.ask``), never during training, and dies with its holder:
+    count, ``study.ask`` and the sampler's draw of the new trial's settings), never during training, and
+    dies with its holder:
 
     * SQLite: an exclusive ``flock`` on ``<database>.lock`` next to the database file (all workers of a
       SQLite study share one machine).

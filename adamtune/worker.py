@@ -40,7 +40,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from adamtune.tasks.base import Task, TaskData
     from adamtune.tracking import Tracker
 from adamtune.devices import resolve_device
-from adamtune.heartbeat import Heartbeat
+from adamtune.heartbeat import Heartbeat, StaleCheck
 from adamtune.signals import Interrupts
 from adamtune.trainer import Trainer, describe_failure
 
@@ -177,6 +177,8 @@ class Worker:
     #: Called once, when this worker first finds the trial target reached (before the confirmation stage).
     on_target: Callable[[], None] | None = None
     batch_trials: int = 1
+    #: When this worker last looked for stale trials (see ``_admit``).
+    _stale_check: StaleCheck = field(default_factory=StaleCheck, init=False, repr=False)
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -262,16 +264,25 @@ class Worker:
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places."""
+        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places.
+
+        Stale trials are looked for at most once per heartbeat interval (``heartbeat.StaleCheck``): a trial is
+        stale only after the longer grace period, so a dead worker's trial is found at most one interval later.
+        Each new trial gets its first heartbeat in the transaction that creates it (``rdb.first_heartbeats``;
+        otherwise right after, still under the lock), and its settings are drawn by the sampler here
+        (:meth:`_draw_settings`), from the trials this admission read.
+        """
         storage = self.study._storage
         backend = getattr(storage, "_backend", storage)
+        ours = isinstance(backend, StudyStorage)
         # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
         # under the lock: one database read serves those that no write separates (rdb.shared_reads).
-        shared = backend.shared_reads() if isinstance(backend, StudyStorage) else nullcontext()
-        with interrupts.critical(), admission_lock(storage, self.study.study_name), shared:
-            optuna.storages.fail_stale_trials(self.study)
-            target = self._target()
+        shared = backend.shared_reads() if ours else nullcontext()
+        beats = backend.first_heartbeats() if ours else nullcontext(set[int]())
+        with interrupts.critical(), admission_lock(storage, self.study.study_name), shared, beats as beaten:
+            self._stale_check.run(self.study)
             trials = self.study.get_trials(deepcopy=False)
+            target = self._target()  # read with the trials, in the same transaction (rdb_shared.shared_reads)
             counts = count_trials(trials)
             if counts.finished >= target:
                 return Admission(counts, target, done=True)
@@ -287,13 +298,37 @@ class Worker:
                     # Never more than the free places: each asked trial is RUNNING before the lock is released.
                     for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
                         asked.append(self.study.ask())
+                for trial in asked:
+                    self._draw_settings(trial)
             except Exception as exc:
                 if is_transient_db_error(exc):
                     with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
                 raise
             for trial in asked:  # retried on its own: repeating the whole admission would create more trials
-                with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
+                if trial._trial_id not in beaten:
+                    with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
             return Admission(counts, target, asked[0], more=tuple(asked[1:]))
+
+    def _draw_settings(self, trial: optuna.Trial) -> None:
+        """Let the sampler draw ``trial``'s settings jointly now (Optuna's ``Trial.relative_params``, which it
+        otherwise draws at the trial's first ``suggest``), under the admission lock.
+
+        It reads the study's trials: here those of this admission (``rdb.shared_reads``, plus the trials
+        just created), where at the first ``suggest`` it would read them again milliseconds later. What it
+        records beside them (TPE's relative params, for other workers' constant liar) waits for the
+        trial's first write, with its settings (``rdb.defer_params``). ``suggest`` then takes the drawn
+        values; a one-worker search draws exactly what it drew before. A draw that fails for any reason
+        but the database is left to the first ``suggest``, which draws again and fails the trial as before.
+        """
+        backend = getattr(self.study._storage, "_backend", None)
+        if isinstance(backend, StudyStorage):
+            backend.defer_params(trial._trial_id)
+        try:
+            trial.relative_params  # noqa: B018  (a property that draws and keeps the values)
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise
+            log.debug("trial %d: the sampler's draw is left to its first suggest", trial.number, exc_info=True)
 
     def _hand_back(self, running_before: set[int]) -> None:
         """Return to the queue (WAITING) trials that a failed ``ask`` made RUNNING before it broke.

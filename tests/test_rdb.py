@@ -1,17 +1,66 @@
-"""adamtune's RDBStorage (rdb.StudyStorage) on a real SQLite file: fewer reads, the same answers."""
+"""adamtune's RDBStorage (rdb.StudyStorage) on a real SQLite file and the PostgreSQL server: fewer reads and
+transactions, the same rows and answers as Optuna's own RDBStorage (which reads the same database here, as
+another process would)."""
 
 from __future__ import annotations
 
 import math
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune import rdb
+from adamtune import rdb_rows
 from adamtune.rdb import StudyStorage
-from adamtune.study import open_storage
+from adamtune.study import is_transient_db_error, open_storage, with_db_retry
+
+
+@pytest.fixture
+def not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time 5:30 ahead of UTC: Optuna keeps a trial's times as UTC in the database and reads them as local
+    time, so a conversion missed anywhere shows (this machine runs on UTC)."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+class Transactions:
+    """Counts the transactions (commits) this thread sends through ``storage``'s engine."""
+
+    def __init__(self, storage: StudyStorage) -> None:
+        from sqlalchemy import event
+
+        self.count = 0
+        thread = threading.get_ident()
+
+        def committed(_connection: object) -> None:
+            if threading.get_ident() == thread:
+                self.count += 1
+
+        event.listen(storage.engine, "commit", committed)
+
+    def during(self, action) -> int:  # type: ignore[no-untyped-def]
+        before = self.count
+        action()
+        return self.count - before
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask() outside optimize on a heartbeat storage
+        return study.ask()
 
 
 def _varied_study(storage: StudyStorage) -> optuna.Study:
@@ -36,8 +85,14 @@ def _varied_study(storage: StudyStorage) -> optuna.Study:
 
 
 def _same(ours: list[FrozenTrial], optunas: list[FrozenTrial]) -> bool:
+    """Every field equal, in the same order (settings, attributes), except the order of intermediate values,
+    which Optuna's own read leaves to the database (by step on SQLite, as stored on PostgreSQL); ours is by step.
+    """
+
     def fields(trial: FrozenTrial) -> str:
-        return repr(sorted((name, repr(value)) for name, value in vars(trial).items()))
+        found = dict(vars(trial))
+        found["intermediate_values"] = sorted(found["intermediate_values"].items())
+        return repr(sorted((name, repr(value)) for name, value in found.items()))
 
     return len(ours) == len(optunas) and all(fields(a) == fields(b) for a, b in zip(ours, optunas, strict=True))
 
@@ -45,13 +100,18 @@ def _same(ours: list[FrozenTrial], optunas: list[FrozenTrial]) -> bool:
 @pytest.mark.parametrize("listed", [True, False], ids=["ids-listed", "ids-selected"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_trials_read_in_one_union_are_optuna_s(
-    backend: str, listed: bool, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    backend: str,
+    listed: bool,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    not_utc: None,
 ) -> None:
     """Every way Optuna reads trials answers exactly what Optuna's own RDBStorage answers, on both databases,
     whether the children are selected by a list of ids (small reads) or by a SELECT of them (large ones)."""
     if not listed:
-        monkeypatch.setattr(rdb, "_LISTED_IDS", 1)
-    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+        monkeypatch.setattr(rdb_rows, "_LISTED_IDS", 1)
+    url = database_url(backend, tmp_path, request)
     storage = open_storage(url)
     study = _varied_study(storage)
     plain = optuna.storages.RDBStorage(url)
@@ -68,6 +128,8 @@ def test_trials_read_in_one_union_are_optuna_s(
         storage.get_trial(10_000)
     with pytest.raises(KeyError):
         storage._read_trials(10_000, None, set(), -1)
+    with pytest.raises(KeyError):  # as Optuna: no trial of a missing study
+        storage.create_new_trial(10_000)
 
 
 def test_shared_reads_answer_once_until_a_write(tmp_path, monkeypatch):
@@ -96,6 +158,20 @@ def test_shared_reads_answer_once_until_a_write(tmp_path, monkeypatch):
     assert reads[0] == outside + 2  # outside the scope every read reaches the database
 
 
+def test_shared_reads_read_the_study_s_attributes_with_its_trials(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    study.set_user_attr("target", 3)
+    transactions = Transactions(storage)
+    with storage.shared_reads():
+        assert transactions.during(lambda: study.get_trials(deepcopy=False)) == 1
+        assert transactions.during(lambda: study.user_attrs) == 0  # read with the trials
+        assert study.user_attrs == {"target": 3}
+        study.set_user_attr("target", 4)  # a write: read again
+        assert transactions.during(lambda: study.user_attrs) == 1 and study.user_attrs == {"target": 4}
+    assert transactions.during(lambda: study.user_attrs) == 1  # outside: every read reaches the database
+
+
 def test_shared_reads_see_writes_of_other_threads(tmp_path):
     import threading
 
@@ -118,24 +194,153 @@ def test_study_ids_are_remembered_and_forgotten_on_delete(tmp_path):
         storage.get_study_id_from_name("s")
 
 
-def test_deferred_settings_arrive_with_the_next_write_or_the_end(tmp_path):
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_waiting_writes_are_read_here_and_written_with_the_trial_s_end(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, not_utc: None
+) -> None:
+    """Deferred settings and system attributes, then values held for the end: this process reads them at once,
+    Optuna's storage (another process) only once written, and the end writes them with the state change."""
+    url = database_url(backend, tmp_path, request)
+    storage = open_storage(url)
+    other = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=storage)
+    trial = ask(study)
+    trial_id = trial._trial_id
+    storage.defer_params(trial_id)
+    storage.defer_params(trial_id)  # idempotent: nothing waiting is dropped
+    x = trial.suggest_float("x", 0.0, 1.0)
+    storage.set_trial_system_attr(trial_id, "drawn", {"x": x, "pair": (1, 2)})
+    assert other.get_trial(trial_id).params == {} and "drawn" not in other.get_trial(trial_id).system_attrs
+    mine = storage.get_trial(trial_id)
+    assert mine.params == {"x": x} and mine.system_attrs["drawn"] == {"x": x, "pair": [1, 2]}  # as JSON reads back
+
+    storage.write_trial_values(trial_id, user_attrs={"a": 1}, intermediate={1: 0.5, 2: math.nan})
+    assert _same([storage.get_trial(trial_id)], [other.get_trial(trial_id)])  # written: the same everywhere
+    storage.write_trial_values(trial_id, user_attrs={"a": 2}, intermediate={2: 0.25, 3: math.inf})  # replaced
+    assert other.get_trial(trial_id).intermediate_values == {1: 0.5, 2: 0.25, 3: math.inf}
+
+    storage.hold_trial_values(trial_id, user_attrs={"a": 3, "curve": [{"epoch": 4}]}, intermediate={4: 0.125, 0: 2.0})
+    assert other.get_trial(trial_id).user_attrs == {"a": 2}
+    assert storage.get_trial(trial_id).user_attrs == {"a": 3, "curve": [{"epoch": 4}]}
+    assert list(study.get_trials(deepcopy=False)[0].intermediate_values) == [0, 1, 2, 3, 4]  # by step, as read
+
+    transactions = Transactions(storage)
+    told: list[FrozenTrial] = []
+    # Pruned: Optuna takes the value from the last intermediate value, the held one.
+    assert transactions.during(lambda: told.append(study.tell(trial, state=TrialState.PRUNED))) == 2
+    stored = other.get_trial(trial_id)
+    assert stored.state == TrialState.PRUNED and stored.value == 0.125 and stored.user_attrs["a"] == 3
+    assert _same(told, [stored])  # tell's answer is the finishing transaction's read: the database's rows
+
+
+def test_a_tell_that_fails_keeps_the_waiting_writes_for_its_retry(tmp_path: Path) -> None:
+    """The database is locked by another writer when the trial ends: the tell fails (transiently), the worker's
+    retry (with_db_retry) tells it once the lock is gone, and nothing held for the end is lost."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_storage(url)  # creates the file in WAL mode: readers pass, a second writer waits
+    storage = StudyStorage(url, engine_kwargs={"connect_args": {"timeout": 0.2}})
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     storage.defer_params(trial._trial_id)
     x = trial.suggest_float("x", 0.0, 1.0)
-    assert storage.get_trial(trial._trial_id).params == {}  # held back
-    storage.write_trial_values(trial._trial_id, user_attrs={"a": 1}, intermediate={})
-    assert storage.get_trial(trial._trial_id).params == {"x": x}
-    trial.suggest_float("y", 0.0, 1.0)  # after the write: written at once, as Optuna does
-    assert set(storage.get_trial(trial._trial_id).params) == {"x", "y"}
+    storage.hold_trial_values(trial._trial_id, user_attrs={"state": "complete"}, intermediate={1: 0.5})
 
-    second = study.ask()
-    storage.defer_params(second._trial_id)
-    z = second.suggest_float("x", 0.0, 1.0)
-    study.tell(second, 1.0)  # ends before any write: its settings are stored with its end
-    assert storage.get_trial(second._trial_id).params == {"x": z}
-    with pytest.raises(ValueError):  # an incompatible distribution is refused at once, as Optuna does
-        third = study.ask()
-        storage.defer_params(third._trial_id)
-        third.suggest_int("x", 0, 3)
+    blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with pytest.raises(Exception) as failed:
+        study.tell(trial, 0.5)
+    assert is_transient_db_error(failed.value)
+    threading.Timer(0.5, lambda: blocker.execute("COMMIT")).start()
+    with_db_retry(lambda: study.tell(trial, 0.5, skip_if_finished=True), "telling", budget_seconds=30)
+    blocker.close()
+
+    stored = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
+    assert stored.state == TrialState.COMPLETE and stored.value == 0.5 and stored.params == {"x": x}
+    assert stored.user_attrs == {"state": "complete"} and stored.intermediate_values == {1: 0.5}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_trial_is_created_with_its_first_heartbeat_and_read_back_without_the_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, not_utc: None
+) -> None:
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    url = database_url(backend, tmp_path, request)
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage)
+    study.enqueue_trial({"x": 0.5})
+    transactions = Transactions(storage)
+
+    def heartbeat(trial_id: int) -> object:
+        with _create_scoped_session(storage.scoped_session) as session:
+            return models.TrialHeartbeatModel.where_trial_id(trial_id, session)
+
+    with storage.shared_reads(), storage.first_heartbeats() as beaten:  # as a worker's admission
+        queued = ask(study)  # from the queue: RUNNING and its heartbeat in one transaction
+        study.get_trials(deepcopy=False)  # the admission's count, which ask's look at the queue shares
+        created: list[optuna.Trial] = []
+        # Creation and its heartbeat are one transaction; Optuna's read of the new trial needs none.
+        assert transactions.during(lambda: created.append(ask(study))) == 1
+    assert beaten == {queued._trial_id, created[0]._trial_id}
+    assert heartbeat(queued._trial_id) is not None and heartbeat(created[0]._trial_id) is not None
+    assert _same([created[0]._cached_frozen_trial], [optuna.storages.RDBStorage(url).get_trial(created[0]._trial_id)])
+    outside = ask(study)
+    assert heartbeat(outside._trial_id) is None  # as Optuna's own ask
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_setting_stored_already_keeps_its_value_and_the_rest_is_written(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A waiting setting that is stored already (another process wrote it, or a write whose commit answer was
+    lost is retried): the stored value stays, as in Optuna, and the rest of the transaction is written."""
+    url = database_url(backend, tmp_path, request)
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    storage.defer_params(trial._trial_id)
+    trial.suggest_float("x", 0.0, 1.0)
+    distribution = optuna.distributions.FloatDistribution(0.0, 1.0)
+    optuna.storages.RDBStorage(url).set_trial_param(trial._trial_id, "x", 0.25, distribution)
+    storage.hold_trial_values(trial._trial_id, user_attrs={"state": "complete"}, intermediate={1: 0.5})
+    study.tell(trial, 1.0)
+    stored = optuna.storages.RDBStorage(url).get_trial(trial._trial_id)
+    assert stored.state == TrialState.COMPLETE and stored.params == {"x": 0.25}
+    assert stored.user_attrs == {"state": "complete"} and stored.intermediate_values == {1: 0.5}
+
+
+def test_pickled_storage_leaves_its_waiting_writes_behind(tmp_path: Path) -> None:
+    import pickle
+
+    storage = StudyStorage(f"sqlite:///{tmp_path / 's.db'}")  # (open_storage's stale-trial callback has a lock)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    storage.hold_trial_values(trial._trial_id, user_attrs={"a": 1}, intermediate={})
+    copy = pickle.loads(pickle.dumps(storage))
+    assert copy.get_trial(trial._trial_id).user_attrs == {}  # another process: not written yet
+    assert storage.get_trial(trial._trial_id).user_attrs == {"a": 1}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_trials_created_at_once_by_many_storages_get_distinct_numbers(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Creation outside any admission lock (4 storages, as 4 processes, asking at once): numbers 0..n-1."""
+    url = database_url(backend, tmp_path, request)
+    optuna.create_study(storage=open_storage(url), study_name="race")
+    studies = [optuna.load_study(study_name="race", storage=open_storage(url)) for _ in range(4)]
+    start = threading.Barrier(len(studies))
+
+    def asks(study: optuna.Study) -> None:
+        start.wait()
+        for _ in range(10):
+            ask(study)
+
+    threads = [threading.Thread(target=asks, args=(study,)) for study in studies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    numbers = [t.number for t in optuna.storages.RDBStorage(url).get_all_trials(studies[0]._study_id)]
+    assert sorted(numbers) == list(range(40))

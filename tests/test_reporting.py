@@ -2,8 +2,9 @@
 
 Each case runs the same seeded study twice on a real SQLite file through adamtune's storage: once with
 Optuna's ``trial.report`` + ``trial.should_prune`` every epoch, once through ``TrialWriter`` (buffered
-values, the pruner asked only at its decision epochs). The sampled settings, the states, the epoch each
-pruned trial stopped at and every stored intermediate value must be identical.
+values, the pruner asked only at its decision epochs, the last values written with the tell). The sampled
+settings, the states, the epoch each pruned trial stopped at and every stored intermediate value must be
+identical.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def run_study(url: str, pruner: optuna.pruners.BasePruner, *, batched: bool, nam
             if prune:
                 stopped = epoch
                 break
-        if writer is not None:
+        if writer is not None:  # the end's values are written with the tell (one transaction), as conclude does
             writer.set_attrs({"last": stopped or EPOCHS})
-            writer.flush()
+            writer.flush_at_end()
         else:
             trial.set_user_attr("last", stopped or EPOCHS)
         if stopped is None:
