@@ -255,7 +255,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             )
         except KeyboardInterrupt:
             with interrupts.critical():
-                _set_attrs(trial, _finish_mlflow(mlflow_run, "failed", {}, None))
+                _set_attrs(trial, _finish_mlflow(mlflow_run, trial, "failed", {}, None))
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             log.warning("confirmation run %s seed %d: interrupted; it runs again on resume", step.arm, step.seed)
             raise
@@ -264,7 +264,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             log.warning("confirmation run %s seed %d failed: %s: %s", step.arm, step.seed, kind, exc)
             with interrupts.critical():
                 _set_attrs(
-                    trial, {ERROR_ATTR: f"{kind}: {exc}"[:500], **_finish_mlflow(mlflow_run, "failed", {}, None)}
+                    trial, {ERROR_ATTR: f"{kind}: {exc}"[:500], **_finish_mlflow(mlflow_run, trial, "failed", {}, None)}
                 )
                 with_db_retry(lambda: confirm.tell(trial, state=TrialState.FAIL, skip_if_finished=True), "recording")
             return ConfirmRun(step.arm, step.seed, None, metric, worker=objective.worker, device=objective.device)
@@ -275,7 +275,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
             history = getattr(outcome.curves, "history", None)
             if callable(history):
                 attrs[CURVES_ATTR] = history()
-            _set_attrs(trial, {**attrs, **_finish_mlflow(mlflow_run, state, outcome.metrics, value)})
+            _set_attrs(trial, {**attrs, **_finish_mlflow(mlflow_run, trial, state, outcome.metrics, value)})
             if math.isfinite(value):
                 finished = with_db_retry(lambda: confirm.tell(trial, value, skip_if_finished=True), "recording")
             else:  # a metric that is not finite even for the untrained model: no result
@@ -316,11 +316,18 @@ def _start_mlflow_run(worker: Worker, step: _Step) -> Any:
     )
 
 
-def _finish_mlflow(run: Any, state: str, metrics: dict[str, float], value: float | None) -> dict[str, Any]:
-    """Queue the end of a confirmation run's MLflow run; the trial attribute of its id, when already known."""
+def _finish_mlflow(
+    run: Any, trial: optuna.Trial, state: str, metrics: dict[str, float], value: float | None
+) -> dict[str, Any]:
+    """Queue the end of a confirmation run's MLflow run; the trial attribute of its id, when already known
+    (else it is stored once the run is made: ``objective.link_run_late``)."""
+    from adamtune.objective import link_run_late
+
     if run is None:
         return {}
     run_id = run.take_new_run_id()  # not waited for: the MLflow writer may create the run later
+    if run_id is None and not run.noted:
+        link_run_late(run, trial)
     run.finish(state, dict(metrics), {"adamtune.role": "confirmation"}, value=value)
     return {} if run_id is None else {RUN_ID_ATTR: run_id}
 

@@ -60,6 +60,7 @@ from adamtune.config import StudySpec
 from adamtune.context import TrialContext
 from adamtune.errors import TaskError
 from adamtune.metrics import bare_name
+from adamtune.rdb import StudyStorage
 from adamtune.reporting import TrialWriter
 from adamtune.space import AdamParams, baseline_for, suggest
 from adamtune.study import (
@@ -453,6 +454,8 @@ class Objective:
         if run is None:
             return
         _note_run_id(writer, run, flush=False)
+        if not run.noted:  # the run is made after the trial ends: its id is stored then
+            link_run_late(run, trial)
         last = curves.last if curves is not None else None
         final = last.as_dict() if last is not None else {}
         tags: dict[str, object] = {"adamtune.trial_number": trial.number, **(extra_tags or {})}
@@ -479,6 +482,22 @@ def _note_run_id(writer: TrialWriter, run: TrialRun, *, flush: bool = True) -> N
         writer.set_attrs({RUN_ID_ATTR: run_id})
         if flush:
             writer.flush()
+
+
+def link_run_late(run: TrialRun, trial: optuna.Trial) -> None:
+    """Store ``run``'s id on ``trial`` once the tracker has created it, even after the trial was told (a short
+    trial often ends before its run is made); best effort: the run also names its trial in its tags."""
+    backend = getattr(getattr(getattr(trial, "study", None), "_storage", None), "_backend", None)
+    if not isinstance(backend, StudyStorage):
+        return
+
+    def link(run_id: str) -> None:
+        try:
+            backend.link_trial(trial._trial_id, RUN_ID_ATTR, run_id)
+        except Exception as exc:  # the database is away: the link is lost, the run keeps its tags
+            log.debug("trial %d: could not store its MLflow run id: %s", trial.number, exc)
+
+    run.when_created(link)
 
 
 def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:

@@ -189,6 +189,20 @@ class StudyStorage(SharedReads):
             self._remember_told(told)
         return True
 
+    def link_trial(self, trial_id: int, key: str, value: Any) -> None:
+        """Set a user attribute of a trial in any state, finished ones included (Optuna refuses those).
+
+        For a *link* found after the trial ended, never a result: adamtune stores here the MLflow run id of
+        a trial whose run the tracker created after the trial was told (``objective.link_run_late``). This
+        process's cached copy of a finished trial does not show it; a new read does.
+        """
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            rdb_rows.trial_row(session, trial_id)  # KeyError for a missing trial, as Optuna's setters
+            rdb_rows.upsert_attrs(session, models.TrialUserAttributeModel, trial_id, {key: value})
+
     def _remember_told(self, trial: FrozenTrial) -> None:
         state = self._st()
         with state.lock:

@@ -274,14 +274,19 @@ def write_pending(session: Any, trial_id: int, pending: Pending) -> None:
         (models.TrialSystemAttributeModel, pending.system_attrs),
         (models.TrialUserAttributeModel, pending.user_attrs),
     ):
-        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-        _upsert(session, model, rows)
+        upsert_attrs(session, model, trial_id, attrs)
     steps = models.TrialIntermediateValueModel
     rows = []
     for step, value in pending.intermediate.items():
         number, kind = steps.intermediate_value_to_stored_repr(value)
         rows.append({"trial_id": trial_id, "step": step, "intermediate_value": number, "intermediate_value_type": kind})
     _upsert(session, steps, rows)
+
+
+def upsert_attrs(session: Any, model: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Set attributes of a trial (``model``: Optuna's user or system attribute model), one statement."""
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    _upsert(session, model, rows)
 
 
 def upsert_value(session: Any, trial_id: int, objective: int, value: float) -> None:

@@ -10,10 +10,11 @@ final metrics and end tags when it ends (a long trial also sends its buffer ever
 the UI shows live curves, params from the first), and ``set_terminated``. Measured cost:
 ``bench/tracking.py``.
 
-The run id. ``create_run`` needs the store, so a trial that starts while the store is down gets its
-run only when the writer gets through. If that happens after the trial ended, the Optuna trial cannot
-get the ``mlflow.run_id`` attribute (Optuna forbids changing finished trials); the run still carries
-``adamtune.study`` and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
+The run id. ``create_run`` needs the store, so a trial that starts while the store is down (or a short
+trial that ends before the store is open) gets its run only when the writer gets through. If that
+happens after the trial ended, :meth:`TrialRun.when_created` lets the objective store the
+``mlflow.run_id`` attribute then (``objective.link_run_late``); the run also carries ``adamtune.study``
+and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 ``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
 
 MLflow is never imported here: the training thread keeps metrics, params and tags as plain tuples
@@ -25,7 +26,7 @@ in the helper process). So trial 0 trains while MLflow is still being imported e
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adamtune.tracking_remote import Metric, Param, RunTag
@@ -65,12 +66,26 @@ class TrialRun:
         """The run's id once the writer has created it, else None (never blocks)."""
         return self.handle.run_id
 
+    @property
+    def noted(self) -> bool:
+        """Whether :meth:`take_new_run_id` has handed out the run id."""
+        return self._noted
+
     def take_new_run_id(self) -> str | None:
         """The run id the first time it is known and asked for, else None (to store it exactly once)."""
         if self._noted or self.handle.run_id is None:
             return None
         self._noted = True
         return self.handle.run_id
+
+    def when_created(self, action: Callable[[str], None]) -> None:
+        """Call ``action(run_id)`` on the writer's thread once the run exists (never, if it never does)."""
+
+        def call(_client: Any, run_id: str | None) -> None:
+            if run_id is not None:
+                action(run_id)
+
+        self.tracker.submit("link the run to its trial", call, self.handle)
 
     def wait_for_run_id(self, timeout: float = RUN_ID_WAIT_SECONDS) -> str | None:
         """The run id, waiting up to ``timeout`` seconds for it only while the store is reachable."""

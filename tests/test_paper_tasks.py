@@ -200,6 +200,7 @@ def test_cli_reports_missing_dataset_in_one_line(
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-python.tar.gz"
     monkeypatch.setattr(datasets, "CIFAR10", dataclasses.replace(datasets.CIFAR10, url=url))
+    monkeypatch.setenv("ADAMTUNE_TRAINER", "inline")  # the patched URL lives in this process
     from adamtune.cli import cli
 
     empty = tmp_path_factory.mktemp("empty-data")
