@@ -408,7 +408,8 @@ def worker(
 
     from adamtune.devices import resolve_devices
     from adamtune.study import count_trials, redact_url
-    from adamtune.worker import WorkerOptions, join_study
+    from adamtune.worker import WorkerOptions
+    from adamtune.worker_setup import join_study
 
     resolved = resolve_devices(device, 1)[0]
     name = worker_name or f"{socket.gethostname()}-p{os.getpid()}"

@@ -25,7 +25,8 @@ from typing import Any
 from adamtune.devices import cpu_cores
 from adamtune.errors import AdamtuneError
 from adamtune.signals import Interrupts, sigint_raises
-from adamtune.worker import INTERRUPTED_EXIT, Worker, WorkerOptions, join_study
+from adamtune.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
+from adamtune.worker_setup import join_study
 
 log = logging.getLogger(__name__)
 

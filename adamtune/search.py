@@ -24,7 +24,8 @@ from adamtune.data import default_data_dir
 from adamtune.pool import WorkerFailed
 from adamtune.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
 from adamtune.tracking_study import search_tracking
-from adamtune.worker import WorkerOptions, make_worker, open_tracker
+from adamtune.worker import WorkerOptions
+from adamtune.worker_setup import make_worker, open_tracker
 
 if TYPE_CHECKING:
     from adamtune.confirm_stage import ConfirmRun

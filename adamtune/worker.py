@@ -5,8 +5,9 @@ of machines can share one study database. ``n_trials`` (stored on the study by t
 re-read before every trial) is a study-wide total of *finished* trials (complete + pruned + diverged).
 
 Exact counts. Before each trial a worker takes the study's admission lock (``study.admission_lock``:
-a file lock for SQLite, an advisory lock for PostgreSQL), fails stale trials of dead workers, counts
-finished and running trials, and creates its trial with ``study.ask()`` only while
+a file lock for SQLite, an advisory lock for PostgreSQL), fails stale trials of dead workers (it looks
+at most once per heartbeat interval, ``heartbeat.StaleCheck``), counts finished and running trials, and
+creates its trial with ``study.ask()`` only while
 ``finished + running < n_trials``; the new trial is RUNNING (and has a heartbeat) before the lock is
 released, so the next worker counts it. Hence the study never holds more than ``n_trials`` finished
 trials. When ``finished < n_trials <= finished + running`` the worker does not exit but waits: if one of
@@ -26,8 +27,10 @@ propagates (exit 130).
 A second signal while stopping is ignored. A SIGKILL leaves the trial RUNNING until its heartbeat is
 ``GRACE_SECONDS`` old; then the next worker to start a trial fails it, re-queues it and closes its run.
 
-Signals are handled by ``signals.Interrupts``, heartbeats by ``heartbeat.Heartbeat``, devices by
-``devices.py``; several local worker processes by ``pool.run_pool``.
+Where a trial trains is its objective's trainer's business (``trainer.py``: this process, or a trainer
+process beside it). Signals are handled by ``signals.Interrupts``, heartbeats by ``heartbeat.Heartbeat``,
+devices by ``devices.py``; a worker is assembled by ``worker_setup.py``; several local worker processes
+are run by ``pool.run_pool``.
 """
 
 from __future__ import annotations
@@ -40,14 +43,13 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.config import StudySpec
 from adamtune.errors import AdamtuneError
 from adamtune.rdb import StudyStorage
 from adamtune.study import (
@@ -57,10 +59,7 @@ from adamtune.study import (
     admission_lock,
     count_trials,
     is_transient_db_error,
-    load_study,
-    open_storage,
     requeue_trial,
-    spec_from_study,
     with_db_retry,
 )
 
@@ -68,12 +67,9 @@ if TYPE_CHECKING:
     from adamtune.confirm_stage import ConfirmRun
     from adamtune.objective import Objective
     from adamtune.study import Counts
-    from adamtune.tasks.base import Task, TaskData
-    from adamtune.tracking import Tracker
-from adamtune.devices import resolve_device
 from adamtune.heartbeat import Heartbeat, StaleCheck
 from adamtune.signals import Interrupts
-from adamtune.trainer import Trainer, describe_failure
+from adamtune.trainer import describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -428,99 +424,6 @@ def log_failure(what: str, exc: BaseException) -> None:
     """``<what>: <type>: <message>`` and the traceback of training code (once), wherever it ran."""
     kind, text = describe_failure(exc)
     log.warning("%s: %s: %s%s", what, kind, exc, f"\n{text.rstrip()}" if text else "")
-
-
-def open_tracker(study_name: str, options: WorkerOptions, *, defer_open: bool = False) -> Tracker | None:
-    """The MLflow tracker for a study, or None when tracking is off.
-
-    ``defer_open``: check the store now and open it on the tracker's writer thread, so that this
-    process's first trial does not wait for MLflow (see ``Tracker``); for a process that trains.
-
-    Raises:
-        TrackingError: the tracking store cannot be used.
-    """
-    if not options.tracking:
-        return None
-    from adamtune.tracking import Tracker
-
-    return Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics, defer_open=defer_open)
-
-
-def make_worker(
-    study: optuna.Study,
-    spec: StudySpec,
-    task: Task | None,
-    data: TaskData | None,
-    options: WorkerOptions,
-    tracker: Tracker | None,
-    trainer: Trainer | None = None,
-) -> Worker:
-    """Assemble a worker. Training in this process (no ``trainer``): ``data`` moved to the device (made
-    the current CUDA device), CPU threads set. With a ``trainer`` (a prepared trainer process, see
-    ``trainer.py``), ``task`` and ``data`` are not needed: the trainer holds them."""
-    from adamtune.objective import Objective
-
-    if trainer is None:
-        import torch
-
-        assert task is not None and data is not None
-        if options.threads:
-            torch.set_num_threads(options.threads)
-        if options.device.startswith("cuda:"):
-            torch.cuda.set_device(options.device)  # implicit "current device" uses (synchronize, caches) stay on it
-        data = data.to(options.device)
-    if tracker is not None:
-        tracker.attach(study, storage_url=options.storage_url)  # the study's MLflow parent run
-    from adamtune.checkpoint import open_store, resolve_location
-
-    location = resolve_location(options.checkpoint_store, options.storage_url)
-    keep_best = bool(spec.keep_best_checkpoint)
-    store = None if spec.checkpoint_every == 0 and not keep_best else open_store(location)
-    objective = Objective(
-        spec,
-        task if trainer is None else trainer.info,
-        data,
-        options.device,
-        tracker,
-        options.seed,
-        options.name,
-        checkpoint_store=store,
-        checkpoint_every=spec.checkpoint_every,
-        keep_best_checkpoint=keep_best,
-        checkpoint_location=location,
-        trainer=trainer,
-    )
-    batch_trials = spec.batch_trials
-    if batch_trials > 1 and trainer is None:
-        from adamtune.batched import batch_blocker
-
-        reason = batch_blocker(task, objective.data, options.device)
-        if reason is not None:
-            log.warning("batch_trials=%d: task %r trains one trial at a time: %s", batch_trials, spec.task, reason)
-            batch_trials = 1
-    return Worker(study, objective, spec.n_trials, batch_trials=batch_trials if trainer is None else 1)
-
-
-def join_study(options: WorkerOptions) -> Worker:
-    """A worker for an existing study, found by name in ``options.storage_url`` (``adamtune worker``).
-
-    The sampler is seeded with ``options.seed + options.index`` when a seed is given.
-
-    Raises:
-        StorageError, DeviceError, TaskError, DataError, TrackingError: before any trial starts.
-    """
-    from adamtune.tasks import resolve_task
-
-    options = replace(options, device=resolve_device(options.device))
-    storage = open_storage(options.storage_url, create=False)
-    sampler_seed = None if options.seed is None else options.seed + options.index
-    study = load_study(options.study_name, storage, seed=sampler_seed)
-    spec = spec_from_study(study)
-    task = resolve_task(spec.task)
-    from adamtune.data import default_data_dir
-
-    data = task.load_data(options.data_dir or default_data_dir())
-    return make_worker(study, spec, task, data, options, open_tracker(spec.study_name, options))
 
 
 def worker_label(trial: FrozenTrial) -> str:

@@ -8,8 +8,9 @@ Usage::
     python bench/scaling.py --skip-storage       # throughput part only
 
 Part 1 runs ``adamtune search --task digits --pruner none --no-tracking`` as a user would, with
-``--workers 1`` (in-process) and ``--workers 2 --devices cpu`` (two processes forked from the preloaded
-fork server, see ``pool.py``), on a fresh SQLite study each (the confirmation stage included, as a user
+``--workers 1`` (the trial loop in the command, the training in a trainer process, see ``trainer.py``)
+and ``--workers 2 --devices cpu`` (two processes forked from the preloaded fork server, see ``pool.py``,
+each training in its own process), on a fresh SQLite study each (the confirmation stage included, as a user
 gets it). Every worker trains with one torch thread (``OMP_NUM_THREADS=1``; the 2-worker run gets
 ``cores // 2`` = 1 anyway), so that the ratio measures processes, not torch's intra-op threads. It
 reports trials per minute two ways: *wall* (the whole command, start-up, data loading and the
@@ -174,7 +175,8 @@ class Bookkeeping:
 def bookkeeping(backend: str, url: str, trials: int, epochs: int) -> Bookkeeping:
     """Run ``trials`` synthetic trials of ``epochs`` epochs (hyperband, the default pruner) through a real worker."""
     from adamtune.tasks.loop import LoopData, LoopTask
-    from adamtune.worker import WorkerOptions, make_worker
+    from adamtune.worker import WorkerOptions
+    from adamtune.worker_setup import make_worker
 
     name = f"bookkeeping-{backend}"
     spec = build_spec("digits", None, name, {"n_trials": trials, "epochs": epochs, "confirm": False})

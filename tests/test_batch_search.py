@@ -19,7 +19,8 @@ from adamtune.space import BASELINE
 from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR, count_trials, trial_state
 from adamtune.tasks import resolve_task
 from adamtune.train import train
-from adamtune.worker import WorkerOptions, join_study
+from adamtune.worker import WorkerOptions
+from adamtune.worker_setup import join_study
 from tests.conftest import trial_run_id
 
 EPOCHS = 3
