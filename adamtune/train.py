@@ -68,6 +68,14 @@ def _to_model_input(task: Task, x: torch.Tensor, device: torch.device) -> torch.
     return x
 
 
+def _input_of(task: Task, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`_to_model_input` for ``task`` on ``device``, as cheap per batch as it can be (identity when
+    the task prepares nothing on the CPU)."""
+    if task.prepare is None and device.type != "cuda":
+        return lambda x: x
+    return lambda x: _to_model_input(task, x, device)
+
+
 @torch.no_grad()
 def evaluate_metrics(task: Task, model: torch.nn.Module, split: Split, device: torch.device) -> dict[str, float]:
     """``task``'s metrics of ``model`` on ``split`` by bare name, ``loss`` first (eval mode, no augmentation).
@@ -157,25 +165,29 @@ def train(
     if resume is not None:
         resume.checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator)
         schedule = resume.epochs()
+    # Per step only what training needs: the batch's loss is kept (detached) and weighted once per epoch.
+    autocast, as_input = _autocast(device), _input_of(task, device)
+    full, last = divmod(n, batch_size)
+    weights = torch.tensor([batch_size] * full + ([last] if last else []), dtype=torch.float32, device=device)
     for epoch in schedule:
         model.train()
-        total_loss = torch.zeros((), device=device)
+        losses: list[torch.Tensor] = []
         order = torch.randperm(n, device=device, generator=generator)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            x = _to_model_input(task, train_x[index], device)
+            x = as_input(train_x[index])
             if task.augment is not None:
                 x = task.augment(x, generator)
-            with _autocast(device):
+            with autocast:
                 loss = task.loss(model(x), train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.detach().float() * len(index)
+            losses.append(loss.detach())
             if on_step is not None:
                 on_step()
-        train_loss = (total_loss / n).item()
+        train_loss = (torch.stack(losses).float() @ weights / n).item()
         val = evaluate_metrics(task, model, data.val, device)
         val_loss = val["loss"]
         values = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}, "lr": scheduler.get_last_lr()[0]}

@@ -82,7 +82,7 @@ class TaskData:
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy, in float32 even under mixed precision."""
-    return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits if logits.dtype == torch.float32 else logits.float(), targets)
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
