@@ -284,6 +284,8 @@ def search(
 
         def on_trial(study: Any, trial: Any) -> None:
             display["bar"].log(describe_trial(trial))
+            if not display["bar"].add(trial, final["spec"].direction):
+                return  # counted without reading the study (it is read every few seconds)
             try:
                 trials = study.get_trials(deepcopy=False)
             except Exception:  # the database is away for a moment: the worker retries; the display waits
