@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamtune.tracking_remote import Metric, Param, RunTag
+from adamtune.tracking_remote import NICENESS, Metric, Param, RunTag
 from adamtune.tracking_trial import BATCH_LIMIT
 from adamtune.tracking_writer import _first_line, _now_ms, _Op, is_retryable
 
@@ -180,6 +182,7 @@ class PlotDrawing:
         self._thread.start()
 
     def _draw(self) -> None:
+        yield_cpu()
         try:
             draw_plots(self._study, self.out)
         except Exception as exc:  # report once; what was drawn still goes out
@@ -202,6 +205,7 @@ def preload_plots() -> threading.Thread:
     process); :class:`PlotDrawing` then pays only for drawing."""
 
     def load() -> None:
+        yield_cpu()
         import matplotlib
 
         from adamtune import plots
@@ -213,6 +217,16 @@ def preload_plots() -> threading.Thread:
     thread = threading.Thread(target=load, name="adamtune-plot-imports", daemon=True)
     thread.start()
     return thread
+
+
+def yield_cpu() -> None:
+    """Lower the calling thread's scheduling priority by ``NICENESS``, so that drawing gives way to the
+    training and the trial loop when the cores are busy (as the MLflow helper process does). Linux only,
+    where a thread has its own nice value; elsewhere it does nothing (it would lower the whole process)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + NICENESS)
 
 
 def _finished(study: optuna.Study) -> int:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -221,6 +222,25 @@ def start_trainer(
     that the trainer's imports overlap the command's own."""
     if trainer_kind(workers, batch_trials) != "process":
         return contextlib.nullcontext(None)
+    return _process_trainer(task, data_dir, devices, threads)
+
+
+#: The command's thread switch interval while a trainer process trains (Python's default is 5 ms).
+SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def _process_trainer(task: str, data_dir: Any, devices: str, threads: int | None) -> Iterator[Any]:
+    """A ProcessTrainer, closed on exit. Meanwhile this process's threads hand over the interpreter lock
+    every ``SWITCH_INTERVAL``: the main thread answers the trainer (a pruning decision, the next trial) and
+    must not wait up to 5 ms each time a background thread (the plots, MLflow's queue) holds the lock;
+    nothing here is Python-bound enough for the extra switches to cost."""
     from adamtune.trainer_client import ProcessTrainer
 
-    return contextlib.closing(ProcessTrainer(task, data_dir, devices, threads))
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        with contextlib.closing(ProcessTrainer(task, data_dir, devices, threads)) as trainer:
+            yield trainer
+    finally:
+        sys.setswitchinterval(previous)
