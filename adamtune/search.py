@@ -126,6 +126,10 @@ def run_search(
         task = resolve_task(spec.task)
         spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad one
         device_list = resolve_devices(devices if devices is not None else options.device, workers)
+    if workers == 1 and options.tracking and not options.system_metrics:
+        from adamtune.tracking_remote import preload_spare
+
+        preload_spare()  # the task (and torch) are imported: MLflow's helper imports MLflow now
     heartbeat_settings()
     options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")
     if trainer is not None:

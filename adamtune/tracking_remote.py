@@ -57,6 +57,8 @@ PROCESS_ENV = "ADAMTUNE_TRACKING_PROCESS"
 #: The helper's scheduling priority below the command's (``os.nice``): where cores are short, training and
 #: the trial loop run first, and MLflow catches up in their pauses (its queue is bounded, see tracking_writer).
 NICENESS = 10
+#: The one request that gets no answer (:meth:`RemoteClient.preload`).
+PRELOAD = "__preload__"
 
 
 class Metric(NamedTuple):
@@ -122,6 +124,14 @@ def _drop_spare() -> None:
     if helper is not None:
         atexit.unregister(helper.close)
         helper.close()
+
+
+def preload_spare() -> None:
+    """Have the helper :func:`prestart` started import MLflow now. Called by a search once its heavy
+    start-up is done (the task, and torch, imported): the import then fills the cores' idle moments during
+    the first trial instead of slowing the start-up down (or starting only when the tracker opens the store)."""
+    if _spare is not None:
+        _spare.preload()
 
 
 def take_helper(on_exit: Callable[[str], None] | None = None) -> RemoteClient:
@@ -219,6 +229,13 @@ class RemoteClient:
         self.tracking_uri = str(self._call("__open__", tracking_uri))
         return self.tracking_uri
 
+    def preload(self) -> None:
+        """Have the helper import MLflow now, before :meth:`open` (a message with no answer: nothing waits)."""
+        with self._lock:
+            if self._gone is None:
+                with contextlib.suppress(OSError):
+                    self._connection.send((PRELOAD, (), {}))
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -300,6 +317,14 @@ def _open(tracking_uri: str | None) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def _preload() -> None:
+    """Import MLflow's client and its SQL store (~1.5 s; :func:`preload_spare`). A failing import is left
+    to :func:`_open`, which reports it."""
+    with contextlib.suppress(Exception):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        from mlflow import MlflowClient  # noqa: F401
+
+
 def serve(connection: Connection) -> None:
     """Answer requests ``(method, args, kwargs)`` until the other side closes the connection."""
     client: Any = None
@@ -308,6 +333,9 @@ def serve(connection: Connection) -> None:
             name, args, kwargs = connection.recv()
         except (EOFError, OSError):
             return
+        if name == PRELOAD:  # no answer: the caller does not wait
+            _preload()
+            continue
         try:
             if name == "__open__":
                 client = _open(*args)

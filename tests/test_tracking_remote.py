@@ -109,6 +109,21 @@ def test_a_prestarted_helper_is_taken_only_where_it_was_started(
     taken.close()
 
 
+def test_a_preloaded_helper_answers_every_later_call_in_turn(tmp_path: Path) -> None:
+    """``preload`` gets no answer: the calls after it still get their own answers, not a stale one."""
+    client = RemoteClient()
+    try:
+        client.preload()
+        client.preload()  # twice is harmless
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        assert client.open(uri) == uri
+        experiment_id = client.create_experiment("adamtune/x")
+        assert client.get_experiment_by_name("adamtune/x").experiment_id == experiment_id
+    finally:
+        client.close()
+    client.preload()  # after close: nothing to send, no error
+
+
 def test_closing_lets_the_helper_exit(tmp_path: Path) -> None:
     client = RemoteClient()
     client.open(f"sqlite:///{tmp_path}/mlflow.db")
