@@ -2,12 +2,15 @@
 
 :class:`Interrupts` is how a worker makes sure no trial is left RUNNING by an interruption: inside
 ``critical()`` the signal is remembered and raised when the block ends. :func:`sigint_raises` restores
-Ctrl-C for a search started in the background with SIGINT ignored.
+Ctrl-C for a search started in the background with SIGINT ignored. :func:`exit_status` says how a
+child process (a trainer process, the MLflow helper) ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,3 +88,16 @@ def sigint_raises() -> Iterator[None]:
     finally:
         if previous is signal.SIG_IGN:
             signal.signal(signal.SIGINT, previous)
+
+
+def exit_status(process: subprocess.Popen[bytes]) -> str:
+    """How ``process`` ended, for a one-line message: ``exit code N``, ``killed by signal SIGKILL``, or
+    ``still running, but not answering`` (after waiting up to a second for it to end)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(1.0)
+    code = process.poll()
+    if code is None:
+        return "still running, but not answering"
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from adamtune.errors import TrackingError
+from adamtune.signals import exit_status
 
 #: How long closing waits for the helper to exit after the socket is closed (seconds).
 EXIT_WAIT_SECONDS = 5.0
@@ -252,7 +253,7 @@ class RemoteClient:
                     if self._closing:  # our own close() ended the call
                         self._gone = "the MLflow helper process was closed"
                     else:
-                        self._gone = f"the MLflow helper process exited ({_exit_status(self._process)})"
+                        self._gone = f"the MLflow helper process exited ({exit_status(self._process)})"
                         exited = True
             gone = self._gone
         if gone is not None:
@@ -279,17 +280,6 @@ class RemoteClient:
             self._process.wait(EXIT_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             self._process.kill()
-
-
-def _exit_status(process: subprocess.Popen[bytes]) -> str:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(1.0)
-    code = process.poll()
-    if code is None:
-        return "still running, but not answering"
-    if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 # -- the helper's side ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from adamtune import errors
+from adamtune.signals import exit_status
 from adamtune.trainer import TaskInfo, TrainerLost, TrainingError
 from adamtune.trainer_process import CheckpointSpec, OnceSpec, RunSpec
 
@@ -320,7 +321,7 @@ class ProcessTrainer:
     def _lost(self, number: int | None) -> Any:
         """The trainer process is gone: reap it and raise TrainerLost (the next run starts another)."""
         process = self._process
-        status = _exit_status(process) if process is not None else "closed"
+        status = exit_status(process) if process is not None else "closed"
         self._kill()
         where = f" during trial {number}" if number is not None else ""
         raise TrainerLost(f"the trainer process exited ({status}){where}")
@@ -364,17 +365,6 @@ def _raise_outcome(outcome: tuple[Any, ...] | None, context: TrialContext | None
         raise TrainingError("Aborted", "the run was stopped by the worker", "")
     _, name, text, trace = outcome
     raise TrainingError(name, text, trace)
-
-
-def _exit_status(process: subprocess.Popen[bytes]) -> str:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(1.0)
-    code = process.poll()
-    if code is None:
-        return "still running, but not answering"
-    if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 def _copy_lines(stream: IO[bytes] | None, target: Callable[[], IO[str]]) -> threading.Thread:
