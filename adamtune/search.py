@@ -107,7 +107,8 @@ def run_search(
     from adamtune.tasks import resolve_task
 
     started = time.monotonic()
-    if workers == 1 and options.tracking and not options.system_metrics:
+    mlflow_helper = workers == 1 and options.tracking and not options.system_metrics
+    if mlflow_helper:
         from adamtune.tracking_remote import prestart
 
         prestart()  # MLflow's helper process starts beside this one's imports (see tracking_remote.py)
@@ -126,7 +127,7 @@ def run_search(
         task = resolve_task(spec.task)
         spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad one
         device_list = resolve_devices(devices if devices is not None else options.device, workers)
-    if workers == 1 and options.tracking and not options.system_metrics:
+    if mlflow_helper:
         from adamtune.tracking_remote import preload_spare
 
         preload_spare()  # the task (and torch) are imported: MLflow's helper imports MLflow now

@@ -177,17 +177,18 @@ class PlotDrawing:
         self.out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
         self._tracker, self._study = tracker, study
         self.finished = _finished(study)  # what the plots show; another search may raise the target later
-        self._discarded = False
+        self._lock = threading.Lock()
+        self._drawn = self._discarded = False  # whichever comes second removes the directory
         self._thread = threading.Thread(target=self._draw, name="adamtune-plots", daemon=True)
         self._thread.start()
 
     def _draw(self) -> None:
         yield_cpu()
-        try:
-            draw_plots(self._study, self.out)
-        except Exception as exc:  # report once; what was drawn still goes out
-            self._tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
-        if self._discarded:
+        draw_or_report(self._tracker, self._study, self.out)
+        with self._lock:
+            self._drawn = True
+            remove = self._discarded
+        if remove:
             shutil.rmtree(self.out, ignore_errors=True)
 
     def wait(self) -> Path:
@@ -195,8 +196,10 @@ class PlotDrawing:
         return self.out
 
     def discard(self) -> None:
-        self._discarded = True
-        if not self._thread.is_alive():
+        with self._lock:
+            self._discarded = True
+            remove = self._drawn
+        if remove:
             shutil.rmtree(self.out, ignore_errors=True)
 
 
@@ -247,6 +250,14 @@ def draw_plots(study: optuna.Study, out: Path) -> None:
         (out / "plots" / "skipped.txt").write_text(lines + "\n")
 
 
+def draw_or_report(tracker: Tracker, study: optuna.Study, out: Path) -> None:
+    """:func:`draw_plots`; an error is reported once (what was drawn still goes out)."""
+    try:
+        draw_plots(study, out)
+    except Exception as exc:
+        tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
+
+
 def queue_artifacts(tracker: Tracker, study: optuna.Study, drawing: PlotDrawing | None = None) -> None:
     """Write ``recommendation.json`` with the plots (``drawing``'s, else drawn now) and queue their upload.
 
@@ -264,10 +275,7 @@ def queue_artifacts(tracker: Tracker, study: optuna.Study, drawing: PlotDrawing 
         out = drawing.wait()
     else:
         out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
-        try:
-            draw_plots(study, out)
-        except Exception as exc:  # plotting failed: report, upload what exists
-            tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
+        draw_or_report(tracker, study, out)
     try:
         summary = summarize(study).as_dict()
         (out / "recommendation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
