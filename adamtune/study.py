@@ -48,6 +48,7 @@ from adamtune.space import baseline_optuna_params
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///adamtune.db"
+SCHEMA_RACE_ATTEMPTS = 5  # tries to open a database that other processes are creating at the same moment
 SPEC_ATTR = "adamtune.spec"
 SETTINGS_ATTR = "adamtune.settings"
 STATE_ATTR = "adamtune.state"
@@ -148,10 +149,25 @@ def _check_sqlite_file(path: Path) -> None:
 
 
 def _enable_wal(database: str) -> None:
-    """Switch a SQLite file to write-ahead logging (persistent): readers no longer block the writer."""
+    """Switch a SQLite file to write-ahead logging (persistent): readers no longer block the writer.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is locked" at once
+    (its busy timeout does not apply) while another process holds it: processes opening a new file
+    together would fail. So a file already in WAL mode is left as it is, and a locked switch is retried
+    (up to ``SCHEMA_RACE_ATTEMPTS`` times) until this process or another one has made it.
+    """
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
+            for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+                try:
+                    if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                        return
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == SCHEMA_RACE_ATTEMPTS:
+                        raise
+                time.sleep(0.05 * attempt)
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"study database {database} cannot be used ({exc}); pass another --storage") from None
 
@@ -209,18 +225,52 @@ def open_storage(url: str, *, create: bool = True) -> StudyStorage:
     elif not create:
         _check_server_has_studies(url, parsed)
     try:
-        storage = StudyStorage(
-            url,
-            engine_kwargs=engine_kwargs_for(url),
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRIES),
-        )
+        storage = _new_storage(url, heartbeat, grace)
     except Exception as exc:  # SQLAlchemy/driver errors: unreachable host, bad credentials, ...
         raise StorageError(f"cannot open study database {_redact(parsed)}: {_first_line(exc)}") from None
     if parsed.drivername.startswith("sqlite"):
         _sync_normal(storage.engine)
     return storage
+
+
+def _new_storage(url: str, heartbeat: int, grace: int) -> StudyStorage:
+    """A :class:`StudyStorage` on ``url``, with Optuna's tables and schema stamp created where missing.
+
+    Processes that open a new database at the same moment (two workers starting one study, or a search
+    and a script reading its file) race to create the tables and to stamp the schema version: the losers
+    get "table ... already exists" or a duplicate key, although the database is whole a moment later.
+    Such a lost race is retried, up to ``SCHEMA_RACE_ATTEMPTS`` times after a short pause; any other
+    error is raised at once.
+    """
+    attempt = 1
+    while True:
+        try:
+            return StudyStorage(
+                url,
+                engine_kwargs=engine_kwargs_for(url),
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRIES),
+            )
+        except Exception as exc:
+            if attempt == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
+                raise
+        time.sleep(0.05 * attempt)
+        attempt += 1
+
+
+def _lost_schema_race(exc: BaseException) -> bool:
+    """Whether opening a storage failed because another process created the same schema concurrently."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    cause: BaseException | None = exc
+    while cause is not None:  # Optuna may wrap SQLAlchemy's error in its StorageInternalError
+        if isinstance(cause, IntegrityError):  # the only rows written on opening: version and alembic stamps
+            return True
+        if isinstance(cause, (OperationalError, ProgrammingError)) and "already exists" in str(cause):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _sync_normal(engine: Any) -> None:

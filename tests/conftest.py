@@ -7,11 +7,12 @@ unreachable, unless ``ADAMTUNE_REQUIRE_POSTGRES=1`` (set by CI), which turns the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,13 @@ def postgres_url() -> Iterator[str]:
 def mlflow_postgres_url() -> Iterator[str]:
     """Another fresh database, for an MLflow server's backend store (as MLflow has its own in compose)."""
     yield from _fresh_database("mlflow_test")
+
+
+@pytest.fixture
+def new_postgres_url() -> Iterator[Callable[[], str]]:
+    """A factory of fresh PostgreSQL databases for one test (each call a new one, all dropped afterwards)."""
+    with contextlib.ExitStack() as databases:
+        yield lambda: databases.enter_context(contextlib.contextmanager(_fresh_database)("test"))
 
 
 def listing(path: Path) -> list[str]:
