@@ -158,18 +158,28 @@ def _enable_wal(database: str) -> None:
     """
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_SECONDS)) as connection:
-            for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
-                try:
-                    if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                        return
+
+            def switch() -> None:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     connection.execute("PRAGMA journal_mode=WAL")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or attempt == SCHEMA_RACE_ATTEMPTS:
-                        raise
-                time.sleep(0.05 * attempt)
+
+            _retry_lost_race(switch, lambda exc: isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc))
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"study database {database} cannot be used ({exc}); pass another --storage") from None
+
+
+def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], bool]) -> T:
+    """Run ``action``; when it fails because another process did the same thing at that moment (``lost_race``),
+    run it again after a short pause, ``SCHEMA_RACE_ATTEMPTS`` times at most. Other errors propagate at once.
+    """
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS):
+        try:
+            return action()
+        except Exception as exc:
+            if not lost_race(exc):
+                raise
+        time.sleep(0.05 * attempt)
+    return action()
 
 
 def engine_kwargs_for(url: str) -> dict[str, Any]:
@@ -242,21 +252,16 @@ def _new_storage(url: str, heartbeat: int, grace: int) -> StudyStorage:
     Such a lost race is retried, up to ``SCHEMA_RACE_ATTEMPTS`` times after a short pause; any other
     error is raised at once.
     """
-    attempt = 1
-    while True:
-        try:
-            return StudyStorage(
-                url,
-                engine_kwargs=engine_kwargs_for(url),
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRIES),
-            )
-        except Exception as exc:
-            if attempt == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(exc):
-                raise
-        time.sleep(0.05 * attempt)
-        attempt += 1
+    return _retry_lost_race(
+        lambda: StudyStorage(
+            url,
+            engine_kwargs=engine_kwargs_for(url),
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=MAX_RETRIES),
+        ),
+        _lost_schema_race,
+    )
 
 
 def _lost_schema_race(exc: BaseException) -> bool:
