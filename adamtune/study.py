@@ -550,7 +550,13 @@ def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                connection.rollback()  # ends the transaction, which releases the lock
+                try:
+                    connection.rollback()  # ends the transaction, which releases the lock
+                except Exception as exc:
+                    # A connection that went away took its lock with it: the admission's work stands (raising
+                    # here would repeat it, and leave the trials it created RUNNING with nobody to run them).
+                    if not is_transient_db_error(exc):
+                        raise
         return
     yield
 

@@ -119,10 +119,15 @@ def test_four_workers_finish_exactly_the_target(backend: str, workdir: Path, req
     "going away" must cost retries, never the count.
     """
     storage = "sqlite:///adamtune.db" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    args = ("search", "--task", "synthetic", "--n-trials", "40", "--epochs", "2", "--workers", "4")
+    # 20 epochs: the search runs long enough (~5 s of trials) for the connection killer to act on it; with 2 it
+    # was often over (or its running trials missed by the poll) before the first kill.
+    args = ("search", "--task", "synthetic", "--n-trials", "40", "--epochs", "20", "--workers", "4")
     process = start(*args, "--devices", "cpu", "--no-tracking", "--storage", storage, cwd=workdir)
     if backend == "postgres":
-        wait_for(lambda: any(t.state == TrialState.RUNNING for t in trials(storage)), "a running trial")
+        wait_for(  # a search that ended early (or failed) is reported by the assertions below, with its stderr
+            lambda: process.poll() is not None or any(t.state == TrialState.RUNNING for t in trials(storage)),
+            "a running trial",
+        )
         with ConnectionKiller(storage) as killer:
             wait_for(lambda: process.poll() is not None or killer.killed >= 3, "three killed connections", 200)
     code, stderr = finish(process)
