@@ -147,6 +147,13 @@ def cli() -> None:
     help="Most fresh seeds per finalist and for Adam's defaults in the confirmation stage (default 5).",
 )
 @click.option(
+    "--confirm-folds/--no-confirm-folds",
+    "confirm_folds",
+    default=None,
+    help="Confirm each seed on a fresh split of the training + validation rows, where the task allows "
+    "(default: on); --no-confirm-folds reuses the task's validation rows (seeds only).",
+)
+@click.option(
     "--confirm/--no-confirm",
     "confirm",
     default=None,
@@ -204,6 +211,7 @@ def search(
     seed: int | None,
     confirm_top: int | None,
     confirm_seeds: int | None,
+    confirm_folds: bool | None,
     confirm: bool | None,
     checkpoint_every: int | None,
     keep_best_checkpoint: bool | None,
@@ -241,6 +249,7 @@ def search(
         "confirm": confirm,
         "confirm_top": confirm_top,
         "confirm_seeds": confirm_seeds,
+        "confirm_folds": confirm_folds,
         "checkpoint_every": checkpoint_every,
         "keep_best_checkpoint": keep_best_checkpoint,
         "batch_trials": batch_trials,
@@ -362,10 +371,10 @@ def outcome_lines(row: Any, search_seconds: float | None = None, stage_seconds: 
         share, runs = conf.get("cost_share"), conf["runs"]["finished"]
         training = f"runs {conf['seconds']:.1f} s vs trials {conf['search_seconds']:.1f} s"
         training += f" ({share:.0%})" if share is not None else ""
-        if search_seconds and stage_seconds is not None and stage_seconds >= 1:
+        if search_seconds and stage_seconds:
             lines.append(
-                f"confirmation: {runs} runs, {stage_seconds:.0f} s = {stage_seconds / search_seconds:.0%} of the "
-                f"search's {search_seconds:.0f} s (wall time); {training}, summed over workers"
+                f"confirmation: {runs} runs, {stage_seconds:.1f} s = {stage_seconds / search_seconds:.0%} of the "
+                f"search's {search_seconds:.1f} s (wall time); {training}, summed over workers"
             )
         else:
             lines.append(f"confirmation: {runs} runs; {training}, summed over workers")

@@ -60,12 +60,13 @@ STUDY_KEYS = (
     "confirm",
     "confirm_top",
     "confirm_seeds",
+    "confirm_folds",
     "checkpoint_every",
     "keep_best_checkpoint",
     "batch_trials",
 )
 #: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
-CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds"}
+CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds", "confirm_folds": "folds"}
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -132,6 +133,8 @@ class StudySpec:
             batch_size=self.batch_size or task.default_batch_size,
             objective=objective,
             direction=direction,
+            # Fresh validation folds where the task declares them and the study did not turn them off.
+            confirm=replace(self.confirm, folds=self.confirm.folds and bool(getattr(task, "folds", False))),
         )
 
     def stored_form(self) -> dict[str, Any]:
@@ -223,9 +226,9 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"seed in {where} must be a whole number >= 0, got {value!r}")
             checked[key] = value
-        elif key == "confirm":
+        elif key in ("confirm", "confirm_folds"):
             if not isinstance(value, bool):
-                raise ConfigError(f"confirm in {where} must be true or false, got {value!r}")
+                raise ConfigError(f"{key} in {where} must be true or false, got {value!r}")
             checked[key] = value
         elif key == "confirm_top":
             checked[key] = _positive_int(value, key, where)

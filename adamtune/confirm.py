@@ -61,6 +61,8 @@ ARM_ATTR = "adamtune.confirm.arm"
 ERROR_ATTR = "adamtune.confirm.error"
 METRICS_ATTR = "adamtune.confirm.metrics"
 SECONDS_ATTR = "adamtune.confirm.seconds"
+#: The validation fold a run trained and scored on (``Fold.as_dict``); absent: the task's own rows.
+FOLD_ATTR = "adamtune.confirm.fold"
 #: The baseline arm's name; a finalist's is ``trial-<number>``.
 BASELINE_ARM = "baseline"
 #: First confirmation seed (verify starts at 7,000,000 and needs a handful).
@@ -82,24 +84,43 @@ MAX_RUN_FAILURES = 3
 
 @dataclass(frozen=True)
 class ConfirmSettings:
-    """How a study confirms: on/off, finalists, seeds. Stored in the study's settings (``confirm``)."""
+    """How a study confirms: on/off, finalists, seeds, folds. Stored in the study's settings (``confirm``).
+
+    ``folds`` is True when every seed's runs train and score on a fresh validation fold of the pooled
+    training + validation rows, False when they use the task's own validation rows (seeds only). As set
+    (``--confirm-folds``, default True) it asks for folds; ``StudySpec.with_task`` keeps it only where the
+    task declares them (``Task.folds``, ``LoopTask(folds=True)``), and that is what the study stores. A
+    stored form without the key (every study confirmed before folds existed) reads as False.
+    """
 
     enabled: bool = True
     top: int = DEFAULT_TOP
     seeds: int = DEFAULT_SEEDS
+    folds: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "top": self.top, "seeds": self.seeds}
+        return {"enabled": self.enabled, "top": self.top, "seeds": self.seeds, "folds": self.folds}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ConfirmSettings:
-        """From the stored form; None (a study made before the stage existed) gives the defaults (on)."""
+        """From the stored form; None (a study made before the stage existed) gives the defaults (on), and a
+        study stored before folds existed confirms on seeds only."""
         values = values or {}
         return cls(
             enabled=bool(values.get("enabled", True)),
             top=int(values.get("top", DEFAULT_TOP)),
             seeds=int(values.get("seeds", DEFAULT_SEEDS)),
+            folds=bool(values.get("folds", False)),
         )
+
+    @property
+    def validation(self) -> str:
+        """``folds`` (fresh validation folds per seed) or ``fixed`` (the task's own validation rows)."""
+        return "folds" if self.folds else "fixed"
+
+
+#: What ``summary``, ``--json`` and the search's last line say of a stage confirmed on fixed rows.
+FIXED_ROWS_NOTE = "validation rows fixed: the gain may not transfer"
 
 
 def confirm_study_name(study_name: str) -> str:

@@ -19,6 +19,8 @@ from adamtune.confirm import (
     BASELINE_ARM,
     CONFIDENCE,
     ERROR_ATTR,
+    FIXED_ROWS_NOTE,
+    FOLD_ATTR,
     ConfirmSettings,
     Finalist,
     Plan,
@@ -102,8 +104,8 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
     runs, seconds = 0, 0.0
     for trial in confirm_study.get_trials(deepcopy=False) if confirm_study is not None else []:
         arm, seed = trial.user_attrs.get(ARM_ATTR), trial.user_attrs.get(SEED_ATTR)
-        if arm is None or seed is None:
-            continue
+        if arm is None or seed is None or (FOLD_ATTR in trial.user_attrs) != settings.folds:
+            continue  # not a run, or one of the other kind (a study confirmed on fixed rows, now on folds)
         key = (str(arm), int(seed))
         if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             runs += 1
@@ -178,6 +180,8 @@ def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, An
     return {
         "status": stage_status(state),
         "enabled": state.settings.enabled,
+        "validation": state.settings.validation,
+        "note": None if state.settings.folds else FIXED_ROWS_NOTE,
         "top": state.settings.top,
         "max_seeds": state.settings.seeds,
         "metric": state.metric,

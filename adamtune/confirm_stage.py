@@ -10,7 +10,9 @@ fail stale confirmation runs of dead workers, read the stage (:func:`~adamtune.c
 and either create the next needed run that no one is running (an Optuna trial of ``<study>.confirm``,
 RUNNING with its arm, seed and settings recorded before the lock is released, so no two workers take
 the same run), or wait while every needed run is in flight elsewhere, or stop when the plan is decided.
-A run trains through :func:`adamtune.runner.train_once` on the validation split, under a heartbeat.
+A run trains through :func:`adamtune.runner.train_once` on the validation split, under a heartbeat: on
+the seed's fresh validation fold (:class:`~adamtune.folds.Fold`, recorded as ``FOLD_ATTR``) when the
+study's task declares folds, else on the task's own validation rows.
 
 Nothing is lost or repeated: a finished run is kept and never run again (resuming an interrupted stage
 does only what is missing); an interrupted run is recorded FAIL and planned again (not re-queued: the
@@ -41,6 +43,7 @@ from adamtune.confirm import (
     BASELINE_ARM,
     CONFIRMS_ATTR,
     ERROR_ATTR,
+    FOLD_ATTR,
     MAX_RUN_FAILURES,
     METRICS_ATTR,
     SECONDS_ATTR,
@@ -48,6 +51,7 @@ from adamtune.confirm import (
     confirm_study_name,
 )
 from adamtune.confirm_read import StageState, read_stage
+from adamtune.folds import Fold
 from adamtune.space import AdamParams, baseline_for
 from adamtune.study import (
     CURVES_ATTR,
@@ -92,6 +96,7 @@ class _Step:
     seed: int = 0
     params: AdamParams | None = None
     state: StageState | None = None
+    fold: Fold | None = None
 
 
 def open_confirm_study(study: optuna.Study) -> optuna.Study:
@@ -175,6 +180,8 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _St
             return _Step("wait", state=state)
         arm, seed = free[0]
         params = _arm_params(state, arm, baseline_for(worker.objective.spec.space))
+        # Every arm of one seed gets that seed's fold: the same fresh split, so the comparison stays paired.
+        fold = Fold(state.seeds.index(seed), len(state.seeds), seed) if state.settings.folds else None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = confirm.ask()
@@ -191,9 +198,10 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _St
                 DEVICE_ATTR: objective.device,
                 HOST_ATTR: socket.gethostname(),
                 WORKER_ATTR: objective.worker,
+                **({FOLD_ATTR: fold.as_dict()} if fold is not None else {}),
             },
         )
-        return _Step("run", trial, arm, seed, params, state)
+        return _Step("run", trial, arm, seed, params, state, fold)
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
@@ -252,6 +260,7 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
                 split="val",
                 on_epoch=on_epoch,
                 objective=spec.objective,
+                fold=step.fold,
             )
         except KeyboardInterrupt:
             with interrupts.critical():
@@ -309,6 +318,7 @@ def _start_mlflow_run(worker: Worker, step: _Step) -> Any:
             "adamtune.confirm.finalist": "baseline" if finalist is None else finalist,
             "adamtune.baseline": str(step.arm == BASELINE_ARM).lower(),
             "adamtune.seed": step.seed,
+            "adamtune.confirm.validation": f"fold {step.fold.index}" if step.fold is not None else "fixed",
             "adamtune.device": objective.device,
             "adamtune.worker": objective.worker,
             "adamtune.state": "running",

@@ -13,8 +13,11 @@ For the user
 ``trial.number`` (None outside a search trial), ``trial.seed`` (already applied to torch, ``random``
 and numpy when fit starts), ``trial.device`` (a device name such as ``"cpu"`` or ``"cuda:1"``),
 ``trial.split`` (``"val"`` in the search and confirmation, ``"test"`` in verify), ``trial.data`` (what
-the task's ``data`` function returned, loaded once per worker) and ``trial.checkpoint_dir`` (a
-per-trial directory, created on first use).
+the task's ``data`` function returned, loaded once per worker), ``trial.fold`` (an
+:class:`adamtune.folds.Fold` in confirmation runs of a task declared ``LoopTask(folds=True)``: train and
+validate on ``trial.fold.split(...)`` of your pooled training + validation rows; None in search trials,
+in ``verify`` and for tasks that do not declare it) and ``trial.checkpoint_dir`` (a per-trial directory,
+created on first use).
 
 * ``trial.make_optimizer(model_or_parameters)`` -> ``(optimizer, scheduler)``: the sampled Adam/AdamW
   and its learning-rate schedule, from :func:`adamtune.optim.make_optimizer`. Call
@@ -73,6 +76,7 @@ from adamtune.metrics import SPLITS, bare_name, check_metric_name
 
 if TYPE_CHECKING:
     from adamtune.curves import Curves
+    from adamtune.folds import Fold
     from adamtune.space import AdamParams
 
 #: A ``loss`` this many times the reference loss is a blow-up (the built-in trainer's factor).
@@ -122,6 +126,7 @@ class TrialContext:
         checkpoints: Any = None,
         checkpoint_every: int | None = None,
         on_resume: ResumeHook | None = None,
+        fold: Fold | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -133,6 +138,7 @@ class TrialContext:
         self.split = split
         self.number = number
         self.data = data
+        self.fold = fold
         self.objective = bare_name(objective)
         self.direction = direction
         self._checkpoint_dir = checkpoint_dir

@@ -39,6 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.config import StudySpec
+from adamtune.confirm import FIXED_ROWS_NOTE
 from adamtune.errors import StorageError
 from adamtune.importance_import import optuna_importance
 from adamtune.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
@@ -430,6 +431,8 @@ def rule_text(row: StudySummary) -> str:
     metric = conf.get("metric", row.objective)
     if row.rule in ("confirmed", "defaults"):
         best = next((f for f in conf["finalists"] if f["trial"] == conf["best_candidate"]), None)
+        folds = conf.get("validation") == "folds"
+        fresh = "fresh seeds and validation folds" if folds else "fresh seeds"
         detail = ""
         if best is not None:
             relative = f" ({best['relative_gain']:+.1%})" if best.get("relative_gain") is not None else ""
@@ -438,13 +441,14 @@ def rule_text(row: StudySummary) -> str:
                 f"trial {best['trial']}: {metric} {best['confirmed_score']:.4g} "
                 f"vs {conf['baseline']['confirmed_score']:.4g} "
                 f"for Adam's defaults, gain {best['gain']:+.3g}{relative}, 95% CI {low:+.3g} to {high:+.3g} "
-                f"over {best['seeds']} fresh seeds"
+                f"over {best['seeds']} {fresh}"
             )
+        caveat = "" if folds else f" ({conf.get('note') or FIXED_ROWS_NOTE})"
         if row.rule == "confirmed":
-            return f"confirmed on fresh seeds: {detail}"
+            return f"confirmed on {fresh}{caveat}: {detail}"
         return (
-            "Adam's defaults: no finalist was confirmed better on fresh seeds (the interval of the gain must "
-            f"lie above 0); best candidate {detail}"
+            f"Adam's defaults: no finalist was confirmed better on {fresh}{caveat} (the interval of the gain "
+            f"must lie above 0); best candidate {detail}"
         )
     why = {
         "off": "confirmation is off for this study",
@@ -690,9 +694,14 @@ def render_confirmation(row: StudySummary) -> Any:
 
     base = conf["baseline"]
     cost = f", runs {conf['cost_share']:.0%} of the trials' time" if conf.get("cost_share") else ""
+    where = (
+        "the same fresh seeds and validation folds"
+        if conf.get("validation") == "folds"
+        else f"the same fresh seeds; {conf.get('note') or FIXED_ROWS_NOTE}"
+    )
     table = Table(
         title=(
-            f"confirmation ({conf['status']}): {conf['metric']} on the same fresh seeds, "
+            f"confirmation ({conf['status']}): {conf['metric']} on {where}, "
             f"{conf['interval']} interval of the gain{cost}"
         ),
         title_justify="left",

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from adamtune.context import TrialContext, TrialDiverged
 from adamtune.errors import TaskError
+from adamtune.folds import Fold
 from adamtune.metrics import SPLITS, on_split
 from adamtune.space import AdamParams
 from adamtune.tasks.loop import LoopTask
@@ -145,6 +146,7 @@ def train_once(
     split: str = "val",
     on_epoch: Callable[[Any], None] | None = None,
     objective: str | None = None,
+    fold: Fold | None = None,
 ) -> RunOutcome:
     """Train ``task`` with ``params`` on ``seed`` for ``epochs`` (no pruning) and score it on ``split``.
 
@@ -155,18 +157,28 @@ def train_once(
         on_epoch: called with each epoch's metrics (progress, MLflow curves); may raise to stop.
         objective: the study's objective (stored or bare name); a loop task's ``fit`` must report it
             every epoch. Default: the task's.
+        fold: a confirmation run's fresh validation fold (``split`` must be ``val``): a built-in task
+            trains and validates on :func:`~adamtune.tasks.common.on_fold` of its data; a loop task
+            gets it as ``trial.fold``. None: the task's own split.
 
     Raises:
-        ValueError: an unknown ``split``.
+        ValueError: an unknown ``split``, or a ``fold`` with ``split`` other than ``val``.
         TaskError: a loop task's ``fit`` reported nothing. Anything ``fit`` raises propagates.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if fold is not None and split != "val":
+        raise ValueError("a validation fold is for the val split only; the test split is never re-split")
     if isinstance(task, LoopTask):
-        return _loop_once(task, data, params, device, epochs, batch_size, seed, split, on_epoch, objective)
+        return _loop_once(task, data, params, device, epochs, batch_size, seed, split, on_epoch, objective, fold)
     import torch
 
     from adamtune.train import build_model, evaluate_metrics, train
+
+    if fold is not None and task.folds:
+        from adamtune.tasks.common import on_fold
+
+        data = on_fold(data, fold)
 
     trained: list[torch.nn.Module] = []
     curves = train(
@@ -201,6 +213,7 @@ def _loop_once(
     split: str,
     on_epoch: Callable[[Any], None] | None,
     objective: str | None,
+    fold: Fold | None = None,
 ) -> RunOutcome:
     """``train_once`` for a loop task: ``fit`` runs with ``trial.split == split``; its reports are the outcome."""
     import time
@@ -225,6 +238,7 @@ def _loop_once(
         split=split,
         data=getattr(data, "value", data),
         on_epoch=hook,
+        fold=fold if task.folds else None,  # a task that does not declare folds is never handed one
     )
     started = time.perf_counter()
     try:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from adamtune.context import TrialContext
+    from adamtune.folds import Fold
     from adamtune.runner import RunOutcome
     from adamtune.space import AdamParams
 
@@ -57,6 +58,7 @@ class TaskInfo:
     metric_names: tuple[str, ...]
     directions: Mapping[str, str | None] = field(default_factory=dict)
     is_loop: bool = False
+    folds: bool = False  # confirmation on fresh validation folds (``Task.folds``/``LoopTask.folds``)
 
     @classmethod
     def of(cls, task: Any) -> TaskInfo:
@@ -73,6 +75,7 @@ class TaskInfo:
             metric_names=names,
             directions={name: task.direction_of(name) for name in names},
             is_loop=isinstance(task, LoopTask),
+            folds=bool(getattr(task, "folds", False)),
         )
 
     def direction_of(self, metric: str) -> str | None:
@@ -136,6 +139,7 @@ class Trainer(Protocol):
         split: str = "val",
         on_epoch: Callable[[Any], None] | None = None,
         objective: str | None = None,
+        fold: Fold | None = None,
     ) -> RunOutcome:
         """``runner.train_once`` on this trainer's task, data and device."""
 
@@ -172,6 +176,7 @@ class InlineTrainer:
         split: str = "val",
         on_epoch: Callable[[Any], None] | None = None,
         objective: str | None = None,
+        fold: Fold | None = None,
     ) -> RunOutcome:
         from adamtune.runner import train_once
 
@@ -186,6 +191,7 @@ class InlineTrainer:
             split=split,
             on_epoch=on_epoch,
             objective=objective,
+            fold=fold,
         )
 
     def save_best(self, context: TrialContext, checkpoints: Any, epoch: int) -> dict[str, Any] | None:

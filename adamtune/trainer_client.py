@@ -41,6 +41,7 @@ from adamtune.trainer_process import CheckpointSpec, OnceSpec, RunSpec
 
 if TYPE_CHECKING:
     from adamtune.context import TrialContext
+    from adamtune.folds import Fold
     from adamtune.runner import RunOutcome
     from adamtune.space import AdamParams
 
@@ -225,13 +226,14 @@ class ProcessTrainer:
         split: str = "val",
         on_epoch: Callable[[Any], None] | None = None,
         objective: str | None = None,
+        fold: Fold | None = None,
     ) -> RunOutcome:
         """``runner.train_once`` in the trainer process; ``on_epoch`` gets each epoch's ``EpochMetrics``."""
         from adamtune.curves import EpochMetrics
 
         if self._process is None:
             self._restart()
-        spec = OnceSpec(params, epochs, batch_size, seed, split, objective, progress=on_epoch is not None)
+        spec = OnceSpec(params, epochs, batch_size, seed, split, objective, progress=on_epoch is not None, fold=fold)
         ident = self._request("once", spec)
         try:
             while True:

@@ -60,6 +60,7 @@ from typing import Any
 
 from adamtune.context import StopTrial, TrialContext
 from adamtune.errors import AdamtuneError
+from adamtune.folds import Fold
 from adamtune.space import AdamParams
 
 
@@ -103,6 +104,7 @@ class OnceSpec:
     split: str
     objective: str | None
     progress: bool
+    fold: Fold | None = None
 
 
 class Aborted(Exception):
@@ -365,6 +367,7 @@ class TrainerServer:
                     split=spec.split,
                     on_epoch=tick if spec.progress else None,
                     objective=spec.objective,
+                    fold=spec.fold,
                 )
         except KeyboardInterrupt:
             self.channel.send(("once", ident, "err", ("interrupted",)))

@@ -26,6 +26,11 @@ see :mod:`adamtune.metrics`). ``objective`` (bare, default ``loss``) and ``direc
 of the task optimises unless ``--objective`` picks another of its metrics; ``directions`` gives the
 direction of further metrics whose names :data:`adamtune.metrics.KNOWN_DIRECTIONS` does not know.
 
+Confirmation. The confirmation stage scores the finalists and the defaults on fresh validation folds: for
+each of its seeds, the training and validation rows are pooled and split again (:func:`adamtune.tasks.
+common.on_fold`, stratified for integer labels), the validation part keeping ``len(val)`` rows; the test
+split is never touched. Set ``folds=False`` for data whose rows must not be re-split.
+
 The default is classification: cross-entropy loss and ``accuracy`` (``argmax(logits) == y``), with
 the objective ``val_loss``.
 """
@@ -117,6 +122,9 @@ class Task:
     objective: str = "loss"
     direction: str = "minimize"
     directions: Mapping[str, str] = field(default_factory=dict)
+    #: Confirm on fresh folds of the pooled training + validation rows (``adamtune.folds``); False keeps
+    #: the task's own validation rows for confirmation too (seeds only), e.g. where rows are not exchangeable.
+    folds: bool = True
 
     def __post_init__(self) -> None:
         if self.default_epochs < 1 or self.default_batch_size < 1:

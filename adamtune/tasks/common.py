@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from adamtune.folds import Fold
 from adamtune.tasks.base import Split, TaskData
 
 SPLIT_SEED = 0  # fixed: every process, every run, carves the same validation set
@@ -43,6 +44,24 @@ def split_train_val(
         train=Split(train_x[train_index], train_y[train_index]),
         val=Split(train_x[val_index], train_y[val_index]),
         test=Split(test_x, test_y),
+    )
+
+
+def on_fold(data: TaskData, fold: Fold) -> TaskData:
+    """``data`` with its training and validation rows pooled and split again as ``fold`` draws them.
+
+    The validation part keeps the size of ``data.val``; it is stratified by label when the labels are one
+    integer class per row (classification), a plain seeded split otherwise; the test split is ``data.test``
+    itself, untouched. The pooled rows are indexed where they live (on the device), nothing per sample.
+    """
+    x = torch.cat([data.train.x, data.val.x])
+    y = torch.cat([data.train.y, data.val.y])
+    classes = y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
+    train_index, val_index = fold.split(len(y), val_size=len(data.val), labels=y.cpu().numpy() if classes else None)
+    train_index_t = torch.tensor(train_index, device=y.device)
+    val_index_t = torch.tensor(val_index, device=y.device)
+    return TaskData(
+        train=Split(x[train_index_t], y[train_index_t]), val=Split(x[val_index_t], y[val_index_t]), test=data.test
     )
 
 

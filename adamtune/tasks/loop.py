@@ -24,6 +24,12 @@ Contract
 * ``data(data_dir)`` (optional) is called **once per training process**; its result is ``trial.data`` in
   every trial of that worker (load files, build datasets there, not in ``fit``). Without it,
   ``trial.data`` is None.
+* ``folds=True`` declares that ``fit`` honours ``trial.fold``: when it is not None (confirmation runs),
+  ``fit`` pools its training and validation rows and trains and validates on
+  ``trial.fold.split(len(pool), val_size=len(val), labels=...)`` (see :class:`adamtune.folds.Fold`),
+  so the finalists are confirmed on rows that did not select them. A task that leaves it False is
+  confirmed on its own validation rows with fresh seeds only, and ``summary`` says "validation rows
+  fixed: the gain may not transfer". ``trial.fold`` is None in search trials and in ``verify``.
 * ``objective`` is the bare name of the reported metric the study optimises (``"mae"`` is stored as
   ``val_mae``); ``direction`` is its direction. ``metrics`` names further reported metrics that
   ``--objective`` may choose; ``directions`` gives their directions where
@@ -78,6 +84,7 @@ class LoopTask:
     dataset: str = ""
     model: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    folds: bool = False
 
     def __post_init__(self) -> None:
         where = f"LoopTask {self.name!r}"
@@ -96,6 +103,8 @@ class LoopTask:
             check_metric_name(name, where)
         for direction in self.directions.values():
             check_direction(direction, where)
+        if not isinstance(self.folds, bool):
+            raise ValueError(f"{where}: folds must be True or False, got {self.folds!r}")
         if self.data is not None and not callable(self.data):
             raise ValueError(f"{where}: data must be a function data(data_dir), got {type(self.data).__name__}")
 
