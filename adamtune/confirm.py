@@ -78,6 +78,8 @@ MIN_CONFIRM_SEEDS = 3
 MIN_SEEDS = 2
 #: Confidence level of the gain's interval.
 CONFIDENCE = 0.95
+#: The stage trains at most this share of the epochs the search trials trained (``stage_budget``).
+BUDGET_SHARE = 0.4
 #: A run (arm, seed) that failed with an error this many times stops the stage (the task is broken).
 MAX_RUN_FAILURES = 3
 
@@ -266,7 +268,7 @@ class ArmState:
     seeds: tuple[int, ...] = ()
     values: tuple[float, ...] = ()
     gain: Gain | None = None
-    dropped_after: int | None = None  # seeds it had when it was dropped; None while it lives
+    dropped_after: int | None = None  # seeds it had when it was dropped (0: never raced); None while it lives
 
     @property
     def confirmed_score(self) -> float | None:
@@ -294,21 +296,41 @@ class Plan:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+def budget_finalists(finalists: Sequence[Finalist], seeds: int, budget: int | None) -> int:
+    """How many finalists the stage can race within ``budget`` runs: each, with the baseline, must be able to
+    reach the fewest seeds a recommendation needs (:data:`MIN_CONFIRM_SEEDS`, or ``seeds`` when fewer)."""
+    if budget is None:
+        return len(finalists)
+    return max(0, min(len(finalists), budget // min(MIN_CONFIRM_SEEDS, seeds) - 1))
+
+
 def plan_stage(
     finalists: Sequence[Finalist],
     results: Mapping[tuple[str, int], float],
     seeds: Sequence[int],
     direction: str,
+    budget: int | None = None,
 ) -> Plan:
     """Replay the racing rule (module docstring) over ``results`` ((arm, seed) -> objective on val).
 
-    Deterministic: the same finalists, results and seeds give the same plan, whoever computes it. With
-    no finalist (no complete trial besides the baseline), the stage is decided at once and recommends
-    nothing (the defaults).
+    ``budget`` caps the runs the stage may train (None: no cap; see :func:`stage_budget`): only as many
+    finalists race as can each reach :data:`MIN_CONFIRM_SEEDS` seeds with the baseline within it, and a
+    round adds only the seeds the rest of the budget pays for; when it pays for none, the stage is decided
+    on the seeds run so far.
+
+    Deterministic: the same finalists, results, seeds and budget give the same plan, whoever computes it.
+    With no finalist (no complete trial besides the baseline, or a budget too small for one), the stage is
+    decided at once and recommends nothing (the defaults).
     """
     seeds = tuple(seeds)
+    raced = budget_finalists(finalists, len(seeds), budget)
+    notes: tuple[str, ...] = ()
+    unraced = tuple(ArmState(f, dropped_after=0) for f in finalists[raced:])  # outside the budget
+    if unraced:
+        notes = (f"budget of {budget} runs: {raced} of {len(finalists)} finalists raced",)
+    finalists = tuple(finalists[:raced])
     if not finalists:
-        return Plan(seeds, 0, (), True, ())
+        return Plan(seeds, 0, (), True, unraced, notes=notes)
     n = min(len(seeds), START_SEEDS)
     alive = list(finalists)
     dropped: dict[str, ArmState] = {}
@@ -319,7 +341,7 @@ def plan_stage(
         needed = tuple((arm, s) for arm in arms for s in used if (arm, s) not in results)
         if needed:
             states = _states(finalists, alive, dropped, results, seeds[:done], direction)
-            return Plan(seeds, n, needed, False, states, best=_best(states))
+            return Plan(seeds, n, needed, False, states + unraced, best=_best(states), notes=notes)
         baseline = [results[(BASELINE_ARM, s)] for s in used]
         standing = {f.arm: _arm_state(f, results, used, baseline, direction) for f in alive}
         best_low = max(standing[f.arm].gain.low for f in alive)  # type: ignore[union-attr]
@@ -338,12 +360,24 @@ def plan_stage(
         enough = n >= min(MIN_CONFIRM_SEEDS, len(seeds))
         futile = projected_low(lead_gain, len(seeds)) <= 0
         open_decision = not futile and (lead_gain.low <= 0 or not enough)
-        if not open_decision or n >= len(seeds):
+        following = min(len(seeds), n + 1 if n < MIN_CONFIRM_SEEDS else n + SEED_STEP)
+        if budget is not None and open_decision:
+            spent = n + sum(len(arm.values) for arm in dropped.values()) + n * len(alive)
+            following = min(following, n + max(0, budget - spent) // (1 + len(alive)))
+        if not open_decision or following <= n:
             states = tuple(dropped.get(f.arm) or standing[f.arm] for f in finalists)
             best = standing[leader.arm]
             recommended = best if lead_gain.low > 0 and enough else None
-            return Plan(seeds, n, (), True, states, tuple(baseline), best, recommended)
-        done, n = n, min(len(seeds), n + 1 if n < MIN_CONFIRM_SEEDS else n + SEED_STEP)
+            return Plan(seeds, n, (), True, states + unraced, tuple(baseline), best, recommended, notes)
+        done, n = n, following
+
+
+def stage_budget(search_epochs: int, epochs: int, share: float | None = None) -> int:
+    """The most confirmation runs (of ``epochs`` each) that cost ``share`` of the ``search_epochs`` the search
+    trials trained (default :data:`BUDGET_SHARE`), but never fewer than one finalist and the baseline on
+    :data:`MIN_CONFIRM_SEEDS` seeds: a search too short for that still gets one finalist confirmed."""
+    share = BUDGET_SHARE if share is None else share
+    return max(2 * MIN_CONFIRM_SEEDS, int(share * search_epochs / max(1, epochs)))
 
 
 def _arm_fields(state: ArmState) -> tuple[tuple[int, ...], tuple[float, ...], Gain | None]:

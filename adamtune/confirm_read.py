@@ -27,6 +27,7 @@ from adamtune.confirm import (
     confirm_seeds,
     confirm_study_name,
     plan_stage,
+    stage_budget,
 )
 
 
@@ -46,6 +47,8 @@ class StageState:
     runs: int  # finished confirmation runs in the store (all of them, reused or not)
     seconds: float  # time of those runs (start to end, as Optuna records it), summed over workers
     search_seconds: float  # the search trials' time, measured the same way, summed over workers
+    search_epochs: int = 0  # epochs the finished search trials trained (what the budget is a share of)
+    budget: int | None = None  # the most runs the stage may train (``confirm.stage_budget``)
 
     @property
     def started(self) -> bool:
@@ -116,7 +119,9 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
         elif trial.state == TrialState.FAIL and trial.user_attrs.get(ERROR_ATTR):
             errors[key] = errors.get(key, 0) + 1
     search_seconds = math.fsum(run_seconds(t) for t in trials if t.state.is_finished())
-    plan = plan_stage(finalists, results, seeds, spec.direction)
+    search_epochs = sum(trained_epochs(t, spec.objective) for t in trials if t.state.is_finished())
+    budget = stage_budget(search_epochs, spec.epochs or 1)
+    plan = plan_stage(finalists, results, seeds, spec.direction, budget)
     return StageState(
         settings,
         spec.direction,
@@ -130,7 +135,16 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
         runs,
         seconds,
         search_seconds,
+        search_epochs,
+        budget,
     )
+
+
+def trained_epochs(trial: Any, objective: str) -> int:
+    """The epochs a finished search trial trained: the length of its stored curve (0 without one)."""
+    from adamtune.study import CURVES_ATTR
+
+    return len((trial.user_attrs.get(CURVES_ATTR) or {}).get(objective) or ())
 
 
 def stage_status(state: StageState) -> str:
@@ -149,6 +163,14 @@ def _relative(value: float | None, baseline: Sequence[float]) -> float | None:
         return None
     scale = abs(statistics.fmean(baseline))
     return value / scale if scale else None
+
+
+def _arm_status(dropped_after: int | None, decided: bool) -> str:
+    if dropped_after == 0:
+        return "not raced"  # beyond what the stage's budget pays for
+    if dropped_after is not None:
+        return "dropped"
+    return "kept" if decided else "racing"
 
 
 def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, Any]:
@@ -173,7 +195,7 @@ def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, An
                 "gain": gain.mean if gain else None,
                 "relative_gain": _relative(gain.mean if gain else None, baseline[: len(arm.values)]),
                 "interval": [gain.low, gain.high] if gain else None,
-                "status": "dropped" if arm.dropped_after is not None else ("kept" if plan.decided else "racing"),
+                "status": _arm_status(arm.dropped_after, plan.decided),
             }
         )
     best = plan.best
@@ -193,6 +215,7 @@ def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, An
         "best_candidate": best.finalist.trial if best else None,
         "recommended_trial": plan.recommended.finalist.trial if plan.recommended else None,
         "runs": {"finished": state.runs, "running": len(state.running), "needed": len(plan.needed)},
+        "budget": {"runs": state.budget, "search_epochs": state.search_epochs, "notes": list(plan.notes)},
         "seconds": state.seconds,
         "search_seconds": state.search_seconds,
         "cost_share": state.seconds / state.search_seconds if state.search_seconds else None,

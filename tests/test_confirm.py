@@ -28,6 +28,7 @@ from adamtune.confirm import (
     ARM_ATTR,
     BASELINE_ARM,
     FIRST_SEED,
+    FOLD_ATTR,
     START_SEEDS,
     ConfirmSettings,
     Finalist,
@@ -35,9 +36,11 @@ from adamtune.confirm import (
     confirm_study_name,
     paired_gain,
     plan_stage,
+    stage_budget,
     t_quantile,
 )
 from adamtune.errors import ConfigError
+from adamtune.folds import Fold
 from adamtune.report import summarize
 from adamtune.space import BASELINE
 from adamtune.study import (
@@ -71,6 +74,8 @@ def test_the_t_critical_value_is_scipy_s(confidence: float) -> None:
 CONFIRMATION_KEYS = {
     "status",
     "enabled",
+    "validation",
+    "note",
     "top",
     "max_seeds",
     "metric",
@@ -82,6 +87,7 @@ CONFIRMATION_KEYS = {
     "best_candidate",
     "recommended_trial",
     "runs",
+    "budget",
     "seconds",
     "search_seconds",
     "cost_share",
@@ -201,6 +207,20 @@ def test_a_finalist_below_the_best_interval_is_dropped_and_a_confirmed_leader_en
     assert plan.recommended.finalist.trial == 1 and states[4].gain.low > 0  # type: ignore[union-attr]
 
 
+def test_a_budget_races_only_the_finalists_it_can_confirm_and_stops_adding_seeds() -> None:
+    finalists = [finalist(1), finalist(2), finalist(4)]
+    assert stage_budget(90, 3) == 12 and stage_budget(10, 3) == 6  # never below one finalist on 3 seeds
+    plan = plan_stage(finalists, {}, SEEDS, "minimize", budget=7)  # pays for one finalist on 3 seeds
+    assert [arm.dropped_after for arm in plan.arms] == [None, 0, 0] and plan.notes
+    assert {arm for arm, _ in plan.needed} == {BASELINE_ARM, "trial-1"}
+    noisy = {BASELINE_ARM: [1.0] * 5, "trial-1": [0.8, 0.7, 0.95, 0.75, 0.8]}
+    unlimited = plan_stage(finalists[:1], results_for(noisy), SEEDS, "minimize")
+    assert unlimited.decided and unlimited.round_seeds == 5  # without a budget it races on to 5 seeds
+    capped = plan_stage(finalists[:1], results_for(noisy), SEEDS, "minimize", budget=8)
+    assert capped.decided and capped.round_seeds == 4 and not capped.needed  # 4 seeds x 2 arms = 8 runs
+    assert plan_stage(finalists, {}, SEEDS, "minimize", budget=12).notes == ()  # 3 finalists x 3 seeds fit
+
+
 def test_no_finalist_means_nothing_to_run() -> None:
     plan = plan_stage([], {}, SEEDS, "minimize")
     assert plan.decided and plan.needed == () and plan.recommended is None
@@ -210,7 +230,9 @@ def test_settings_from_files_and_flags() -> None:
     spec = build_spec("synthetic", None, None, {"confirm_top": 2, "confirm_seeds": 4})
     assert spec.confirm == ConfirmSettings(True, 2, 4)
     assert build_spec("synthetic", None, None, {"confirm": False}).confirm.enabled is False
-    assert ConfirmSettings.from_dict(None) == ConfirmSettings()  # a study from before the stage: on
+    # A study from before the stage: on, confirmed on seeds only (it predates folds too).
+    assert ConfirmSettings.from_dict(None) == ConfirmSettings(folds=False)
+    assert build_spec("synthetic", None, None, {"confirm_folds": False}).confirm.folds is False
     with pytest.raises(ConfigError, match="confirm_seeds"):
         build_spec("synthetic", None, None, {"confirm_seeds": 1})
 
@@ -234,7 +256,8 @@ def test_bad_study_file_key(workdir: Path) -> None:
 
 
 def built_study(tmp_path: Path, confirm_values: dict[str, list[float]] | None, settings: bool = True) -> optuna.Study:
-    """A finished 'rule' study: baseline (trial 0) and trials 1-3 with known curves; optional stored runs."""
+    """A finished 'rule' study: baseline (trial 0) and trials 1-3 with known curves; optional stored runs
+    (confirmed on validation folds, the stage's default)."""
     storage = open_storage(f"sqlite:///{tmp_path}/built.db")
     spec = StudySpec(task="synthetic", study_name="rule", epochs=3, batch_size=100, n_trials=4)
     study = create_or_resume(spec, storage)
@@ -258,11 +281,17 @@ def built_study(tmp_path: Path, confirm_values: dict[str, list[float]] | None, s
                 user_attrs=attrs,
             )
         )
+    for _ in range(30):  # pruned trials: 90 epochs of search, a stage budget of 12 runs (3 finalists, 3 seeds)
+        pruned = {CURVES_ATTR: {"val_loss": [2.0] * 3}, STATE_ATTR: "pruned"}
+        study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={3: 2.0}, user_attrs=pruned))
     if confirm_values is not None:
         confirm = optuna.create_study(storage=storage, study_name=confirm_study_name("rule"))
         for arm, values in confirm_values.items():
             for seed, value in zip(SEEDS, values, strict=False):
-                confirm.add_trial(create_trial(value=value, user_attrs={ARM_ATTR: arm, SEED_ATTR: seed}))
+                fold = Fold(SEEDS.index(seed), len(SEEDS), seed).as_dict()
+                confirm.add_trial(
+                    create_trial(value=value, user_attrs={ARM_ATTR: arm, SEED_ATTR: seed, FOLD_ATTR: fold})
+                )
     return study
 
 
@@ -286,7 +315,8 @@ def test_summary_recommends_a_confirmed_finalist(tmp_path: Path) -> None:
     assert first["search_score"] == pytest.approx(0.5) and first["confirmed_score"] == pytest.approx(0.5)
     assert first["gain"] == pytest.approx(0.5) and first["interval"][0] > 0 and first["seeds"] == 3
     assert conf["baseline"] == {"confirmed_score": pytest.approx(1.0), "seeds": 3}
-    assert record["rule"] == "confirmed" and "confirmed on fresh seeds: trial 1" in record["rule_text"]
+    assert record["rule"] == "confirmed"
+    assert "confirmed on fresh seeds and validation folds: trial 1" in record["rule_text"]
 
 
 def test_summary_keeps_the_defaults_and_names_the_best_candidate(tmp_path: Path) -> None:
@@ -417,7 +447,11 @@ def test_a_raised_target_confirms_the_new_finalists_and_reuses_runs(workdir: Pat
     row = json.loads(invoke("summary", "--storage", storage, "--json").output)[0]
     conf = row["confirmation"]
     assert conf["status"] in ("confirmed", "defaults") and conf["top"] == 4
-    assert len(conf["finalists"]) == 4 and all(f["seeds"] >= START_SEEDS for f in conf["finalists"])  # all raced
+    assert len(conf["finalists"]) == 4
+    raced = [f for f in conf["finalists"] if f["status"] != "not raced"]
+    # 8 trials of 3 epochs pay for the smallest budget (one finalist on 3 seeds); the rest are listed, not raced
+    assert conf["budget"]["runs"] == 6 and len(raced) == 1 and conf["budget"]["notes"]
+    assert all(f["seeds"] >= START_SEEDS for f in raced)
 
 
 def test_an_old_study_summarises_and_search_runs_only_the_stage(workdir: Path) -> None:
