@@ -8,7 +8,8 @@ Data: 442 patients, 10 baseline measurements each (age, sex, BMI, blood pressure
 the target is a disease-progression score one year later (25..346). It ships with scikit-learn, so
 nothing is downloaded. A seeded shuffle splits it 60/20/20 into train (265), validation (88) and test
 (89, held out). Features and target are standardised with the *training* split's mean and standard
-deviation; the model is trained on the standardised target.
+deviation; the model is trained on the standardised target. Confirmation runs (``trial.fold`` set) train
+and validate on a fresh split of the pooled training + validation patients, 88 of them validating.
 
 Model: MLP 10-64-64-1 (ReLU), trained with mean squared error.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Subset, TensorDataset
 
 import adamtune
 from adamtune.tasks.loop import LoopTask
@@ -79,11 +80,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, target_std: floa
 def fit(trial: adamtune.TrialContext) -> None:
     """Train the MLP with the trial's Adam settings; report validation (or test) metrics every epoch."""
     data = trial.data
+    train_set, held_out_set = data["train"], data[trial.split]  # "val", or "test" in verify
+    if trial.fold is not None:  # a confirmation run: a fresh split of train + val, the same for every arm
+        pool = ConcatDataset([train_set, held_out_set])
+        train_index, val_index = trial.fold.split(len(pool), val_size=len(held_out_set))
+        train_set, held_out_set = Subset(pool, train_index), Subset(pool, val_index)
     model = make_model().to(trial.device)  # trial.seed is already applied: the same seed, the same init
     optimizer, scheduler = trial.make_optimizer(model.parameters())
     shuffle = torch.Generator().manual_seed(trial.seed)
-    train = DataLoader(data["train"], batch_size=trial.batch_size, shuffle=True, generator=shuffle)
-    held_out = DataLoader(data[trial.split], batch_size=EVAL_BATCH_SIZE)  # "val", or "test" in verify
+    train = DataLoader(train_set, batch_size=trial.batch_size, shuffle=True, generator=shuffle)
+    held_out = DataLoader(held_out_set, batch_size=EVAL_BATCH_SIZE)
     trial.report_initial(**evaluate(model, held_out, trial.device, data["target_std"]))  # the untrained model
     for _epoch in trial.epochs():
         model.train()
@@ -95,7 +101,7 @@ def fit(trial: adamtune.TrialContext) -> None:
             optimizer.step()
             scheduler.step()  # the learning-rate schedule advances once per optimizer step
             total += loss.item() * len(y)
-        trial.log(train_loss=total / len(data["train"]))
+        trial.log(train_loss=total / len(train_set))
         trial.report(**evaluate(model, held_out, trial.device, data["target_std"]))  # may stop the trial
 
 
@@ -108,6 +114,7 @@ task = LoopTask(
     metrics=("loss",),
     default_epochs=30,
     default_batch_size=32,
+    folds=True,  # fit honours trial.fold: confirmation runs train and validate on fresh folds of train + val
     description="scikit-learn's diabetes regression with an MLP, as a loop task over DataLoaders (offline)",
     dataset="sklearn diabetes: 265 train / 88 val / 89 test, 10 standardised features, target 25..346",
     model="MLP 10-64-64-1 (ReLU), MSE on the standardised target",
