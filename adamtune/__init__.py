@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["LoopTask", "StopTrial", "TrialContext", "TrialDiverged", "TrialPruned", "__version__"]
+__all__ = ["Fold", "LoopTask", "StopTrial", "Task", "TrialContext", "TrialDiverged", "TrialPruned", "__version__"]
 
 #: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
 _LAZY = {
@@ -25,10 +25,14 @@ _LAZY = {
     "TrialPruned": "adamtune.context",
     "TrialDiverged": "adamtune.context",
     "LoopTask": "adamtune.tasks.loop",
+    "Task": "adamtune.tasks.base",
+    "Fold": "adamtune.folds",
 }
 
 if TYPE_CHECKING:
     from adamtune.context import StopTrial, TrialContext, TrialDiverged, TrialPruned
+    from adamtune.folds import Fold
+    from adamtune.tasks.base import Task
     from adamtune.tasks.loop import LoopTask
 
 

@@ -154,6 +154,13 @@ def cli() -> None:
     "(default: on); --no-confirm-folds reuses the task's validation rows (seeds only).",
 )
 @click.option(
+    "--confirm-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SHARE",
+    help="Most the confirmation stage trains, as a share of the epochs the search trials trained (default "
+    "0.4; never less than one finalist and the defaults on 3 seeds).",
+)
+@click.option(
     "--confirm/--no-confirm",
     "confirm",
     default=None,
@@ -212,6 +219,7 @@ def search(
     confirm_top: int | None,
     confirm_seeds: int | None,
     confirm_folds: bool | None,
+    confirm_budget: float | None,
     confirm: bool | None,
     checkpoint_every: int | None,
     keep_best_checkpoint: bool | None,
@@ -250,6 +258,7 @@ def search(
         "confirm_top": confirm_top,
         "confirm_seeds": confirm_seeds,
         "confirm_folds": confirm_folds,
+        "confirm_budget": confirm_budget,
         "checkpoint_every": checkpoint_every,
         "keep_best_checkpoint": keep_best_checkpoint,
         "batch_trials": batch_trials,

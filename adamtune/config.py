@@ -61,12 +61,19 @@ STUDY_KEYS = (
     "confirm_top",
     "confirm_seeds",
     "confirm_folds",
+    "confirm_budget",
     "checkpoint_every",
     "keep_best_checkpoint",
     "batch_trials",
 )
 #: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
-CONFIRM_KEYS = {"confirm": "enabled", "confirm_top": "top", "confirm_seeds": "seeds", "confirm_folds": "folds"}
+CONFIRM_KEYS = {
+    "confirm": "enabled",
+    "confirm_top": "top",
+    "confirm_seeds": "seeds",
+    "confirm_folds": "folds",
+    "confirm_budget": "budget",
+}
 TOP_LEVEL_KEYS = ("study", "space")
 
 
@@ -230,6 +237,12 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
             if not isinstance(value, bool):
                 raise ConfigError(f"{key} in {where} must be true or false, got {value!r}")
             checked[key] = value
+        elif key == "confirm_budget":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(
+                    f"confirm_budget in {where} must be a share of the search's epochs > 0 (e.g. 0.4), got {value!r}"
+                )
+            checked[key] = float(value)
         elif key == "confirm_top":
             checked[key] = _positive_int(value, key, where)
         elif key == "confirm_seeds":

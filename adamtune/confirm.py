@@ -2,9 +2,13 @@
 
 Why. Every search trial is one seed on one validation split, so the best of many trials is mostly luck
 (the winner's curse). Before recommending, the stage trains the top finalists and Adam's defaults again,
-for the study's full epochs without pruning, on the same fresh seeds, and scores them on the validation
-split. This module decides *what* to run and *what it means*; ``confirm_stage.py`` runs it inside the
-workers, ``report.py`` reads it (read-only) for ``summary``/``recommend``.
+for the study's full epochs without pruning, on the same fresh seeds, and scores them on validation
+rows. Where the task allows (``ConfirmSettings.folds``), each seed also draws a fresh validation fold of
+the pooled training + validation rows (``folds.py``), the same for every arm of that seed: the finalists
+were selected on the task's own validation rows, and re-scoring them there would re-use the data that
+selected them. The interval of the gain is then over seed-and-fold pairs. This module decides *what* to
+run and *what it means*; ``confirm_stage.py`` runs it inside the workers, ``report.py`` reads it
+(read-only) for ``summary``/``recommend``.
 
 Storage. Each confirmation run is a trial of a second Optuna study in the same storage,
 ``<study>.confirm`` (:func:`confirm_study_name`), whose user attributes name the arm
@@ -34,6 +38,10 @@ so that every worker (and ``summary``) computes the same one:
    live finalists (2 -> 3 -> 5 -> 7 ..., up to ``seeds``). Otherwise it is decided: once the leader is
    confirmed better than the defaults, seeds are not spent on ranking the other confirmed finalists.
    Dropping early can only lose a true winner (the defaults are kept), never recommend a false one.
+   **Budget** (:func:`stage_budget`): the stage trains at most :data:`BUDGET_SHARE` of the epochs the
+   search trials trained, but never less than one finalist and the baseline on 3 seeds. Only the
+   finalists that can each reach 3 seeds within it race (the rest are ``not raced``), and a round adds
+   only the seeds the rest of the budget pays for; when it pays for none the stage is decided as it is.
 4. **Decision**: the best live finalist (highest mean gain on the seeds of the last round) is recommended
    **only if its interval's lower bound is above zero**; otherwise the recommendation is Adam's defaults,
    and the best finalist is reported as the best candidate, with its gain and interval.
@@ -93,15 +101,25 @@ class ConfirmSettings:
     (``--confirm-folds``, default True) it asks for folds; ``StudySpec.with_task`` keeps it only where the
     task declares them (``Task.folds``, ``LoopTask(folds=True)``), and that is what the study stores. A
     stored form without the key (every study confirmed before folds existed) reads as False.
+
+    ``budget`` is the share of the search trials' trained epochs the stage may train (``stage_budget``);
+    None (every study stored before budgets existed) is no cap, so an old stage is replayed as decided.
     """
 
     enabled: bool = True
     top: int = DEFAULT_TOP
     seeds: int = DEFAULT_SEEDS
     folds: bool = True
+    budget: float | None = BUDGET_SHARE
 
     def as_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "top": self.top, "seeds": self.seeds, "folds": self.folds}
+        return {
+            "enabled": self.enabled,
+            "top": self.top,
+            "seeds": self.seeds,
+            "folds": self.folds,
+            "budget": self.budget,
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ConfirmSettings:
@@ -113,6 +131,7 @@ class ConfirmSettings:
             top=int(values.get("top", DEFAULT_TOP)),
             seeds=int(values.get("seeds", DEFAULT_SEEDS)),
             folds=bool(values.get("folds", False)),
+            budget=None if values.get("budget") is None else float(values["budget"]),
         )
 
     @property

@@ -120,7 +120,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
             errors[key] = errors.get(key, 0) + 1
     search_seconds = math.fsum(run_seconds(t) for t in trials if t.state.is_finished())
     search_epochs = sum(trained_epochs(t, spec.objective) for t in trials if t.state.is_finished())
-    budget = stage_budget(search_epochs, spec.epochs or 1)
+    budget = None if settings.budget is None else stage_budget(search_epochs, spec.epochs or 1, settings.budget)
     plan = plan_stage(finalists, results, seeds, spec.direction, budget)
     return StageState(
         settings,
@@ -215,7 +215,12 @@ def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, An
         "best_candidate": best.finalist.trial if best else None,
         "recommended_trial": plan.recommended.finalist.trial if plan.recommended else None,
         "runs": {"finished": state.runs, "running": len(state.running), "needed": len(plan.needed)},
-        "budget": {"runs": state.budget, "search_epochs": state.search_epochs, "notes": list(plan.notes)},
+        "budget": {
+            "share": state.settings.budget,
+            "runs": state.budget,
+            "search_epochs": state.search_epochs,
+            "notes": list(plan.notes),
+        },
         "seconds": state.seconds,
         "search_seconds": state.search_seconds,
         "cost_share": state.seconds / state.search_seconds if state.search_seconds else None,

@@ -3,10 +3,12 @@
 For each task, runs ``--searches`` independent seeded searches (``adamtune search --seed S``, a fresh
 SQLite file each, the confirmation stage on as by default: fresh validation folds where the task allows),
 then ``adamtune verify --seeds 5`` on each (the recommendation against Adam's defaults on 5 fresh seeds,
-**test** split, paired t-test at 0.05). Each search is then confirmed a second time under the seeds-only
-rule (the stage before folds existed): a copy of its database is searched again with
-``--no-confirm-folds``, which keeps the trials and re-runs only the stage on the task's own validation
-rows, and its recommendation is verified the same way. It prints per task and rule:
+**test** split, paired t-test at 0.05). Each search's trials are then confirmed again by the other rules
+(``RULES``): a copy of its database is searched again with ``--no-confirm-folds`` (``seeds``: the task's
+own validation rows, the same budget) and with ``--no-confirm-folds --confirm-budget 1000`` (``before``:
+the stage as it was before validation folds and budgets, 3 finalists raced up to 5 seeds); that keeps
+the trials and re-runs only the stage, and its recommendation is verified the same way. It prints per
+task and rule:
 
 * how often the recommendation was a confirmed finalist, and how often Adam's defaults were kept;
 * the share of searches whose recommendation is **significantly worse** than the defaults on the test
@@ -55,7 +57,15 @@ TASKS: dict[str, list[str]] = {
     "wine": ["--task", "small_tasks:wine", "--n-trials", "20"],
 }
 BEATABLE = "synthetic-2ep"
-RULES = {"folds": "fresh seeds and validation folds", "seeds": "fresh seeds only, validation rows fixed (before)"}
+#: How each rule re-confirms a search's trials (the first runs with the search itself).
+RULES = {
+    "folds": ("fresh seeds and validation folds, budget 40% (the stage now)", ()),
+    "seeds": ("fresh seeds only, validation rows fixed, budget 40%", ("--no-confirm-folds",)),
+    "before": (
+        "fresh seeds only, validation rows fixed, no budget (the stage before this change)",
+        ("--no-confirm-folds", "--confirm-budget", "1000"),
+    ),
+}
 
 
 @dataclass
@@ -118,23 +128,24 @@ def checked(
 
 
 def one_search(task: str, seed: int, rules: list[str], env: dict[str, str]) -> list[Outcome]:
-    """One seeded search (folds rule), then the same trials confirmed on fixed rows (seeds rule)."""
+    """One seeded search (the stage as it is now), then the same trials confirmed by the other rules."""
     outcomes = []
     verified: dict[int | None, dict] = {}  # verify is deterministic: one run per recommended trial
     with tempfile.TemporaryDirectory(prefix="adamtune-quality-") as tmp:
-        folds, fixed = Path(tmp) / "folds", Path(tmp) / "fixed"
-        folds.mkdir()
+        searched = Path(tmp) / "search"
+        searched.mkdir()
         started = time.perf_counter()
-        search = adamtune("search", *TASKS[task], "--seed", str(seed), "--no-tracking", cwd=folds, env=env)
-        shutil.copytree(folds, fixed)
-        if "folds" in rules:
-            outcomes.append(checked(task, seed, "folds", search.stderr, folds, env, started, verified))
-        if "seeds" in rules:
+        search = adamtune("search", *TASKS[task], "--seed", str(seed), "--no-tracking", cwd=searched, env=env)
+        for rule in rules:
+            if rule == "folds":
+                outcomes.append(checked(task, seed, rule, search.stderr, searched, env, started, verified))
+                continue
+            again_dir = Path(tmp) / rule
+            shutil.copytree(searched, again_dir)  # the same trials; the search below runs only the stage
             started = time.perf_counter()
-            again = adamtune(
-                "search", *TASKS[task], "--seed", str(seed), "--no-tracking", "--no-confirm-folds", cwd=fixed, env=env
-            )
-            outcome = checked(task, seed, "seeds", again.stderr, fixed, env, started, verified)
+            flags = ("--seed", str(seed), "--no-tracking", *RULES[rule][1])
+            again = adamtune("search", *TASKS[task], *flags, cwd=again_dir, env=env)
+            outcome = checked(task, seed, rule, again.stderr, again_dir, env, started, verified)
             outcome.wall_share = None  # only the stage ran: no search to compare with
             outcomes.append(outcome)
     return outcomes
@@ -148,7 +159,7 @@ def _wall_share(stderr: str) -> float | None:
 
 def table(outcomes: list[Outcome], tasks: list[str], rule: str) -> list[str]:
     lines = [
-        f"confirmation on {RULES[rule]}:",
+        f"confirmation on {RULES[rule][0]}:",
         "",
         "| task | searches | confirmed / defaults kept | significantly worse | significantly better "
         "| mean test gain | stage cost: wall (median, max) | runs vs trials (median, max) |",
@@ -206,7 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--searches", type=int, default=8, help="independent searches per task")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
-    parser.add_argument("--rules", default="folds,seeds", help="folds (the stage now), seeds (before folds)")
+    parser.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, from {', '.join(RULES)}")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--first-seed", type=int, default=100, help="seed of the first search")
     args = parser.parse_args()

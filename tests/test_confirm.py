@@ -230,16 +230,28 @@ def test_settings_from_files_and_flags() -> None:
     spec = build_spec("synthetic", None, None, {"confirm_top": 2, "confirm_seeds": 4})
     assert spec.confirm == ConfirmSettings(True, 2, 4)
     assert build_spec("synthetic", None, None, {"confirm": False}).confirm.enabled is False
-    # A study from before the stage: on, confirmed on seeds only (it predates folds too).
-    assert ConfirmSettings.from_dict(None) == ConfirmSettings(folds=False)
+    # A study from before the stage: on, confirmed on seeds only with no budget (it predates both).
+    assert ConfirmSettings.from_dict(None) == ConfirmSettings(folds=False, budget=None)
     assert build_spec("synthetic", None, None, {"confirm_folds": False}).confirm.folds is False
+    assert build_spec("synthetic", None, None, {"confirm_budget": 2}).confirm.budget == 2.0
+    stored = ConfirmSettings(top=2, folds=False, budget=0.25)
+    assert ConfirmSettings.from_dict(stored.as_dict()) == stored
     with pytest.raises(ConfigError, match="confirm_seeds"):
         build_spec("synthetic", None, None, {"confirm_seeds": 1})
+    with pytest.raises(ConfigError, match="confirm_budget"):
+        build_spec("synthetic", None, None, {"confirm_budget": -0.5})
+    with pytest.raises(ConfigError, match="confirm_folds"):
+        build_spec("synthetic", None, None, {"confirm_folds": "yes"})
 
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
-    [(["--confirm-top", "0"], "--confirm-top"), (["--confirm-seeds", "1"], "--confirm-seeds")],
+    [
+        (["--confirm-top", "0"], "--confirm-top"),
+        (["--confirm-seeds", "1"], "--confirm-seeds"),
+        (["--confirm-budget", "0"], "--confirm-budget"),
+        (["--confirm-budget", "lots"], "--confirm-budget"),
+    ],
 )
 def test_bad_flags_are_one_line_errors(workdir: Path, args: list[str], fragment: str) -> None:
     result = invoke("search", "--task", "synthetic", *args)

@@ -248,13 +248,16 @@ def test_a_built_in_task_is_confirmed_on_folds_and_an_interrupted_stage_resumes_
 def test_a_study_confirmed_before_folds_still_summarises_and_says_so(workdir: Path) -> None:
     storage = f"sqlite:///{workdir}/a.db"
     args = ("--task", "synthetic", "--storage", storage, *ARGS)
-    assert invoke("search", *args, "--no-confirm-folds").exit_code == 0
+    # The stage as it ran before folds and budgets: the task's own rows, no cap on the runs.
+    assert invoke("search", *args, "--no-confirm-folds", "--confirm-budget", "1000").exit_code == 0
     study = optuna.load_study(study_name="synthetic", storage=storage)
     settings = study.user_attrs[SETTINGS_ATTR]
-    settings["confirm"].pop("folds")  # as stored before folds existed
+    settings["confirm"].pop("folds")  # as stored before folds and budgets existed
+    settings["confirm"].pop("budget")
     study.set_user_attr(SETTINGS_ATTR, settings)
     old = json.loads(invoke("summary", "--storage", storage, "--json").output)[0]
     assert old["confirmation"]["status"] in ("confirmed", "defaults")  # its seeds-only runs still count
+    assert old["confirmation"]["budget"]["runs"] is None  # replayed without a budget, as it was decided
     assert old["confirmation"]["validation"] == "fixed" and FIXED_ROWS_NOTE in old["rule_text"]
     finished = old["confirmation"]["runs"]["finished"]
     again = invoke("search", *args)  # the current search confirms it again, on folds
