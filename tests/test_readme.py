@@ -29,6 +29,8 @@ def search_summary_verify(task: str, *search: str) -> dict:
     summary = runner.invoke(cli, ["summary", "--task", task, "--json"])
     assert summary.exit_code == 0, summary.output
     assert json.loads(summary.output)[0]["objective"] == "val_mae"
+    confirmation = json.loads(summary.output)[0]["confirmation"]
+    assert confirmation["validation"] == ("folds" if task.startswith("mylightning") else "fixed")
     verified = runner.invoke(
         cli, ["verify", "--task", task, "--seeds", "2", "--device", "cpu", "--json", "--no-tracking"]
     )
