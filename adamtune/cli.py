@@ -785,6 +785,8 @@ def tasks(as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     from adamtune.fastexit import freeze_at_exit
+    from adamtune.signals import restore_sigint
 
     freeze_at_exit()  # the interpreter's shutdown skips collecting what the libraries left (1-2 s)
+    restore_sigint()  # a command started in the background from a script still stops on kill -INT
     cli(prog_name="adamtune")

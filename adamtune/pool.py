@@ -24,7 +24,7 @@ from typing import Any
 
 from adamtune.devices import cpu_cores
 from adamtune.errors import AdamtuneError
-from adamtune.signals import Interrupts, sigint_raises
+from adamtune.signals import Interrupts
 from adamtune.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
 from adamtune.worker_setup import join_study
 
@@ -69,9 +69,13 @@ def _process_main(options: WorkerOptions, log_queue: Any) -> None:
     """Entry point of a spawned worker process: join the study, run, exit with a meaningful code.
 
     Log records go to ``log_queue`` (the parent prints them above its progress display). SIGINT is
-    ignored (inherited from the parent, which forwards SIGTERM on Ctrl-C). Exit codes: 0 done, an
+    ignored (the parent forwards SIGTERM on Ctrl-C). Exit codes: 0 done, an
     ``AdamtuneError``'s code, 130 interrupted, 1 anything else.
     """
+    # Ctrl-C reaches the whole process group; the parent answers it by sending SIGTERM, which the worker
+    # handles outside its critical sections. (A fork server's child starts with the fork server's
+    # handlers, not the parent's, so this must be set here.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = logging.handlers.QueueHandler(log_queue)
     handler.setFormatter(logging.Formatter(f"[{options.label} {options.device}] %(levelname)s: %(message)s"))
     root = logging.getLogger()
@@ -230,11 +234,7 @@ def run_pool(
                 f"(restart {restarts[0]} of at most {MAX_WORKER_RESTARTS})"
             )
             processes[index] = make_process(plan)
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                processes[index].start()
-            finally:
-                signal.signal(signal.SIGINT, previous)
+            processes[index].start()
 
     def drain() -> None:
         while True:
@@ -258,14 +258,10 @@ def run_pool(
                 emit(f"progress display: cannot read the study ({str(exc).splitlines()[0][:200]}); retrying")
             display_failing[0] = True
 
-    with Interrupts((signal.SIGTERM,)), sigint_raises():
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # children inherit "ignore SIGINT"
+    with Interrupts((signal.SIGTERM,)):
         try:
-            for process in processes:
+            for process in processes:  # a Ctrl-C meanwhile stops those already started
                 process.start()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        try:
             while True:
                 replace_killed()
                 alive = [process for process in processes if process.is_alive()]

@@ -1,8 +1,8 @@
 """Signals: SIGTERM/SIGINT as ``KeyboardInterrupt``, deferred while a trial is being created or told.
 
 :class:`Interrupts` is how a worker makes sure no trial is left RUNNING by an interruption: inside
-``critical()`` the signal is remembered and raised when the block ends. :func:`sigint_raises` restores
-Ctrl-C for a search started in the background with SIGINT ignored. :func:`exit_status` says how a
+``critical()`` the signal is remembered and raised when the block ends. :func:`restore_sigint` restores
+Ctrl-C for a command started in the background with SIGINT ignored. :func:`exit_status` says how a
 child process (a trainer process, the MLflow helper) ended.
 """
 
@@ -70,24 +70,15 @@ class Interrupts:
             raise KeyboardInterrupt(f"signal {self.received}")
 
 
-@contextmanager
-def sigint_raises() -> Iterator[None]:
-    """SIGINT raises ``KeyboardInterrupt`` in this block even if this process inherited "ignore SIGINT".
+def restore_sigint() -> None:
+    """Make SIGINT raise ``KeyboardInterrupt`` in this process even if it inherited "ignore SIGINT".
 
-    A search started in the background from a script inherits SIGINT as ignored, and Python then installs
-    no handler of its own: ``kill -INT`` would be ignored by the parent while its workers run to the end.
+    A command started in the background from a script (``adamtune search ... &``) inherits SIGINT as
+    ignored, and Python then installs no handler of its own: ``kill -INT`` would be discarded by the kernel
+    for the whole run, not only while the workers run. Called first thing by the command-line entry point.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        if previous is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
 
 
 def exit_status(process: subprocess.Popen[bytes]) -> str:
