@@ -138,6 +138,7 @@ def run_batch(
                     if failed.state == TrialState.FAIL:
                         requeue = lambda f=failed: requeue_trial(worker.study, f)  # noqa: E731
                         with_db_retry(requeue, f"re-queueing trial {trial.number}")
+                worker.release(trials)  # ended here: not again by the worker's own interrupt handler
             numbers = [t.number for t in trials]
             log.warning("trials %s: interrupted; recorded as failed and queued to run again", numbers)
             raise

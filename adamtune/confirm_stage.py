@@ -133,30 +133,39 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
     confirm = with_db_retry(lambda: open_confirm_study(worker.study), "opening the confirmation study")
     pauses = WaitPauses(float(worker.study._storage.get_heartbeat_interval() or 5))
     announced = False
-    while True:
-        interrupts.raise_pending()
-        step = with_db_retry(lambda: _admit(worker, confirm, interrupts), "starting a confirmation run")
-        _close_stale_runs(worker, confirm)
-        if step.kind in ("done", "raised"):
-            return step.kind == "done"
-        if step.kind == "wait":
+    held: list[optuna.Trial] = []  # the run admitted and not yet ended: failed here if interrupted before _run
+    try:
+        while True:
             interrupts.raise_pending()
-            time.sleep(pauses.next())
-            continue
-        pauses.reset()
-        if not announced and step.state is not None:
-            announced = True
-            log.info(
-                "confirming the top %d finalist(s) against Adam's defaults on up to %d fresh seeds",
-                len(step.state.finalists),
-                len(step.state.seeds),
-            )
-        result = _run(worker, confirm, step, interrupts)
-        if on_run is not None:
-            on_run(result)
+            step = with_db_retry(lambda: _admit(worker, confirm, interrupts, held), "starting a confirmation run")
+            _close_stale_runs(worker, confirm)
+            if step.kind in ("done", "raised"):
+                return step.kind == "done"
+            if step.kind == "wait":
+                interrupts.raise_pending()
+                time.sleep(pauses.next())
+                continue
+            pauses.reset()
+            if not announced and step.state is not None:
+                announced = True
+                log.info(
+                    "confirming %d finalist(s) against Adam's defaults on up to %d fresh seeds",
+                    sum(arm.dropped_after != 0 for arm in step.state.plan.arms),
+                    len(step.state.seeds),
+                )
+            result = _run(worker, confirm, step, interrupts)
+            held.clear()
+            if on_run is not None:
+                on_run(result)
+    except KeyboardInterrupt:
+        with interrupts.critical():  # an interrupt between a run's admission and its start: it ends FAIL
+            for trial in held:
+                fail = lambda t=trial: confirm.tell(t, state=TrialState.FAIL, skip_if_finished=True)  # noqa: E731
+                with_db_retry(fail, "recording an interrupted confirmation run")
+        raise
 
 
-def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _Step:
+def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts, held: list[optuna.Trial]) -> _Step:
     """Under the confirmation study's lock: fail stale runs, read the plan, start the next needed run."""
     from adamtune.worker import TooManyFailures
 
@@ -185,6 +194,7 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts) -> _St
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = confirm.ask()
+        held[:] = [trial]
         # The heartbeat first: should the next writes fail (and the step be retried), this trial carries no
         # arm, is ignored by the plan, and is failed as stale after the grace period.
         with_db_retry(lambda: confirm._storage.record_heartbeat(trial._trial_id), "recording a heartbeat")

@@ -175,6 +175,9 @@ class Worker:
     batch_trials: int = 1
     #: When this worker last looked for stale trials (see ``_admit``).
     _stale_check: StaleCheck = field(default_factory=StaleCheck, init=False, repr=False)
+    #: The trials this worker admitted and has not yet told: failed and re-queued if it is interrupted
+    #: anywhere between their admission and their end (``_release_held``).
+    _held: list[optuna.Trial] = field(default_factory=list, init=False, repr=False)
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -196,64 +199,93 @@ class Worker:
         """
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # its multi-line database warnings: ours are one line
         signals = (signal.SIGTERM, signal.SIGINT) if self.handle_sigint else (signal.SIGTERM,)
+        with Interrupts(signals) as interrupts:
+            try:
+                return self._loop(interrupts, on_trial)
+            except KeyboardInterrupt:
+                # An interrupt can land between a trial's admission and the start of its run, where no
+                # handler of the run owns it yet: whatever this worker still holds RUNNING ends here.
+                with interrupts.critical():
+                    self._release_held()
+                raise
+
+    def _loop(self, interrupts: Interrupts, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None) -> int:
+        """The body of :meth:`run`: admit, run, tell, until the target; then the confirmation stage."""
         ran, consecutive_failures = 0, 0
         waiting_since: int | None = None
         longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
         pauses = WaitPauses(longest)
-        with Interrupts(signals) as interrupts:
-            while True:
-                interrupts.raise_pending()
-                admission = with_db_retry(lambda: self._admit(interrupts), "starting a trial")
-                self._close_stale_runs()
-                if admission.done:
-                    # The trial target is reached: confirm the finalists (shared by every worker of the
-                    # study) unless the target was raised meanwhile, then stop.
-                    from adamtune.confirm_stage import run_stage
+        while True:
+            interrupts.raise_pending()
+            admission = with_db_retry(lambda: self._admit(interrupts), "starting a trial")
+            self._close_stale_runs()
+            if admission.done:
+                # The trial target is reached: confirm the finalists (shared by every worker of the
+                # study) unless the target was raised meanwhile, then stop.
+                from adamtune.confirm_stage import run_stage
 
-                    if self.stage_started is None:
-                        self.stage_started = time.monotonic()
-                        if self.on_target is not None:
-                            self.on_target()
-                    if run_stage(self, interrupts, self.on_confirm_run):
-                        return ran
+                if self.stage_started is None:
+                    self.stage_started = time.monotonic()
+                    if self.on_target is not None:
+                        self.on_target()
+                if run_stage(self, interrupts, self.on_confirm_run):
+                    return ran
+                continue
+            if admission.trial is None:
+                if waiting_since != admission.counts.finished:
+                    waiting_since = admission.counts.finished
+                    pauses.reset()
+                    log.info(
+                        "%d of %d trials finished; waiting for %d running trial(s) of other workers",
+                        admission.counts.finished,
+                        admission.target,
+                        admission.counts.running,
+                    )
+                interrupts.raise_pending()
+                time.sleep(pauses.next())
+                continue
+            waiting_since = None
+            pauses.reset()
+            for trial, error in self._run_admitted(admission, interrupts):
+                ran += 1
+                if on_trial is not None:
+                    on_trial(self.study, trial)
+                if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
+                    consecutive_failures = 0
                     continue
-                if admission.trial is None:
-                    if waiting_since != admission.counts.finished:
-                        waiting_since = admission.counts.finished
-                        pauses.reset()
-                        log.info(
-                            "%d of %d trials finished; waiting for %d running trial(s) of other workers",
-                            admission.counts.finished,
-                            admission.target,
-                            admission.counts.running,
-                        )
-                    interrupts.raise_pending()
-                    time.sleep(pauses.next())
-                    continue
-                waiting_since = None
-                pauses.reset()
-                for trial, error in self._run_admitted(admission, interrupts):
-                    ran += 1
-                    if on_trial is not None:
-                        on_trial(self.study, trial)
-                    if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
-                        consecutive_failures = 0
-                        continue
-                    consecutive_failures += 1
-                    if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                        raise TooManyFailures(
-                            f"{consecutive_failures} trials in a row failed with errors (see the log above); "
-                            f"check task {self.objective.spec.task!r} and its data"
-                        )
+                consecutive_failures += 1
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise TooManyFailures(
+                        f"{consecutive_failures} trials in a row failed with errors (see the log above); "
+                        f"check task {self.objective.spec.task!r} and its data"
+                    )
 
     def _run_admitted(self, admission: Admission, interrupts: Interrupts) -> list[tuple[FrozenTrial, Exception | None]]:
         """Run the admitted trial(s): one as usual, several as one batch (``batch_worker.run_batch``)."""
         if not admission.more:
             assert admission.trial is not None
-            return [self._run_trial(admission.trial, interrupts)]
-        from adamtune.batch_worker import run_batch
+            ran = [self._run_trial(admission.trial, interrupts)]
+        else:
+            from adamtune.batch_worker import run_batch
 
-        return run_batch(self, admission.trials, interrupts)
+            ran = run_batch(self, admission.trials, interrupts)
+        self._held.clear()  # each is told (or failed and re-queued) by now
+        return ran
+
+    def release(self, trials: list[optuna.Trial]) -> None:
+        """Forget ``trials`` as held: their end was written (used where a run handles its own interrupt)."""
+        self._held[:] = [t for t in self._held if all(t is not other for other in trials)]
+
+    def _release_held(self) -> None:
+        """Fail and re-queue the trials this worker admitted and has not told (an interrupt between their
+        admission and their run); repeating it for a trial already ended neither tells twice nor queues twice."""
+        for trial in self._held:
+            _, requeued = with_db_retry(
+                lambda t=trial: self._fail_and_requeue(t), f"recording and re-queueing trial {trial.number}"
+            )
+            if requeued:
+                log.warning("trial %d: interrupted before it started; queued to run again", trial.number)
+        self._held.clear()
 
     def _target(self) -> int:
         settings = self.study.user_attrs.get(SETTINGS_ATTR) or {}
@@ -300,6 +332,7 @@ class Worker:
                 if is_transient_db_error(exc):
                     with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
                 raise
+            self._held[:] = asked
             for trial in asked:  # retried on its own: repeating the whole admission would create more trials
                 if trial._trial_id not in beaten:
                     with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
@@ -356,6 +389,7 @@ class Worker:
                     _, requeued = with_db_retry(
                         lambda: self._fail_and_requeue(trial), f"recording and re-queueing trial {trial.number}"
                     )
+                    self.release([trial])
                 again = "; queued to run again with the same settings" if requeued else ""
                 log.warning("trial %d: interrupted; recorded as failed%s", trial.number, again)
                 raise

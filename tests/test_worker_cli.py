@@ -274,3 +274,40 @@ def test_two_workers_racing_for_the_last_place_start_one_trial(
     waiting = [a for a in admissions if a.trial is None]
     assert waiting[0].counts.running == 1 and not waiting[0].done
     workers[0].study.tell(started[0], state=optuna.trial.TrialState.FAIL)
+
+
+@pytest.mark.parametrize("stage", ["trials", "confirmation"])
+def test_an_interrupt_between_admission_and_run_leaves_nothing_running(
+    stage: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM/Ctrl-C can land after a trial (or a confirmation run) was created RUNNING and before its run's
+    own handler owns it. The worker must still end it: FAIL, and a trial is re-queued. The interrupt is
+    raised at that point by hand (a real signal cannot be aimed at it); the study is a real SQLite file."""
+    import adamtune.confirm_stage as confirm_stage
+    from adamtune.confirm import confirm_study_name
+    from adamtune.worker_setup import join_study
+
+    url = "sqlite:///adamtune.db"
+    make_study(url, n_trials=2)
+    worker = join_study(WorkerOptions(storage_url=url, study_name="synthetic", tracking=False, seed=1))
+    calls: list[object] = []
+
+    def interrupted(*args: object) -> None:  # called right after each admission
+        calls.append(args)
+        raise KeyboardInterrupt
+
+    if stage == "trials":
+        monkeypatch.setattr(worker, "_close_stale_runs", interrupted)
+    else:  # the two trials run; the stage's first run is interrupted
+        monkeypatch.setattr(confirm_stage, "_close_stale_runs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        worker.run()
+    assert calls
+    state = optuna.trial.TrialState
+    states = [t.state for t in worker.study.get_trials(deepcopy=False)]
+    assert state.RUNNING not in states, states
+    if stage == "trials":
+        assert states == [state.FAIL, state.WAITING]  # the baseline, failed, and its retry queued
+    else:
+        runs = optuna.load_study(study_name=confirm_study_name("synthetic"), storage=url).trials
+        assert [t.state for t in runs] == [state.FAIL], runs
