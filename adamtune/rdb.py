@@ -45,6 +45,7 @@ from adamtune.rdb_shared import SharedReads
 log = logging.getLogger(__name__)
 
 _beats = threading.local()  # .scope: (storage, set of trial ids) of this thread's first_heartbeats()
+_caps = threading.local()  # .scope: (storage, target) of this thread's admission_cap()
 
 #: How many finished trials are kept for their first read after this storage finished them.
 _TOLD = 16
@@ -148,6 +149,9 @@ class StudyStorage(SharedReads):
         told = None
         try:
             with _create_scoped_session(self.scoped_session) as session:
+                cap = self._cap() if state == TrialState.RUNNING else None
+                if cap is not None:  # taking a queued trial within an admission: only into a free place
+                    rdb_rows.lock_study_places(session, rdb_rows.study_of(session, trial_id), cap)
                 row = rdb_rows.trial_row(session, trial_id, for_update=True)
                 self.check_trial_is_updatable(trial_id, row.state)
                 if taken:
@@ -224,7 +228,7 @@ class StudyStorage(SharedReads):
             self._share_created(study_id, copy.deepcopy(frozen), before)
             return frozen
         try:
-            row = self._create_running_trial(study_id, heartbeat=beaten is not None)
+            row = self._create_running_trial(study_id, heartbeat=beaten is not None, cap=self._cap())
         finally:
             self._wrote()
         if beaten is not None:
@@ -235,7 +239,7 @@ class StudyStorage(SharedReads):
         self._share_created(study_id, _new_trial(row), before)
         return _new_trial(row)
 
-    def _create_running_trial(self, study_id: int, *, heartbeat: bool) -> rdb_rows.TrialRow:
+    def _create_running_trial(self, study_id: int, *, heartbeat: bool, cap: int | None = None) -> rdb_rows.TrialRow:
         """A new RUNNING trial's row as Optuna's ``_create_new_trial`` makes it, tried up to 5 times as Optuna
         does (a deadlock between servers' workers is reported as ``StorageInternalError``)."""
         import random
@@ -246,7 +250,7 @@ class StudyStorage(SharedReads):
         for attempt in range(1, 6):
             try:
                 with _create_scoped_session(self.scoped_session) as session:
-                    return rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat)
+                    return rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat, cap=cap)
             except optuna.exceptions.StorageInternalError:
                 if attempt == 5:
                     raise
@@ -271,6 +275,22 @@ class StudyStorage(SharedReads):
             yield beaten
         finally:
             _beats.scope = outer
+
+    @contextlib.contextmanager
+    def admission_cap(self, target: int) -> Iterator[None]:
+        """Within: a trial this thread creates, or takes from the queue, only goes into a free place of the
+        study's ``target`` (checked in the creating transaction, ``rdb_rows.lock_study_places``); otherwise
+        ``ask`` raises :class:`~adamtune.rdb_rows.NoFreePlace` and nothing was created."""
+        outer = getattr(_caps, "scope", None)
+        _caps.scope = (self, target)
+        try:
+            yield
+        finally:
+            _caps.scope = outer
+
+    def _cap(self) -> int | None:
+        scope = getattr(_caps, "scope", None)
+        return scope[1] if scope is not None and scope[0] is self else None
 
     def _beaten(self) -> set[int] | None:
         scope = getattr(_beats, "scope", None)

@@ -62,6 +62,18 @@ def trial_row(session: Any, trial_id: int, *, for_update: bool = False) -> Trial
     return _trial_row(row)
 
 
+def study_of(session: Any, trial_id: int) -> int:
+    """The study id of trial ``trial_id`` (KeyError for a missing trial, as :func:`trial_row`)."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    table = models.TrialModel.__table__
+    study_id = session.execute(select(table.c.study_id).where(table.c.trial_id == trial_id)).scalar_one_or_none()
+    if study_id is None:
+        raise KeyError(f"No trial with trial-id {trial_id} exists.")
+    return int(study_id)
+
+
 def trial_rows(session: Any, conditions: list[Any]) -> list[TrialRow]:
     """The rows (as :func:`trial_row`) of the trials meeting ``conditions``, by trial id."""
     from optuna.storages._rdb import models
@@ -85,7 +97,41 @@ def set_trial_row(session: Any, trial_id: int, **columns: Any) -> None:
     session.execute(update(table).where(table.c.trial_id == trial_id).values(**columns))
 
 
-def create_trial_row(session: Any, study_id: int, *, heartbeat: bool) -> TrialRow:
+class NoFreePlace(Exception):
+    """The study already holds its trial target in running and finished trials: no trial was created."""
+
+
+def lock_study_places(session: Any, study_id: int, cap: int | None) -> None:
+    """Lock study ``study_id``'s row (``FOR UPDATE``, as Optuna does before creating a trial) and, with a
+    ``cap``, refuse when its RUNNING, COMPLETE and PRUNED trials (running plus finished, as the worker counts
+    them) are ``cap`` or more.
+
+    The check is in the transaction that then creates (or takes from the queue) the trial, so whatever the
+    caller read before, and whatever happened to the admission lock's connection meanwhile, a study never
+    gets a trial beyond its target: the creations of one study are serialized by this row lock on a
+    server, and by the database's single write lock on SQLite.
+
+    Raises:
+        KeyError: no such study (Optuna's error). NoFreePlace: the study is full.
+    """
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+    locked = sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
+    if session.execute(locked).first() is None:
+        raise KeyError(getattr(models, "NOT_FOUND_MSG", f"No study with id {study_id}."))
+    if cap is None:
+        return
+    taken = sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id)).where(
+        trials.c.study_id == study_id,
+        trials.c.state.in_([TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED]),
+    )
+    if session.execute(taken).scalar_one() >= cap:
+        raise NoFreePlace(f"study {study_id} holds its target of {cap} running and finished trials")
+
+
+def create_trial_row(session: Any, study_id: int, *, heartbeat: bool, cap: int | None = None) -> TrialRow:
     """Create a RUNNING trial of study ``study_id`` with no settings or attributes (what Optuna's ``ask``
     creates), and with its first heartbeat if ``heartbeat``; returns its row.
 
@@ -97,16 +143,17 @@ def create_trial_row(session: Any, study_id: int, *, heartbeat: bool) -> TrialRo
     under that lock (PostgreSQL) or holding the database's only write lock (SQLite, whose lock is taken as
     the statement starts). 2 statements (3 with the heartbeat) where Optuna sends 4.
 
+    With a ``cap`` (the study's trial target, within an admission), no trial is created once the study
+    holds that many running and finished trials (:func:`lock_study_places`).
+
     Raises:
-        KeyError: no such study (Optuna's error).
+        KeyError: no such study (Optuna's error). NoFreePlace: the study is full (``cap``).
     """
     import sqlalchemy
     from optuna.storages._rdb import models
 
-    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-    locked = sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
-    if session.execute(locked).first() is None:
-        raise KeyError(getattr(models, "NOT_FOUND_MSG", f"No study with id {study_id}."))
+    trials = models.TrialModel.__table__
+    lock_study_places(session, study_id, cap)
     count = sqlalchemy.select(sqlalchemy.func.count(trials.c.trial_id)).where(trials.c.study_id == study_id)
     start = datetime.now()
     stored = start.astimezone(timezone.utc).replace(tzinfo=None) if _datetimes_in_utc() else start

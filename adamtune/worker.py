@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.errors import AdamtuneError
 from adamtune.rdb import StudyStorage
+from adamtune.rdb_rows import NoFreePlace
 from adamtune.study import (
     RUN_ID_ATTR,
     SETTINGS_ATTR,
@@ -318,14 +319,21 @@ class Worker:
                 return Admission(counts, target)
             running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
             asked: list[optuna.Trial] = []
+            # The storage checks the target again in each creating transaction: a lost lock (its connection
+            # cut) or a stale read above can then cost a wait, never a trial beyond the target.
+            capped = backend.admission_cap(target) if ours else nullcontext()
             try:
-                with warnings.catch_warnings():
-                    # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
-                    # worker records the heartbeats itself (see Heartbeat), so the warning does not apply.
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                    # Never more than the free places: each asked trial is RUNNING before the lock is released.
-                    for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
-                        asked.append(self.study.ask())
+                try:
+                    with warnings.catch_warnings(), capped:
+                        # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
+                        # worker records the heartbeats itself (see Heartbeat): the warning does not apply.
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                        # Never more than the free places: each asked trial is RUNNING before the lock is released.
+                        for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
+                            asked.append(self.study.ask())
+                except NoFreePlace:
+                    if not asked:
+                        return Admission(counts, target)  # full after all: wait, as for a place taken
                 for trial in asked:
                     self._draw_settings(trial)
             except Exception as exc:

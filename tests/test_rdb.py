@@ -344,3 +344,32 @@ def test_trials_created_at_once_by_many_storages_get_distinct_numbers(
         thread.join()
     numbers = [t.number for t in optuna.storages.RDBStorage(url).get_all_trials(studies[0]._study_id)]
     assert sorted(numbers) == list(range(40))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_an_admission_cap_never_creates_or_takes_a_trial_beyond_the_target(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The target is checked in the creating transaction itself: whatever an admission read before (a stale
+    read, a lock lost with its connection), a full study gets no new trial and no queued one is taken."""
+    storage = open_storage(database_url(backend, tmp_path, request))
+    study = optuna.create_study(storage=storage, study_name="capped")
+    done = ask(study)
+    study.tell(done, 1.0)
+    pruned = ask(study)
+    study.tell(pruned, state=TrialState.PRUNED)
+    failed = ask(study)
+    study.tell(failed, state=TrialState.FAIL)  # a failed trial holds no place
+    with storage.admission_cap(3):
+        running = ask(study)  # the third place
+        with pytest.raises(rdb_rows.NoFreePlace):
+            ask(study)
+    study.enqueue_trial({}, skip_if_exists=False)
+    with storage.admission_cap(3), pytest.raises(rdb_rows.NoFreePlace):
+        ask(study)  # the queued trial is not taken either
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    study.tell(running, state=TrialState.FAIL)
+    with storage.admission_cap(3):
+        assert ask(study).number == 4  # a place freed: the queued trial is taken
+    assert ask(study).number == 5  # outside an admission: no cap
