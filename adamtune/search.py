@@ -107,15 +107,11 @@ def run_search(
     from adamtune.tasks import resolve_task
 
     started = time.monotonic()
-    mlflow_helper = workers == 1 and options.tracking and not options.system_metrics
-    if mlflow_helper:
-        from adamtune.tracking_remote import prestart
+    if workers == 1 and options.tracking and trainer is not None:
+        # this process mostly waits for the trainer's start-up: import the plots' libraries meanwhile
+        from adamtune.tracking_study import preload_plots
 
-        prestart()  # MLflow's helper process starts beside this one's imports (see tracking_remote.py)
-        if trainer is not None:  # this process mostly waits for the trainer's start-up: import the plots' libraries
-            from adamtune.tracking_study import preload_plots
-
-            preload_plots()
+        preload_plots()
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study
         start_fork_server(tracking=options.tracking)
     task: Task | LoopTask | None = None
@@ -127,10 +123,6 @@ def run_search(
         task = resolve_task(spec.task)
         spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad one
         device_list = resolve_devices(devices if devices is not None else options.device, workers)
-    if mlflow_helper:
-        from adamtune.tracking_remote import preload_spare
-
-        preload_spare()  # the task (and torch) are imported: MLflow's helper imports MLflow now
     heartbeat_settings()
     options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")
     if trainer is not None:

@@ -34,11 +34,8 @@ The training loop never waits on MLflow: every call goes to one background write
 ``tracking_trial.py``). The parent run's progress metrics are coalesced: one call per
 ``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured cost: ``bench/tracking.py``.
 
-Where MLflow runs: a tracker whose open is deferred (below) makes its calls through a helper process
-(``tracking_remote.py``), so that MLflow's import, the store's creation and its per-call Python run
-on another core instead of sharing the training process's interpreter; the training process then
-never imports MLflow. Other trackers (workers, ``verify``, ``cleanup``), or any with system metrics
-on, call ``MlflowClient`` in this process. Both take the same calls (``LocalClient``/``RemoteClient``).
+Where MLflow runs: on the tracker's writer thread, through ``MlflowClient`` (``tracking_client.py``).
+A one-worker search trains in its trainer process, so MLflow never shares the training interpreter.
 
 Failure
 -------
@@ -82,8 +79,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adamtune.errors import TrackingError
+from adamtune.tracking_client import LocalClient
 from adamtune.tracking_preflight import check_store, create_local_store, deferrable_uri
-from adamtune.tracking_remote import LocalClient, RemoteClient, take_helper, use_process
 from adamtune.tracking_stale import close_orphan_runs
 from adamtune.tracking_study import (
     PARENT_TAG,
@@ -182,7 +179,6 @@ class Tracker:
         self.direction = "minimize"
         self.objective = "val_loss"
         self.client: Any = None
-        self._helper: RemoteClient | None = None
         self.experiment_id: str | None = None
         #: Why tracking was given up (a deferred open that failed), else None.
         self.disabled: str | None = None
@@ -212,28 +208,20 @@ class Tracker:
         """The id of the study's parent run once known (see :meth:`attach`), else None."""
         return self.parent.run_id
 
-    def _open(self, tracking_uri: str | None, helper: RemoteClient | None = None) -> None:
-        """Open (create) the store and find or make the study's experiment, here or in ``helper``."""
-        client: LocalClient | RemoteClient
-        if helper is not None:
-            helper.open(tracking_uri)  # MLflow's import and the store's creation, in the helper process
-            client = helper
-        else:
-            import mlflow  # noqa: F401
+    def _open(self, tracking_uri: str | None) -> None:
+        """Open (create) the store and find or make the study's experiment."""
+        import mlflow  # noqa: F401
 
-            _quiet_mlflow_logs()  # after the import: importing MLflow sets its loggers' levels
-            create_local_store(tracking_uri)
-            client = LocalClient(tracking_uri)
+        _quiet_mlflow_logs()  # after the import: importing MLflow sets its loggers' levels
+        create_local_store(tracking_uri)
+        client = LocalClient(tracking_uri)
         self.experiment_id = self._experiment_id(client)
         self.tracking_uri = str(client.tracking_uri)
         self.client = client
 
     def _open_deferred(self, _client: Any, _run_id: str | None) -> None:
-        """The writer's first call when the open is deferred: open (create) the store, in a helper process
-        unless system metrics are on (they sample this process) or ``ADAMTUNE_TRACKING_PROCESS=0``."""
-        if self._helper is None and use_process() and not self.system_metrics:
-            self._helper = take_helper(on_exit=self._helper_exited)  # kept across retries of this call
-        if self._or_give_up(lambda: self._open(self.tracking_uri, self._helper)):
+        """The writer's first call when the open is deferred: open (create) the store."""
+        if self._or_give_up(lambda: self._open(self.tracking_uri)):
             self.writer.client = self.client
 
     def _or_give_up(self, action: Callable[[], None]) -> bool:
@@ -264,25 +252,11 @@ class Tracker:
             "without tracking (the study database keeps every trial); check --tracking-uri / MLFLOW_TRACKING_URI"
         )
 
-    def _helper_exited(self, reason: str) -> None:
-        """The helper process died mid-search (called on the writer thread): give tracking up, once."""
-        if self.disabled is None:
-            self._stop_tracking(
-                f"MLflow: {reason}; this search goes on without tracking from here (the study database keeps "
-                "every trial)"
-            )
-
     def _stop_tracking(self, notice: str) -> None:
         self.disabled = notice
         self.notify(notice)
         self.parent.resolve(None)
         self.writer.disable()
-        self._close_helper()
-
-    def _close_helper(self) -> None:
-        helper, self._helper = self._helper, None
-        if helper is not None:
-            helper.close()
 
     def _experiment_id(self, client: Any) -> str:
         name = experiment_name(self.study_name)
@@ -479,7 +453,6 @@ class Tracker:
         if waiting and not self.writer.healthy:
             self.notify(f"MLflow: waiting up to {timeout or self.close_timeout:.0f} s to send {waiting} queued calls")
         dropped = self.writer.close(self.close_timeout if timeout is None else timeout)
-        self._close_helper()
         if dropped and self.disabled is None:  # a tracker that gave up has said so already
             self.notify(
                 f"MLflow: {dropped} tracking call(s) could not be sent to {self.tracking_uri} and were dropped; "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adamtune.tracking_remote import RunTag
+from adamtune.tracking_client import RunTag
 from adamtune.tracking_trial import RUN_STATUS
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamtune.tracking_remote import NICENESS, Metric, Param, RunTag
+from adamtune.tracking_client import NICENESS, Metric, Param, RunTag
 from adamtune.tracking_trial import BATCH_LIMIT
 from adamtune.tracking_writer import _first_line, _now_ms, _Op, is_retryable
 
@@ -224,7 +224,7 @@ def preload_plots() -> threading.Thread:
 
 def yield_cpu() -> None:
     """Lower the calling thread's scheduling priority by ``NICENESS``, so that drawing gives way to the
-    training and the trial loop when the cores are busy (as the MLflow helper process does). Linux only,
+    training and the trial loop when the cores are busy. Linux only,
     where a thread has its own nice value; elsewhere it does nothing (it would lower the whole process)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):

@@ -19,8 +19,8 @@ and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 
 MLflow is never imported here: the training thread keeps metrics, params and tags as plain tuples
 ``(key, value, timestamp, step)`` / ``(key, value)``; the call that sends them wraps them in the light
-entities of ``tracking_remote.py``, which the tracker's client turns into MLflow's (in this process or
-in the helper process). So trial 0 trains while MLflow is still being imported elsewhere.
+entities of ``tracking_client.py``, which the tracker's client turns into MLflow's on its writer thread.
+So trial 0 trains while MLflow is still being imported.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from adamtune.tracking_remote import Metric, Param, RunTag
+from adamtune.tracking_client import Metric, Param, RunTag
 from adamtune.tracking_writer import RunHandle, _now_ms
 
 if TYPE_CHECKING:

@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adamtune.tracking_remote import RemoteError
-
 log = logging.getLogger(__name__)
 
 #: Backoff between tries of a call while the store is unreachable: doubles from the first to the last.
@@ -75,8 +73,6 @@ def is_retryable(exc: BaseException) -> bool:
     error code maps to a 4xx HTTP status; connection errors and server errors map to 5xx, and anything
     that is not an ``MlflowException`` (OSError, requests or SQLAlchemy errors) is taken as transient.
     """
-    if isinstance(exc, RemoteError):  # raised by MLflow in the helper process, which judged it there
-        return exc.retryable
     if "mlflow.exceptions" not in sys.modules:  # MLflow is not imported here: not one of its errors
         return True
     from mlflow.exceptions import MlflowException
@@ -89,8 +85,6 @@ def is_retryable(exc: BaseException) -> bool:
 
 def answered_with_error(exc: BaseException) -> bool:
     """True when a tracking server answered the call with an error of its own (MLflow's ``RestException``)."""
-    if isinstance(exc, RemoteError):
-        return exc.server_error
     exceptions = sys.modules.get("mlflow.exceptions")
     return exceptions is not None and isinstance(exc, exceptions.RestException)
 

@@ -20,7 +20,7 @@ median of the per-round ratios is the result. Both sides use the same number of 
 (``--threads``, default 1).
 
 Usage: ``python bench/overhead.py [--trials 30] [--rounds 3] [--threads 1] [--compare NAME=VALUE]``
-(``--compare ADAMTUNE_TRACKING_PROCESS=0``: the same rounds with MLflow in the training process).
+(``--compare ADAMTUNE_TRAINER=inline``: the same rounds with the training in the command's process).
 """
 
 from __future__ import annotations

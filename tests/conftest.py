@@ -92,7 +92,7 @@ def trial_run_id(tracking_uri: str, study_name: str, trial) -> str:  # type: ign
     """The id of ``trial``'s MLflow run, found by its tags as the product promises (``tracking_trial.py``).
 
     The trial's ``mlflow.run_id`` attribute may be missing while a run created after the trial ended (a
-    one-worker search's first trial often ends before the MLflow helper has opened the store) is not
+    one-worker search's first trial often ends before the tracker's writer has opened the store) is not
     linked yet; when it is there, it must name the same run.
     """
     from mlflow import MlflowClient
