@@ -20,20 +20,20 @@ __all__ = ["Fold", "LoopTask", "StopTrial", "Task", "TrialContext", "TrialDiverg
 
 #: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
 _LAZY = {
-    "TrialContext": "adamtune.context",
-    "StopTrial": "adamtune.context",
-    "TrialPruned": "adamtune.context",
-    "TrialDiverged": "adamtune.context",
+    "TrialContext": "adamtune.training.context",
+    "StopTrial": "adamtune.training.context",
+    "TrialPruned": "adamtune.training.context",
+    "TrialDiverged": "adamtune.training.context",
     "LoopTask": "adamtune.tasks.loop",
     "Task": "adamtune.tasks.base",
-    "Fold": "adamtune.folds",
+    "Fold": "adamtune.core.folds",
 }
 
 if TYPE_CHECKING:
-    from adamtune.context import StopTrial, TrialContext, TrialDiverged, TrialPruned
-    from adamtune.folds import Fold
+    from adamtune.core.folds import Fold
     from adamtune.tasks.base import Task
     from adamtune.tasks.loop import LoopTask
+    from adamtune.training.context import StopTrial, TrialContext, TrialDiverged, TrialPruned
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """``python -m adamtune`` runs the command-line interface."""
 
-from adamtune.cli import main
+from adamtune.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from adamtune.batched import BatchTrial, train_batched
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks import resolve_task
 from adamtune.tasks.base import Split, Task, TaskData
-from adamtune.train import train
+from adamtune.training.batched import BatchTrial, train_batched
+from adamtune.training.train import train
 
 
 def workloads(mnist_train: int, device: str) -> dict[str, tuple[Task, TaskData, int]]:

@@ -97,11 +97,12 @@ def curve(params: dict[str, float], epoch: int) -> float:
 def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool) -> Meter:
     from optuna.trial import TrialState
 
-    from adamtune.config import build_spec
-    from adamtune.reporting import TrialWriter
-    from adamtune.signals import Interrupts
-    from adamtune.space import baseline_for, suggest
-    from adamtune.study import (
+    from adamtune.core.config import build_spec
+    from adamtune.core.signals import Interrupts
+    from adamtune.core.space import baseline_for, suggest
+    from adamtune.search.worker import Worker
+    from adamtune.storage.reporting import TrialWriter
+    from adamtune.storage.study import (
         BASELINE_ATTR,
         CURVES_ATTR,
         DEVICE_ATTR,
@@ -113,7 +114,6 @@ def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool
         create_or_resume,
         open_storage,
     )
-    from adamtune.worker import Worker
 
     spec = build_spec("digits", None, None, {"n_trials": n_trials, "epochs": epochs}).with_task_defaults(epochs, 32)
     storage = open_storage(url)

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from adamtune.checkpoint import TrialCheckpoints, open_store
-from adamtune.context import TrialContext
-from adamtune.runner import run_in_context
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks import resolve_task
 from adamtune.tasks.base import Split, TaskData
+from adamtune.training.checkpoint import TrialCheckpoints, open_store
+from adamtune.training.context import TrialContext
+from adamtune.training.runner import run_in_context
 
 CIFAR10_TRAIN_IMAGES = 45_000
 GOAL = 0.02

@@ -20,7 +20,7 @@ Two modes:
 
 ``epoch`` (meant for CUDA)
     Seconds per CIFAR-10 epoch (45,000 training images, validation on 5,000) of the ``cifar10`` task
-    with ``adamtune.train.train`` at the task's defaults, on random data of the real shapes. The first
+    with ``adamtune.training.train.train`` at the task's defaults, on random data of the real shapes. The first
     epoch includes warm-up (cuDNN autotuning, allocator); later epochs are steady state.
 
 Usage::
@@ -40,12 +40,12 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from adamtune.optim import make_optimizer
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks.base import Split, Task, TaskData
 from adamtune.tasks.cifar import CIFAR10_MEAN, CIFAR10_STD
 from adamtune.tasks.cifar import make_task as make_cifar10_task
-from adamtune.train import train
+from adamtune.training.optim import make_optimizer
+from adamtune.training.train import train
 
 
 def random_cifar(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,9 +43,9 @@ import torch
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from adamtune.confirm import confirm_study_name
-from adamtune.space import AdamParams
-from adamtune.study import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR
+from adamtune.core.confirm_rule import confirm_study_name
+from adamtune.core.space import AdamParams
+from adamtune.storage.study import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR
 from adamtune.tasks import digits
 
 ROOT = Path(__file__).resolve().parent.parent

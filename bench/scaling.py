@@ -49,8 +49,8 @@ from typing import Any
 
 import optuna
 
-from adamtune.config import build_spec
-from adamtune.study import create_or_resume, open_storage
+from adamtune.core.config import build_spec
+from adamtune.storage.study import create_or_resume, open_storage
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -174,9 +174,9 @@ class Bookkeeping:
 
 def bookkeeping(backend: str, url: str, trials: int, epochs: int) -> Bookkeeping:
     """Run ``trials`` synthetic trials of ``epochs`` epochs (hyperband, the default pruner) through a real worker."""
+    from adamtune.launch.worker_setup import make_worker
+    from adamtune.search.worker import WorkerOptions
     from adamtune.tasks.loop import LoopData, LoopTask
-    from adamtune.worker import WorkerOptions
-    from adamtune.worker_setup import make_worker
 
     name = f"bookkeeping-{backend}"
     spec = build_spec("digits", None, name, {"n_trials": trials, "epochs": epochs, "confirm": False})

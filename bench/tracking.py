@@ -38,15 +38,15 @@ from pathlib import Path
 import optuna
 import torch
 
-from adamtune import objective as objective_module
-from adamtune.config import build_spec
-from adamtune.objective import Objective
-from adamtune.space import AdamParams
-from adamtune.study import create_or_resume, open_storage
+from adamtune.core.config import build_spec
+from adamtune.core.space import AdamParams
+from adamtune.search import objective as objective_module
+from adamtune.search.objective import Objective
+from adamtune.storage.study import create_or_resume, open_storage
 from adamtune.tasks import resolve_task
-from adamtune.tracking import Tracker
-from adamtune.tracking_trial import TrialRun
-from adamtune.tracking_writer import Writer, _Op
+from adamtune.tracking.tracker import Tracker
+from adamtune.tracking.trial_run import TrialRun
+from adamtune.tracking.writer import Writer, _Op
 
 #: Adam settings inside digits' search space, from tame to aggressive.
 CONFIGS = [

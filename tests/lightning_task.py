@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import adamtune
-from adamtune.lightning import AdamtuneCallback, configure_optimizers, trainer_options
+from adamtune.training.lightning import AdamtuneCallback, configure_optimizers, trainer_options
 
 #: (trial number, epoch) of every training epoch Lightning ran, to see that pruned trials stop.
 EPOCHS_RUN: list[tuple[int | None, int]] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adamtune.cli import cli
+from adamtune.cli.main import cli
 
 
 def _not_a_database(path: Path) -> None:

@@ -12,15 +12,15 @@ from click.testing import CliRunner, Result
 from loop_tasks import write_task
 from mlflow import MlflowClient
 
-from adamtune.batch_worker import BATCH_ATTR
-from adamtune.cli import cli
-from adamtune.objective import trial_seed
-from adamtune.space import BASELINE
-from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR, count_trials, trial_state
+from adamtune.cli.main import cli
+from adamtune.core.space import BASELINE
+from adamtune.launch.worker_setup import join_study
+from adamtune.search.batch_worker import BATCH_ATTR
+from adamtune.search.objective import trial_seed
+from adamtune.search.worker import WorkerOptions
+from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR, count_trials, trial_state
 from adamtune.tasks import resolve_task
-from adamtune.train import train
-from adamtune.worker import WorkerOptions
-from adamtune.worker_setup import join_study
+from adamtune.training.train import train
 from tests.conftest import trial_run_id
 
 EPOCHS = 3

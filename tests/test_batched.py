@@ -13,13 +13,13 @@ import pytest
 import torch
 from dataset_files import write_mnist
 
-from adamtune.batched import BatchedAdam, BatchTrial, batch_blocker, train_batched
-from adamtune.optim import make_optimizer
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks import resolve_task
 from adamtune.tasks.base import Task
 from adamtune.tasks.mnist import make_mlp_model
-from adamtune.train import Curves, train
+from adamtune.training.batched import BatchedAdam, BatchTrial, batch_blocker, train_batched
+from adamtune.training.optim import make_optimizer
+from adamtune.training.train import Curves, train
 
 torch.set_num_threads(1)
 

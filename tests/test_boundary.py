@@ -19,10 +19,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from adamtune.reporting import TrialWriter
-from adamtune.signals import Interrupts
-from adamtune.study import open_storage
-from adamtune.worker import Worker
+from adamtune.core.signals import Interrupts
+from adamtune.search.worker import Worker
+from adamtune.storage.reporting import TrialWriter
+from adamtune.storage.study import open_storage
 
 TRIALS = 14  # TPE's joint draw starts after its 10 startup trials
 

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from adamtune.checkpoint import TrialCheckpoints, default_location, lineage_of, open_store
-from adamtune.context import TrialContext
-from adamtune.runner import run_in_context
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks import resolve_task
 from adamtune.tasks.base import Task
 from adamtune.tasks.loop import LoopTask
+from adamtune.training.checkpoint import TrialCheckpoints, default_location, lineage_of, open_store
+from adamtune.training.context import TrialContext
+from adamtune.training.runner import run_in_context
 
 SYNTHETIC = resolve_task("synthetic")
 DATA = SYNTHETIC.load_data(None)
@@ -229,7 +229,7 @@ def test_checkpoint_refuses_objects_without_state(tmp_path: Path) -> None:
 def test_keep_best_checkpoint_leaves_only_the_best_complete_trial_s_final_state(workdir: Path) -> None:
     import optuna
 
-    from adamtune.checkpoint import BEST_ATTR
+    from adamtune.training.checkpoint import BEST_ATTR
     from tests.test_parallel import finish, start
 
     args = ("search", "--task", "synthetic", "--n-trials", "4", "--epochs", "3", "--pruner", "none", "--seed", "0")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adamtune.config import PRUNER_NAMES, SAMPLER_NAMES, build_spec, builtin_study_file
-from adamtune.errors import ConfigError
+from adamtune.core.config import PRUNER_NAMES, SAMPLER_NAMES, build_spec, builtin_study_file
+from adamtune.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -66,13 +66,13 @@ def test_missing_file_and_missing_task(tmp_path: Path) -> None:
 
 
 def test_names_match_the_factories() -> None:
-    from adamtune.study import PRUNERS, SAMPLERS
+    from adamtune.storage.study import PRUNERS, SAMPLERS
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS) and set(PRUNER_NAMES) == set(PRUNERS)
 
 
 def test_every_shipped_study_file_is_valid() -> None:
-    from adamtune.config import studies_dir
+    from adamtune.core.config import studies_dir
 
     files = sorted(studies_dir().glob("*.toml"))
     assert {"digits.toml", "synthetic.toml"} <= {f.name for f in files}

@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from adamtune.cli import cli
-from adamtune.config import StudySpec, build_spec
-from adamtune.confirm import (
+from adamtune.cli.main import cli
+from adamtune.core.config import StudySpec, build_spec
+from adamtune.core.confirm_rule import (
     ARM_ATTR,
     BASELINE_ARM,
     FIRST_SEED,
@@ -39,11 +39,11 @@ from adamtune.confirm import (
     stage_budget,
     t_quantile,
 )
-from adamtune.errors import ConfigError
-from adamtune.folds import Fold
-from adamtune.report import summarize
-from adamtune.space import BASELINE
-from adamtune.study import (
+from adamtune.core.errors import ConfigError
+from adamtune.core.folds import Fold
+from adamtune.core.space import BASELINE
+from adamtune.report.summary import summarize
+from adamtune.storage.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
     PARAMS_ATTR,
@@ -54,7 +54,7 @@ from adamtune.study import (
     create_or_resume,
     open_storage,
 )
-from adamtune.tracking import experiment_name
+from adamtune.tracking.tracker import experiment_name
 
 SEEDS = confirm_seeds([], 5)
 
@@ -121,7 +121,7 @@ def results_for(arms: dict[str, list[float]], seeds: list[int] = SEEDS) -> dict[
 
 
 def test_seeds_are_fresh_and_disjoint_from_verify() -> None:
-    from adamtune.verify import FIRST_SEED as VERIFY_FIRST
+    from adamtune.report.verify import FIRST_SEED as VERIFY_FIRST
 
     assert [FIRST_SEED + i for i in range(5)] == SEEDS and FIRST_SEED - VERIFY_FIRST >= 1_000_000
     assert confirm_seeds([FIRST_SEED + 1], 3) == [FIRST_SEED, FIRST_SEED + 2, FIRST_SEED + 3]
@@ -402,8 +402,8 @@ def test_search_confirms_logs_to_mlflow_and_prints_the_cost(workdir: Path) -> No
 
 
 def test_an_interrupted_stage_resumes_without_redoing_runs(workdir: Path) -> None:
-    from adamtune.search import run_search
-    from adamtune.worker import WorkerOptions
+    from adamtune.launch.search import run_search
+    from adamtune.search.worker import WorkerOptions
 
     storage = f"sqlite:///{workdir}/a.db"
     spec = build_spec("synthetic", None, None, {"n_trials": 5, "epochs": 3, "pruner": "none", "seed": 2})

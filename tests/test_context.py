@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import adamtune
-from adamtune.context import TrialContext, TrialDiverged, TrialPruned
-from adamtune.runner import run_in_context, train_once
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks.loop import LoopData, LoopTask
+from adamtune.training.context import TrialContext, TrialDiverged, TrialPruned
+from adamtune.training.runner import run_in_context, train_once
 
 
 def context(**overrides: object) -> TrialContext:

@@ -32,8 +32,9 @@ from dataset_files import (
     write_tarball,
 )
 
-from adamtune import data, datasets
-from adamtune.errors import DataError
+from adamtune.core.errors import DataError
+from adamtune.data import datasets
+from adamtune.data import download as data
 
 
 def one_line(exc: pytest.ExceptionInfo[DataError]) -> str:

@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from adamtune.context import TrialContext
-from adamtune.space import AdamParams
-from adamtune.study import CURVES_ATTR, SEED_ATTR, STATE_ATTR
+from adamtune.core.space import AdamParams
+from adamtune.storage.study import CURVES_ATTR, SEED_ATTR, STATE_ATTR
 from adamtune.tasks import resolve_task
-from adamtune.train import build_model, evaluate_metrics
+from adamtune.training.context import TrialContext
+from adamtune.training.train import build_model, evaluate_metrics
 from tests.conftest import trial_run_id
 from tests.test_parallel import finish, start
 

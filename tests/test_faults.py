@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from adamtune.cli import cli
-from adamtune.study import BASELINE_ATTR
+from adamtune.cli.main import cli
+from adamtune.storage.study import BASELINE_ATTR
 from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow

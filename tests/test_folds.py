@@ -17,14 +17,14 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from adamtune.cli import cli
-from adamtune.confirm import ARM_ATTR, FIXED_ROWS_NOTE, FOLD_ATTR, confirm_study_name
-from adamtune.folds import Fold, split_indices
-from adamtune.runner import train_once
-from adamtune.space import BASELINE
-from adamtune.study import SEED_ATTR, SETTINGS_ATTR
+from adamtune.cli.main import cli
+from adamtune.core.confirm_rule import ARM_ATTR, FIXED_ROWS_NOTE, FOLD_ATTR, confirm_study_name
+from adamtune.core.folds import Fold, split_indices
+from adamtune.core.space import BASELINE
+from adamtune.storage.study import SEED_ATTR, SETTINGS_ATTR
 from adamtune.tasks.base import Split, TaskData
 from adamtune.tasks.common import on_fold
+from adamtune.training.runner import train_once
 
 ARGS = ("--n-trials", "5", "--epochs", "3", "--pruner", "none", "--seed", "3", "--no-tracking")
 
@@ -212,9 +212,9 @@ def test_a_loop_task_that_does_not_declare_folds_is_confirmed_on_seeds_only_and_
 def test_a_built_in_task_is_confirmed_on_folds_and_an_interrupted_stage_resumes_on_the_same_folds(
     workdir: Path,
 ) -> None:
-    from adamtune.config import build_spec
-    from adamtune.search import run_search
-    from adamtune.worker import WorkerOptions
+    from adamtune.core.config import build_spec
+    from adamtune.launch.search import run_search
+    from adamtune.search.worker import WorkerOptions
 
     storage = f"sqlite:///{workdir}/a.db"
     spec = build_spec("synthetic", None, None, {"n_trials": 5, "epochs": 3, "pruner": "none", "seed": 2})

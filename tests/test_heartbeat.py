@@ -10,8 +10,8 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 
-from adamtune.heartbeat import Heartbeat
-from adamtune.study import open_storage
+from adamtune.storage.heartbeat import Heartbeat
+from adamtune.storage.study import open_storage
 
 
 def beats(storage, trial_id: int):  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def test_stale_trials_are_looked_for_at_most_once_per_heartbeat_interval(tmp_pat
     import sqlalchemy
     from optuna.trial import TrialState
 
-    from adamtune.heartbeat import StaleCheck
+    from adamtune.storage.heartbeat import StaleCheck
 
     monkeypatch.setenv("ADAMTUNE_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("ADAMTUNE_GRACE_SECONDS", "2")

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, sys
 import optuna
-from adamtune import importance_import
-from adamtune.report import param_importance
+from adamtune.report import importance_import
+from adamtune.report.summary import param_importance
 if sys.argv[2] == "command":
     importance_import.for_commands()
 study = optuna.load_study(study_name="s", storage=sys.argv[1])

@@ -15,11 +15,11 @@ pytest.importorskip("lightning")
 
 from click.testing import CliRunner
 
-from adamtune.cli import cli
-from adamtune.config import build_spec
-from adamtune.objective import Objective
-from adamtune.space import baseline_optuna_params
-from adamtune.study import BASELINE_ATTR, CURVES_ATTR, count_trials, trial_state
+from adamtune.cli.main import cli
+from adamtune.core.config import build_spec
+from adamtune.core.space import baseline_optuna_params
+from adamtune.search.objective import Objective
+from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, count_trials, trial_state
 from adamtune.tasks import resolve_task
 from tests import lightning_task
 

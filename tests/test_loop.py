@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 
-from adamtune.cli import cli
-from adamtune.objective import ERROR_ATTR
-from adamtune.study import CURVES_ATTR, DIVERGED_EPOCH_ATTR, count_trials, trial_state
+from adamtune.cli.main import cli
+from adamtune.search.objective import ERROR_ATTR
+from adamtune.storage.study import CURVES_ATTR, DIVERGED_EPOCH_ATTR, count_trials, trial_state
 from tests.conftest import listing, trial_run_id
 from tests.loop_tasks import write_task
 

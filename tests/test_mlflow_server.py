@@ -17,14 +17,15 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from adamtune import tracking, tracking_writer
-from adamtune.config import build_spec
-from adamtune.report import summarize
-from adamtune.search import run_search
-from adamtune.study import RUN_ID_ATTR, count_trials, trial_state
-from adamtune.tracking import experiment_name
-from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG
-from adamtune.worker import WorkerOptions
+from adamtune.core.config import build_spec
+from adamtune.launch.search import run_search
+from adamtune.report.summary import summarize
+from adamtune.search.worker import WorkerOptions
+from adamtune.storage.study import RUN_ID_ATTR, count_trials, trial_state
+from adamtune.tracking import tracker as tracking
+from adamtune.tracking import writer as tracking_writer
+from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
+from adamtune.tracking.tracker import experiment_name
 from tests.servers import START_SECONDS, MlflowServer
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna
 
-from adamtune.config import build_spec
-from adamtune.objective import Objective
-from adamtune.space import BASELINE, baseline_optuna_params
-from adamtune.study import BASELINE_ATTR, CURVES_ATTR, PARAMS_ATTR, STATE_ATTR, trial_state
+from adamtune.core.config import build_spec
+from adamtune.core.space import BASELINE, baseline_optuna_params
+from adamtune.search.objective import Objective
+from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, PARAMS_ATTR, STATE_ATTR, trial_state
 from adamtune.tasks import resolve_task
 
 TASK = resolve_task("synthetic")

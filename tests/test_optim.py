@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from adamtune.optim import decayed_lr, lr_factor, make_optimizer, param_groups, scheduled_lr
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
+from adamtune.training.optim import decayed_lr, lr_factor, make_optimizer, param_groups, scheduled_lr
 
 STEPS = 150
 
@@ -177,7 +177,7 @@ def test_the_schedule_applies_to_every_group() -> None:
 def test_the_trainers_lr_curve_shows_the_warmup() -> None:
     """The built-in trainer's per-epoch ``lr`` (what MLflow plots) is the schedule after that epoch's steps."""
     from adamtune.tasks.synthetic import load_data, make_task
-    from adamtune.train import train
+    from adamtune.training.train import train
 
     params = AdamParams(lr=0.01, warmup=30, decay=1e-3, weight_decay=0.01)
     data = load_data()

@@ -29,13 +29,13 @@ def test_wheel_contains_package_study_files_and_entry_point(wheel: Path) -> None
     shipped = {Path(n).name for n in names if n.startswith("adamtune/studies/")}
     assert {f.name for f in (ROOT / "studies").glob("*.toml")} <= shipped
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "adamtune = adamtune.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "adamtune = adamtune.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_installed_copy_finds_its_study_files_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from adamtune.config import build_spec; s = build_spec('digits'); print(s.source); print(s.epochs)"
+    code = "from adamtune.core.config import build_spec; s = build_spec('digits'); print(s.source); print(s.epochs)"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
     )

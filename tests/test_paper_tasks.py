@@ -19,12 +19,12 @@ from click.testing import CliRunner
 from conftest import listing
 from dataset_files import image_ids, write_cifar_folder, write_imdb_folder, write_mnist
 
-from adamtune import datasets
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
+from adamtune.data import datasets
 from adamtune.tasks import BUILTIN_TASKS, resolve_task
 from adamtune.tasks.base import Split, Task, TaskData
 from adamtune.tasks.common import crop_flip, split_train_val, validation_size
-from adamtune.train import train
+from adamtune.training.train import train
 
 PAPER_TASKS = ("mnist-logreg", "mnist-mlp", "cifar10", "cifar10-paper", "imdb-bow")
 EXPECTED_SIZES = {  # fixture sizes: 300 train images (10% -> val), 60 CIFAR / 50 MNIST test, 60+60 reviews
@@ -177,7 +177,7 @@ def test_one_epoch_of_training_gives_finite_losses(name: str, loaded: dict[str, 
 
 
 def test_cli_search_runs_on_a_paper_task(workdir: Path, data_dir: Path) -> None:
-    from adamtune.cli import cli
+    from adamtune.cli.main import cli
 
     result = CliRunner().invoke(
         cli,
@@ -201,7 +201,7 @@ def test_cli_reports_missing_dataset_in_one_line(
         url = f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-python.tar.gz"
     monkeypatch.setattr(datasets, "CIFAR10", dataclasses.replace(datasets.CIFAR10, url=url))
     monkeypatch.setenv("ADAMTUNE_TRAINER", "inline")  # the patched URL lives in this process
-    from adamtune.cli import cli
+    from adamtune.cli.main import cli
 
     empty = tmp_path_factory.mktemp("empty-data")
     before = listing(workdir)

@@ -23,9 +23,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from adamtune.config import build_spec
-from adamtune.space import BASELINE
-from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, WORKER_ATTR, create_or_resume, open_storage
+from adamtune.core.config import build_spec
+from adamtune.core.space import BASELINE
+from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, WORKER_ATTR, create_or_resume, open_storage
 
 pytestmark = pytest.mark.slow
 

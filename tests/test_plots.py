@@ -12,9 +12,10 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from adamtune import plots, report
-from adamtune.report import MIN_IMPORTANCE_TRIALS
-from adamtune.study import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, STATE_ATTR
+from adamtune.report import plots
+from adamtune.report import summary as report
+from adamtune.report.summary import MIN_IMPORTANCE_TRIALS
+from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, STATE_ATTR
 
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),

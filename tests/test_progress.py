@@ -8,9 +8,9 @@ import optuna
 import pytest
 from rich.console import Console
 
-from adamtune import progress
-from adamtune.progress import SearchProgress
-from adamtune.study import STATE_ATTR, Counts
+from adamtune.report import progress
+from adamtune.report.progress import SearchProgress
+from adamtune.storage.study import STATE_ATTR, Counts
 
 
 def trial(state: optuna.trial.TrialState, value: float | None = None, outcome: str | None = None) -> object:

@@ -16,9 +16,9 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune import rdb_rows
-from adamtune.rdb import StudyStorage
-from adamtune.study import is_transient_db_error, open_storage, with_db_retry
+from adamtune.storage import rdb_rows
+from adamtune.storage.rdb import StudyStorage
+from adamtune.storage.study import is_transient_db_error, open_storage, with_db_retry
 
 
 @pytest.fixture

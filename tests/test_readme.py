@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adamtune.cli import cli
-from adamtune.config import build_spec
+from adamtune.cli.main import cli
+from adamtune.core.config import build_spec
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from adamtune.cli import cli
-from adamtune.export import format_keras, format_toml, format_torch
-from adamtune.optim import decayed_lr, make_optimizer, scheduled_lr
-from adamtune.report import Candidate, StudySummary
-from adamtune.space import AdamParams
-from adamtune.study import Counts
+from adamtune.cli.main import cli
+from adamtune.core.space import AdamParams
+from adamtune.report.export import format_keras, format_toml, format_torch
+from adamtune.report.summary import Candidate, StudySummary
+from adamtune.storage.study import Counts
+from adamtune.training.optim import decayed_lr, make_optimizer, scheduled_lr
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -232,7 +232,7 @@ def test_warmup_is_emitted_in_every_format() -> None:
     params = AdamParams(lr=1e-3, beta2=0.98, decay=1e-4, warmup=250, weight_decay=0.05)
     summary = _summary(params, ("warmup", "weight_decay"))
     assert tomllib.loads(format_toml(summary))["warmup"] == 250
-    from adamtune.export import format_json
+    from adamtune.report.export import format_json
 
     assert json.loads(format_json(summary))["warmup"] == 250
     keras = format_keras(summary)

@@ -20,9 +20,9 @@ from click.testing import CliRunner, Result
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from adamtune.cli import cli
-from adamtune.config import StudySpec
-from adamtune.report import (
+from adamtune.cli.main import cli
+from adamtune.core.config import StudySpec
+from adamtune.report.summary import (
     LATE_EPOCHS,
     MIN_IMPORTANCE_TRIALS,
     VERIFY_ATTR,
@@ -31,7 +31,7 @@ from adamtune.report import (
     robust_range,
     summarize,
 )
-from adamtune.study import (
+from adamtune.storage.study import (
     BASELINE_ATTR,
     CURVES_ATTR,
     DEVICE_ATTR,
@@ -273,7 +273,7 @@ def test_summary_reads_only_the_study_no_torch_or_mlflow(searched: dict) -> None
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from adamtune.cli import cli\n"
+        "from adamtune.cli.main import cli\n"
         f"r = CliRunner().invoke(cli, ['summary', '--storage', {searched['storage']!r}])\n"
         "assert r.exit_code == 0, r.output\n"
         f"r = CliRunner().invoke(cli, ['recommend', '--task', 'synthetic', '--storage', {searched['storage']!r}])\n"

@@ -14,8 +14,8 @@ import math
 import optuna
 import pytest
 
-from adamtune.reporting import TrialWriter, decision_epochs, write_trial
-from adamtune.study import PRUNERS, open_storage
+from adamtune.storage.reporting import TrialWriter, decision_epochs, write_trial
+from adamtune.storage.study import PRUNERS, open_storage
 
 EPOCHS = 20
 TRIALS = 30

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from optuna.trial import TrialState
 
-from adamtune.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR
-from adamtune.config import build_spec
-from adamtune.space import AdamParams
-from adamtune.study import PARAMS_ATTR, RUN_ID_ATTR, SEED_ATTR, WORKER_ATTR, create_or_resume, open_storage
+from adamtune.core.config import build_spec
+from adamtune.core.space import AdamParams
+from adamtune.storage.study import PARAMS_ATTR, RUN_ID_ATTR, SEED_ATTR, WORKER_ATTR, create_or_resume, open_storage
 from adamtune.tasks import resolve_task
-from adamtune.train import train
+from adamtune.training.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR
+from adamtune.training.train import train
 from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow
@@ -95,8 +95,8 @@ def assert_resumed(done: list, killed, last_saved: int, epochs: int = EPOCHS) ->
 def assert_one_curve_per_trial(done: list, tracking: str) -> None:  # type: ignore[type-arg]
     from mlflow import MlflowClient
 
-    from adamtune.study import trial_state
-    from adamtune.tracking_trial import RUN_STATUS
+    from adamtune.storage.study import trial_state
+    from adamtune.tracking.trial_run import RUN_STATUS
 
     client = MlflowClient(tracking_uri=tracking)
     for trial in done:

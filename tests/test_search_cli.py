@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 
-from adamtune.cli import cli
-from adamtune.space import BASELINE
-from adamtune.study import BASELINE_ATTR, PARAMS_ATTR, count_trials, trial_state
-from adamtune.tracking import experiment_name
+from adamtune.cli.main import cli
+from adamtune.core.space import BASELINE
+from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, count_trials, trial_state
+from adamtune.tracking.tracker import experiment_name
 from tests.conftest import listing, trial_run_id
 
 EPOCHS = 3
@@ -229,7 +229,7 @@ def test_unwritable_working_directory(tmp_path: Path) -> None:
 
 def test_help_is_light_and_module_entry_point_works() -> None:
     code = (
-        "import sys\nfrom adamtune.cli import cli\n"
+        "import sys\nfrom adamtune.cli.main import cli\n"
         "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
     )

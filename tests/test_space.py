@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from adamtune.errors import ConfigError
-from adamtune.space import (
+from adamtune.core.errors import ConfigError
+from adamtune.core.space import (
     ADAMW_BASELINE,
     BASELINE,
     AdamParams,
@@ -19,7 +19,7 @@ from adamtune.space import (
     params_from_optuna,
     parse_space,
 )
-from adamtune.space import suggest as suggest_params
+from adamtune.core.space import suggest as suggest_params
 
 
 def sample(space: SearchSpace, n: int) -> list[tuple[AdamParams, dict]]:

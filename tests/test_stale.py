@@ -14,11 +14,11 @@ from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from adamtune.cli import cli
-from adamtune.config import build_spec
-from adamtune.space import suggest
-from adamtune.study import BASELINE_ATTR, RUN_ID_ATTR, load_study, open_storage
-from adamtune.tracking import experiment_name
+from adamtune.cli.main import cli
+from adamtune.core.config import build_spec
+from adamtune.core.space import suggest
+from adamtune.storage.study import BASELINE_ATTR, RUN_ID_ATTR, load_study, open_storage
+from adamtune.tracking.tracker import experiment_name
 
 GRACE = 2
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 
-from adamtune.plots import PLOT_NAMES
-from adamtune.study import trial_state
+from adamtune.report.plots import PLOT_NAMES
+from adamtune.storage.study import trial_state
 from tests.conftest import trial_run_id
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from adamtune.errors import StorageError
-from adamtune.study import open_storage
+from adamtune.core.errors import StorageError
+from adamtune.storage.study import open_storage
 
 OPENERS = 4
 ROUNDS = 5

@@ -23,9 +23,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from adamtune import tracking_template
-from adamtune.tracking_preflight import create_local_store
-from adamtune.tracking_template import TEMPLATE_DIR_ENV
+from adamtune.tracking import template as tracking_template
+from adamtune.tracking.preflight import create_local_store
+from adamtune.tracking.template import TEMPLATE_DIR_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CREATING = "Creating initial MLflow database tables"
@@ -233,7 +233,7 @@ def test_a_store_holding_more_than_the_default_experiment_is_not_saved(workdir: 
 def test_two_processes_making_the_template_at_once_both_get_a_store_and_leave_one_template(
     workdir: Path, templates: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = "from adamtune.tracking_preflight import create_local_store; create_local_store(None)"
+    code = "from adamtune.tracking.preflight import create_local_store; create_local_store(None)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     folders = [workdir / "one", workdir / "two"]
     processes = []

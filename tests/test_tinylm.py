@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamtune.errors import DataError
-from adamtune.optim import make_optimizer, scheduled_lr
-from adamtune.space import AdamParams
+from adamtune.core.errors import DataError
+from adamtune.core.space import AdamParams
 from adamtune.tasks import tinylm
+from adamtune.training.optim import make_optimizer, scheduled_lr
 
 
 def _bucket(name: str) -> int:
@@ -130,8 +130,8 @@ def test_a_short_training_run_lowers_the_validation_loss(tmp_path: Path) -> None
 
 def test_the_loop_task_reports_loss_and_perplexity_and_the_warmup_lr(tmp_path: Path) -> None:
     """The real ``fit`` (a tiny configuration) through adamtune's runner, on validation then test."""
-    from adamtune.runner import train_once
     from adamtune.tasks import resolve_task
+    from adamtune.training.runner import train_once
 
     assert resolve_task("tinylm").name == "tinylm"
     config = tinylm.TinyLMConfig(width=32, layers=1, heads=2, context=32, file_bytes=400, windows_per_epoch=96)

@@ -26,18 +26,18 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
 )
 
-from adamtune import tracking_ui
-from adamtune.cli import cli
-from adamtune.config import build_spec
-from adamtune.errors import TrackingError
-from adamtune.report import summarize
-from adamtune.search import run_search
-from adamtune.study import trial_state
-from adamtune.tracking import Tracker
-from adamtune.tracking_stale import end_stale_trial, runs_of_trial
-from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG, study_progress
-from adamtune.tracking_writer import Writer, _Op, describe_error, is_retryable
-from adamtune.worker import WorkerOptions
+from adamtune.cli.main import cli
+from adamtune.core.config import build_spec
+from adamtune.core.errors import TrackingError
+from adamtune.launch.search import run_search
+from adamtune.report.summary import summarize
+from adamtune.search.worker import WorkerOptions
+from adamtune.storage.study import trial_state
+from adamtune.tracking import ui as tracking_ui
+from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG, study_progress
+from adamtune.tracking.stale import end_stale_trial, runs_of_trial
+from adamtune.tracking.tracker import Tracker
+from adamtune.tracking.writer import Writer, _Op, describe_error, is_retryable
 from tests.conftest import trial_run_id
 
 CONNECTION_REFUSED = (

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from adamtune.tracking_client import LocalClient, Metric, Param, RunTag
-from adamtune.tracking_preflight import create_local_store
-from adamtune.tracking_writer import is_retryable
+from adamtune.tracking.client import LocalClient, Metric, Param, RunTag
+from adamtune.tracking.preflight import create_local_store
+from adamtune.tracking.writer import is_retryable
 
 
 def test_the_client_takes_light_entities_and_answers_as_mlflow(tmp_path: Path) -> None:

@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from adamtune.cli import cli
-from adamtune.errors import TrackingError
-from adamtune.study import RUN_ID_ATTR, trial_state
-from adamtune.tracking import Tracker
-from adamtune.tracking_preflight import DEFAULT_URI, check_store, deferrable_uri
-from adamtune.tracking_study import PARENT_RUN_ATTR, PARENT_TAG
+from adamtune.cli.main import cli
+from adamtune.core.errors import TrackingError
+from adamtune.storage.study import RUN_ID_ATTR, trial_state
+from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
+from adamtune.tracking.preflight import DEFAULT_URI, check_store, deferrable_uri
+from adamtune.tracking.tracker import Tracker
 from tests.conftest import listing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,8 +102,8 @@ def test_which_stores_are_opened_off_the_training_thread(workdir: Path, monkeypa
 
 
 def _study(root: Path) -> optuna.Study:
-    from adamtune.config import build_spec
-    from adamtune.study import create_or_resume, open_storage
+    from adamtune.core.config import build_spec
+    from adamtune.storage.study import create_or_resume, open_storage
 
     spec = build_spec("synthetic", None, "d", {"n_trials": 2, "epochs": 1})
     return create_or_resume(spec, open_storage(f"sqlite:///{root}/adamtune.db"))
@@ -184,12 +184,12 @@ def test_a_process_killed_while_creating_a_new_store_leaves_it_absent_or_whole(
     import random
     import time
 
-    from adamtune.tracking_template import TEMPLATE_DIR_ENV
+    from adamtune.tracking.template import TEMPLATE_DIR_ENV
 
     templates = tmp_path_factory.mktemp("templates")
     monkeypatch.setenv(TEMPLATE_DIR_ENV, str(templates))
     store = tmp_path / "mlflow.db"
-    code = f"from adamtune.tracking import Tracker; Tracker('k', 'sqlite:///{store}').close()"
+    code = f"from adamtune.tracking.tracker import Tracker; Tracker('k', 'sqlite:///{store}').close()"
     chance = random.Random(3)
     for delay in [chance.uniform(0.5, 3.0) for _ in range(4)]:
         store.unlink(missing_ok=True)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from adamtune.space import AdamParams
+from adamtune.core.space import AdamParams
 from adamtune.tasks import resolve_task
-from adamtune.train import train
+from adamtune.training.train import train
 
 TASK = resolve_task("synthetic")
 DATA = TASK.load_data(None)

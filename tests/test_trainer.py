@@ -19,14 +19,14 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from adamtune.cli import cli
-from adamtune.context import TrialContext, TrialPruned
-from adamtune.errors import DataError, DeviceError, TaskError
-from adamtune.objective import ERROR_ATTR
-from adamtune.space import AdamParams
-from adamtune.study import count_trials, trial_state
-from adamtune.trainer import TaskInfo, TrainingError, trainer_kind
-from adamtune.trainer_client import ProcessTrainer
+from adamtune.cli.main import cli
+from adamtune.core.errors import DataError, DeviceError, TaskError
+from adamtune.core.space import AdamParams
+from adamtune.search.objective import ERROR_ATTR
+from adamtune.storage.study import count_trials, trial_state
+from adamtune.training.context import TrialContext, TrialPruned
+from adamtune.training.trainer import TaskInfo, TrainingError, trainer_kind
+from adamtune.training.trainer_client import ProcessTrainer
 from tests.loop_tasks import write_task
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -153,7 +153,7 @@ def test_a_killed_trainer_process_fails_its_trial_and_a_new_one_trains_the_next(
         if any(t.number == 2 for t in running):
             time.sleep(0.5)
             children = psutil.Process(process.pid).children()
-            trainer = next(c for c in children if "adamtune.trainer_process" in " ".join(c.cmdline()))
+            trainer = next(c for c in children if "adamtune.training.trainer_server" in " ".join(c.cmdline()))
             trainer.send_signal(signal.SIGKILL)
             killed = trainer.pid
     _, stderr = process.communicate(timeout=300)
@@ -169,7 +169,7 @@ def test_a_killed_trainer_process_fails_its_trial_and_a_new_one_trains_the_next(
 
 PROBE = """
 import sys
-from adamtune.cli import cli
+from adamtune.cli.main import cli
 try:
     cli(sys.argv[1:])
 except SystemExit:
@@ -274,7 +274,9 @@ def test_the_trainer_process_dies_with_a_killed_command(workdir: Path) -> None:
         while not trainers and time.monotonic() < deadline:
             time.sleep(0.2)
             trainers = [
-                c for c in psutil.Process(process.pid).children() if "adamtune.trainer_process" in " ".join(c.cmdline())
+                c
+                for c in psutil.Process(process.pid).children()
+                if "adamtune.training.trainer_server" in " ".join(c.cmdline())
             ]
         assert trainers, "no trainer process started"
         time.sleep(1.0)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adamtune import tracking, tracking_ui
-from adamtune.cli import cli
-from adamtune.errors import TrackingError
+from adamtune.cli.main import cli
+from adamtune.core.errors import TrackingError
+from adamtune.tracking import tracker as tracking
+from adamtune.tracking import ui as tracking_ui
 from tests.servers import MlflowServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -16,14 +16,14 @@ import torch
 from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 
-from adamtune.cli import cli
-from adamtune.report import VERIFY_ATTR
-from adamtune.space import BASELINE
-from adamtune.study import SEED_ATTR
+from adamtune.cli.main import cli
+from adamtune.core.space import BASELINE
+from adamtune.report.summary import VERIFY_ATTR
+from adamtune.report.verify import ALPHA, FIRST_SEED, RunResult, VerifyResult, fresh_seeds
+from adamtune.storage.study import SEED_ATTR
 from adamtune.tasks import resolve_task
-from adamtune.tracking import experiment_name
-from adamtune.train import evaluate, train
-from adamtune.verify import ALPHA, FIRST_SEED, RunResult, VerifyResult, fresh_seeds
+from adamtune.tracking.tracker import experiment_name
+from adamtune.training.train import evaluate, train
 
 VERIFY_KEYS = {
     "study",

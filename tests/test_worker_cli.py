@@ -16,14 +16,14 @@ import pytest
 import sqlalchemy
 from click.testing import CliRunner, Result
 
-from adamtune.cli import cli
-from adamtune.config import build_spec
-from adamtune.devices import resolve_devices
-from adamtune.errors import ConfigError, DeviceError, StorageError
-from adamtune.pool import plan_workers
-from adamtune.signals import Interrupts
-from adamtune.space import suggest
-from adamtune.study import (
+from adamtune.cli.main import cli
+from adamtune.core.config import build_spec
+from adamtune.core.errors import ConfigError, DeviceError, StorageError
+from adamtune.core.signals import Interrupts
+from adamtune.core.space import suggest
+from adamtune.launch.pool import plan_workers
+from adamtune.search.worker import Admission, Worker, WorkerOptions
+from adamtune.storage.study import (
     BASELINE_ATTR,
     RUN_ID_ATTR,
     RetryStaleTrial,
@@ -33,7 +33,7 @@ from adamtune.study import (
     open_storage,
     with_db_retry,
 )
-from adamtune.worker import Admission, Worker, WorkerOptions
+from adamtune.training.devices import resolve_devices
 from tests.conftest import listing
 
 
@@ -283,9 +283,9 @@ def test_an_interrupt_between_admission_and_run_leaves_nothing_running(
     """SIGTERM/Ctrl-C can land after a trial (or a confirmation run) was created RUNNING and before its run's
     own handler owns it. The worker must still end it: FAIL, and a trial is re-queued. The interrupt is
     raised at that point by hand (a real signal cannot be aimed at it); the study is a real SQLite file."""
-    import adamtune.confirm_stage as confirm_stage
-    from adamtune.confirm import confirm_study_name
-    from adamtune.worker_setup import join_study
+    import adamtune.confirm.stage as confirm_stage
+    from adamtune.core.confirm_rule import confirm_study_name
+    from adamtune.launch.worker_setup import join_study
 
     url = "sqlite:///adamtune.db"
     make_study(url, n_trials=2)

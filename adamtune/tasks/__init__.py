@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adamtune.errors import TaskError
+from adamtune.core.errors import TaskError
 
 if TYPE_CHECKING:
     from adamtune.tasks.base import Task

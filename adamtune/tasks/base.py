@@ -9,7 +9,7 @@ Contract
   which moves the result to its device and keeps it there for every trial. It must be deterministic:
   the same call returns the same train/validation/test split every time (carve validation from the
   training set with a fixed seed).
-  It may download into ``data_dir`` (raising :class:`adamtune.errors.DataError` when it cannot).
+  It may download into ``data_dir`` (raising :class:`adamtune.core.errors.DataError` when it cannot).
 * ``make_model()`` returns a freshly initialised ``nn.Module`` on the CPU; the trainer seeds torch's
   RNG right before calling it, so initialisation is reproducible per trial.
 * ``loss(logits, targets)`` returns a scalar mean loss (cross-entropy by default).
@@ -22,9 +22,9 @@ Metrics. ``metrics`` maps bare names to functions ``fn(outputs, targets) -> scal
 *mean over the batch* (adamtune averages batches weighted by their size, so means such as accuracy,
 MSE or MAE come out exact over the split; a root such as RMSE does not: report MSE instead). The loss is
 always measured too, as ``loss``. Stored names get the split's prefix (``val_accuracy``, ``test_mae``;
-see :mod:`adamtune.metrics`). ``objective`` (bare, default ``loss``) and ``direction`` are what a study
+see :mod:`adamtune.core.metrics`). ``objective`` (bare, default ``loss``) and ``direction`` are what a study
 of the task optimises unless ``--objective`` picks another of its metrics; ``directions`` gives the
-direction of further metrics whose names :data:`adamtune.metrics.KNOWN_DIRECTIONS` does not know.
+direction of further metrics whose names :data:`adamtune.core.metrics.KNOWN_DIRECTIONS` does not know.
 
 Confirmation. The confirmation stage scores the finalists and the defaults on fresh validation folds: for
 each of its seeds, the training and validation rows are pooled and split again (:func:`adamtune.tasks.
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adamtune.metrics import check_direction, check_metric_name, direction_of
+from adamtune.core.metrics import check_direction, check_metric_name, direction_of
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -148,5 +148,5 @@ class Task:
         return ("loss", *self.metrics)
 
     def direction_of(self, metric: str) -> str | None:
-        """The direction of bare ``metric`` (None: unknown; see :func:`adamtune.metrics.direction_of`)."""
+        """The direction of bare ``metric`` (None: unknown; see :func:`adamtune.core.metrics.direction_of`)."""
         return direction_of(metric, self.objective, self.direction, self.directions)

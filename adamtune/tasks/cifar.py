@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adamtune.datasets import CIFAR10, CIFAR10_FOLDER, load_cifar10
+from adamtune.data.datasets import CIFAR10, CIFAR10_FOLDER, load_cifar10
 from adamtune.tasks.base import Task, TaskData
 from adamtune.tasks.common import Normalize, crop_flip, split_train_val
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from adamtune.folds import Fold
+from adamtune.core.folds import Fold
 from adamtune.tasks.base import Split, TaskData
 
 SPLIT_SEED = 0  # fixed: every process, every run, carves the same validation set

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adamtune.errors import DataError
+from adamtune.core.errors import DataError
 from adamtune.tasks.base import Split, Task, TaskData
 
 SPLIT_SEED = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adamtune.datasets import IMDB, IMDB_FOLDER, densify, imdb_cache_path, load_imdb_bow
+from adamtune.data.datasets import IMDB, IMDB_FOLDER, densify, imdb_cache_path, load_imdb_bow
 from adamtune.tasks.base import Task, TaskData
 from adamtune.tasks.common import split_train_val
 

@@ -26,14 +26,14 @@ Contract
   ``trial.data`` is None.
 * ``folds=True`` declares that ``fit`` honours ``trial.fold``: when it is not None (confirmation runs),
   ``fit`` pools its training and validation rows and trains and validates on
-  ``trial.fold.split(len(pool), val_size=len(val), labels=...)`` (see :class:`adamtune.folds.Fold`),
+  ``trial.fold.split(len(pool), val_size=len(val), labels=...)`` (see :class:`adamtune.core.folds.Fold`),
   so the finalists are confirmed on rows that did not select them. A task that leaves it False is
   confirmed on its own validation rows with fresh seeds only, and ``summary`` says "validation rows
   fixed: the gain may not transfer". ``trial.fold`` is None in search trials and in ``verify``.
 * ``objective`` is the bare name of the reported metric the study optimises (``"mae"`` is stored as
   ``val_mae``); ``direction`` is its direction. ``metrics`` names further reported metrics that
   ``--objective`` may choose; ``directions`` gives their directions where
-  :data:`adamtune.metrics.KNOWN_DIRECTIONS` does not know them.
+  :data:`adamtune.core.metrics.KNOWN_DIRECTIONS` does not know them.
 
 This module imports neither torch, optuna nor mlflow.
 """
@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamtune.metrics import check_direction, check_metric_name, direction_of
+from adamtune.core.metrics import check_direction, check_metric_name, direction_of
 
 if TYPE_CHECKING:
-    from adamtune.context import TrialContext
+    from adamtune.training.context import TrialContext
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from adamtune.datasets import MNIST_FILES, MNIST_MIRROR, MNIST_RAW, load_mnist
+from adamtune.data.datasets import MNIST_FILES, MNIST_MIRROR, MNIST_RAW, load_mnist
 from adamtune.tasks.base import Task, TaskData
 from adamtune.tasks.common import Normalize, split_train_val
 

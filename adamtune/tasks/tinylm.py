@@ -33,7 +33,7 @@ model is evaluated on ``trial.split`` (validation during the search, test during
 ``loss`` (nats/token) and ``perplexity`` are reported, with ``train_loss`` and ``lr`` logged; the
 untrained model's metrics are reported first (``ln 256 ≈ 5.55`` nats), the reference of the blow-up
 rule and the score of a diverged trial. The optimizer comes from ``trial.make_optimizer(model)``, so
-AdamW's weight decay skips biases and LayerNorm parameters (:func:`adamtune.optim.param_groups`).
+AdamW's weight decay skips biases and LayerNorm parameters (:func:`adamtune.training.optim.param_groups`).
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adamtune.errors import DataError
+from adamtune.core.errors import DataError
 from adamtune.tasks.loop import LoopTask
 
 if TYPE_CHECKING:
-    from adamtune.context import TrialContext
+    from adamtune.training.context import TrialContext
 
 #: Tokens of context the model sees (and predicts) per window.
 CONTEXT = 128

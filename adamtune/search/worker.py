@@ -1,0 +1,490 @@
+"""Workers: load a task's data once, then loop admit → train → tell until the study has its trials.
+
+A worker is one process on one device. It joins a study by name, so any number of workers on any number
+of machines can share one study database. ``n_trials`` (stored on the study by the latest ``search``, and
+re-read before every trial) is a study-wide total of *finished* trials (complete + pruned + diverged).
+
+Exact counts. Before each trial a worker takes the study's admission lock (``study.admission_lock``:
+a file lock for SQLite, an advisory lock for PostgreSQL), fails stale trials of dead workers (it looks
+at most once per heartbeat interval, ``heartbeat.StaleCheck``), counts finished and running trials, and
+creates its trial with ``study.ask()`` only while
+``finished + running < n_trials``; the new trial is RUNNING (and has a heartbeat) before the lock is
+released, so the next worker counts it. Hence the study never holds more than ``n_trials`` finished
+trials. When ``finished < n_trials <= finished + running`` the worker does not exit but waits: if one of
+the running trials fails (an error, or its worker dies and the heartbeat marks it stale and re-queues
+it), a place opens and a live worker takes it, so the study still reaches its count.
+
+Why not ``study.optimize``: it asks for a trial without such a lock, and its heartbeat thread dies on the
+first database error. This module runs the same ask → objective → tell steps itself, with a heartbeat
+thread that survives database outages and bounded retries (``study.with_db_retry``) around every storage
+call outside the objective.
+
+Interruptions: SIGTERM (and SIGINT, where the worker owns the terminal) become ``KeyboardInterrupt``,
+deferred while a trial is being created or told, so no trial is ever left RUNNING: the running trial is
+told FAIL and re-queued with the same settings (an interruption says nothing about them; a re-queued
+baseline stays the baseline), its MLflow run is closed as failed by the objective, and the interrupt
+propagates (exit 130).
+A second signal while stopping is ignored. A SIGKILL leaves the trial RUNNING until its heartbeat is
+``GRACE_SECONDS`` old; then the next worker to start a trial fails it, re-queues it and closes its run.
+
+Where a trial trains is its objective's trainer's business (``trainer.py``: this process, or a trainer
+process beside it). Signals are handled by ``signals.Interrupts``, heartbeats by ``heartbeat.Heartbeat``,
+devices by ``devices.py``; a worker is assembled by ``worker_setup.py``; several local worker processes
+are run by ``pool.run_pool``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from adamtune.core.errors import AdamtuneError
+from adamtune.storage.rdb import StudyStorage
+from adamtune.storage.rdb_rows import NoFreePlace
+from adamtune.storage.study import (
+    RUN_ID_ATTR,
+    SETTINGS_ATTR,
+    RetryStaleTrial,
+    admission_lock,
+    count_trials,
+    is_transient_db_error,
+    requeue_trial,
+    with_db_retry,
+)
+
+if TYPE_CHECKING:
+    from adamtune.confirm.stage import ConfirmRun
+    from adamtune.search.objective import Objective
+    from adamtune.storage.study import Counts
+from adamtune.core.signals import Interrupts
+from adamtune.storage.heartbeat import Heartbeat, StaleCheck
+from adamtune.training.trainer import describe_failure
+
+log = logging.getLogger(__name__)
+
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+#: Pauses between two looks at the study while waiting for other workers' last trials: the first, and the
+#: longest. The first pause is kept for ``WAIT_FAST_SECONDS`` of waiting (a worker waiting for the last
+#: short trial of another exits within a quarter second of it), then grows by half while nothing changes,
+#: so that many idle workers of long trials load the database little.
+WAIT_FIRST_POLL_SECONDS = 0.25
+WAIT_FAST_SECONDS = 10.0
+WAIT_POLL_SECONDS = 5.0
+
+
+class WaitPauses:
+    """The pauses of one wait: ``WAIT_FIRST_POLL_SECONDS`` for ``WAIT_FAST_SECONDS``, then growing to ``longest``."""
+
+    def __init__(self, longest: float) -> None:
+        self.longest = longest
+        self.reset()
+
+    def reset(self) -> None:
+        """Something changed (or the wait ended): start again from the short pauses."""
+        self._since = time.monotonic()
+        self._pause = WAIT_FIRST_POLL_SECONDS
+
+    def next(self) -> float:
+        """The next pause, in seconds."""
+        if time.monotonic() - self._since >= WAIT_FAST_SECONDS:
+            self._pause = min(self.longest, self._pause * 1.5)
+        return self._pause
+
+
+#: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
+INTERRUPTED_EXIT = 130
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one worker runs.
+
+    ``name`` is recorded on every trial and MLflow run (``adamtune.worker``), ``label`` prefixes the
+    worker's log lines; ``index`` offsets the sampler's seed so that workers of one seeded search do not
+    draw identical settings; ``threads`` (None: torch's default) caps torch's CPU threads.
+    ``tracking_uri`` None means MLflow's default store.
+    """
+
+    storage_url: str
+    study_name: str
+    device: str = "cpu"
+    tracking: bool = True
+    tracking_uri: str | None = None
+    data_dir: Path | None = None
+    seed: int | None = None
+    name: str = "worker-0"
+    threads: int | None = None
+    label: str = "w0"
+    index: int = 0
+    system_metrics: bool = False
+    checkpoint_store: str | None = None  # None: $ADAMTUNE_CHECKPOINT_STORE, else next to the study database
+
+
+class TooManyFailures(AdamtuneError):
+    """Every recent trial failed with an exception: the task or its data is broken, not the settings."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the admission step decided: a trial to run, or wait (``trial`` None), or stop (``done``)."""
+
+    counts: Counts
+    target: int
+    trial: optuna.Trial | None = None
+    done: bool = False
+    more: tuple[optuna.Trial, ...] = ()  # further trials admitted with ``trial`` (batched workers)
+
+    @property
+    def trials(self) -> list[optuna.Trial]:
+        return [] if self.trial is None else [self.trial, *self.more]
+
+
+@dataclass
+class Worker:
+    """Runs trials of one study on one device, with the task's data already loaded there.
+
+    ``n_trials`` is the target when the study stores none; the study's stored target (``SETTINGS_ATTR``),
+    re-read before each trial, wins. ``batch_trials`` > 1 admits up to that many trials at once (never
+    more than the free places) and trains them as one vectorised model (``batch_worker.py``).
+    """
+
+    study: optuna.Study
+    objective: Objective
+    n_trials: int
+    wait_poll_seconds: float = WAIT_POLL_SECONDS
+    handle_sigint: bool = True
+    #: Called with each confirmation run this worker finished (see ``confirm_stage.py``).
+    on_confirm_run: Callable[[ConfirmRun], None] | None = None
+    #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
+    stage_started: float | None = None
+    #: Called once, when this worker first finds the trial target reached (before the confirmation stage).
+    on_target: Callable[[], None] | None = None
+    batch_trials: int = 1
+    #: When this worker last looked for stale trials (see ``_admit``).
+    _stale_check: StaleCheck = field(default_factory=StaleCheck, init=False, repr=False)
+    #: The trials this worker admitted and has not yet told: failed and re-queued if it is interrupted
+    #: anywhere between their admission and their end (``_release_held``).
+    _held: list[optuna.Trial] = field(default_factory=list, init=False, repr=False)
+
+    def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
+        """Run trials until the study holds its target number of finished ones, then the confirmation stage.
+
+        Waits (polling the study) while the remaining places are taken by other workers' running trials,
+        in case one of them fails and must be replaced.
+
+        Args:
+            on_trial: called with the study and each trial this worker ran (any final state).
+
+        Returns:
+            The number of trials this worker ran.
+
+        Raises:
+            TooManyFailures: ``MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions (database
+                outages excluded).
+            StorageError: the database stayed unreachable for longer than the retry budget.
+            KeyboardInterrupt: SIGTERM (or Ctrl-C), after the running trial was recorded as FAIL.
+        """
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # its multi-line database warnings: ours are one line
+        signals = (signal.SIGTERM, signal.SIGINT) if self.handle_sigint else (signal.SIGTERM,)
+        with Interrupts(signals) as interrupts:
+            try:
+                return self._loop(interrupts, on_trial)
+            except KeyboardInterrupt:
+                # An interrupt can land between a trial's admission and the start of its run, where no
+                # handler of the run owns it yet: whatever this worker still holds RUNNING ends here.
+                with interrupts.critical():
+                    self._release_held()
+                raise
+
+    def _loop(self, interrupts: Interrupts, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None) -> int:
+        """The body of :meth:`run`: admit, run, tell, until the target; then the confirmation stage."""
+        ran, consecutive_failures = 0, 0
+        waiting_since: int | None = None
+        longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
+        pauses = WaitPauses(longest)
+        while True:
+            interrupts.raise_pending()
+            admission = with_db_retry(lambda: self._admit(interrupts), "starting a trial")
+            self._close_stale_runs()
+            if admission.done:
+                # The trial target is reached: confirm the finalists (shared by every worker of the
+                # study) unless the target was raised meanwhile, then stop.
+                from adamtune.confirm.stage import run_stage
+
+                if self.stage_started is None:
+                    self.stage_started = time.monotonic()
+                    if self.on_target is not None:
+                        self.on_target()
+                if run_stage(self, interrupts, self.on_confirm_run):
+                    return ran
+                continue
+            if admission.trial is None:
+                if waiting_since != admission.counts.finished:
+                    waiting_since = admission.counts.finished
+                    pauses.reset()
+                    log.info(
+                        "%d of %d trials finished; waiting for %d running trial(s) of other workers",
+                        admission.counts.finished,
+                        admission.target,
+                        admission.counts.running,
+                    )
+                interrupts.raise_pending()
+                time.sleep(pauses.next())
+                continue
+            waiting_since = None
+            pauses.reset()
+            for trial, error in self._run_admitted(admission, interrupts):
+                ran += 1
+                if on_trial is not None:
+                    on_trial(self.study, trial)
+                if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
+                    consecutive_failures = 0
+                    continue
+                consecutive_failures += 1
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise TooManyFailures(
+                        f"{consecutive_failures} trials in a row failed with errors (see the log above); "
+                        f"check task {self.objective.spec.task!r} and its data"
+                    )
+
+    def _run_admitted(self, admission: Admission, interrupts: Interrupts) -> list[tuple[FrozenTrial, Exception | None]]:
+        """Run the admitted trial(s): one as usual, several as one batch (``batch_worker.run_batch``)."""
+        if not admission.more:
+            assert admission.trial is not None
+            ran = [self._run_trial(admission.trial, interrupts)]
+        else:
+            from adamtune.search.batch_worker import run_batch
+
+            ran = run_batch(self, admission.trials, interrupts)
+        self._held.clear()  # each is told (or failed and re-queued) by now
+        return ran
+
+    def release(self, trials: list[optuna.Trial]) -> None:
+        """Forget ``trials`` as held: their end was written (used where a run handles its own interrupt)."""
+        self._held[:] = [t for t in self._held if all(t is not other for other in trials)]
+
+    def _release_held(self) -> None:
+        """Fail and re-queue the trials this worker admitted and has not told (an interrupt between their
+        admission and their run); repeating it for a trial already ended neither tells twice nor queues twice."""
+        for trial in self._held:
+            _, requeued = with_db_retry(
+                lambda t=trial: self._fail_and_requeue(t), f"recording and re-queueing trial {trial.number}"
+            )
+            if requeued:
+                log.warning("trial %d: interrupted before it started; queued to run again", trial.number)
+        self._held.clear()
+
+    def _target(self) -> int:
+        settings = self.study.user_attrs.get(SETTINGS_ATTR) or {}
+        return int(settings.get("n_trials") or self.n_trials)
+
+    def _admit(self, interrupts: Interrupts) -> Admission:
+        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places.
+
+        Stale trials are looked for at most once per heartbeat interval (``heartbeat.StaleCheck``): a trial is
+        stale only after the longer grace period, so a dead worker's trial is found at most one interval later.
+        Each new trial gets its first heartbeat in the transaction that creates it (``rdb.first_heartbeats``;
+        otherwise right after, still under the lock), and its settings are drawn by the sampler here
+        (:meth:`_draw_settings`), from the trials this admission read.
+        """
+        storage = self.study._storage
+        backend = getattr(storage, "_backend", storage)
+        ours = isinstance(backend, StudyStorage)
+        # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
+        # under the lock: one database read serves those that no write separates (rdb.shared_reads).
+        shared = backend.shared_reads() if ours else nullcontext()
+        beats = backend.first_heartbeats() if ours else nullcontext(set[int]())
+        with interrupts.critical(), admission_lock(storage, self.study.study_name), shared, beats as beaten:
+            self._stale_check.run(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            target = self._target()  # read with the trials, in the same transaction (rdb_shared.shared_reads)
+            counts = count_trials(trials)
+            if counts.finished >= target:
+                return Admission(counts, target, done=True)
+            if counts.finished + counts.running >= target:
+                return Admission(counts, target)
+            running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+            asked: list[optuna.Trial] = []
+            # The storage checks the target again in each creating transaction: a lost lock (its connection
+            # cut) or a stale read above can then cost a wait, never a trial beyond the target.
+            capped = backend.admission_cap(target) if ours else nullcontext()
+            try:
+                try:
+                    with warnings.catch_warnings(), capped:
+                        # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
+                        # worker records the heartbeats itself (see Heartbeat): the warning does not apply.
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                        # Never more than the free places: each asked trial is RUNNING before the lock is released.
+                        for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
+                            asked.append(self.study.ask())
+                except NoFreePlace:
+                    if not asked:
+                        return Admission(counts, target)  # full after all: wait, as for a place taken
+                for trial in asked:
+                    self._draw_settings(trial)
+            except Exception as exc:
+                if is_transient_db_error(exc):
+                    with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
+                raise
+            self._held[:] = asked
+            for trial in asked:  # retried on its own: repeating the whole admission would create more trials
+                if trial._trial_id not in beaten:
+                    with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
+            return Admission(counts, target, asked[0], more=tuple(asked[1:]))
+
+    def _draw_settings(self, trial: optuna.Trial) -> None:
+        """Let the sampler draw ``trial``'s settings jointly now (Optuna's ``Trial.relative_params``, which it
+        otherwise draws at the trial's first ``suggest``), under the admission lock.
+
+        It reads the study's trials: here those of this admission (``rdb.shared_reads``, plus the trials
+        just created), where at the first ``suggest`` it would read them again milliseconds later. What it
+        records beside them (TPE's relative params, for other workers' constant liar) waits for the
+        trial's first write, with its settings (``rdb.defer_params``). ``suggest`` then takes the drawn
+        values; a one-worker search draws exactly what it drew before. A draw that fails for any reason
+        but the database is left to the first ``suggest``, which draws again and fails the trial as before.
+        """
+        backend = getattr(self.study._storage, "_backend", None)
+        if isinstance(backend, StudyStorage):
+            backend.defer_params(trial._trial_id)
+        try:
+            trial.relative_params  # noqa: B018  (a property that draws and keeps the values)
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                raise
+            log.debug("trial %d: the sampler's draw is left to its first suggest", trial.number, exc_info=True)
+
+    def _hand_back(self, running_before: set[int]) -> None:
+        """Return to the queue (WAITING) trials that a failed ``ask`` made RUNNING before it broke.
+
+        ``ask`` creates (or pops) the trial, then lets the sampler read the study; if the database fails
+        in between, the trial would stay RUNNING with no heartbeat and nobody to finish it. Under the
+        admission lock no other worker starts trials, so the RUNNING trials that were not running before
+        are ours. WAITING is the state of a queued trial: the next ``ask`` picks it up again, with its
+        fixed params if it had any (a re-queued baseline stays the baseline).
+        """
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in running_before:
+                self.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                log.warning("trial %d: handed back to the queue after a database error while creating it", trial.number)
+
+    def _run_trial(self, trial: optuna.Trial, interrupts: Interrupts) -> tuple[FrozenTrial, Exception | None]:
+        """Run the objective on ``trial`` under a heartbeat and tell the outcome (FAIL on any error)."""
+        interval = self.study._storage.get_heartbeat_interval() or 10
+        state, value, error = TrialState.FAIL, None, None
+        with Heartbeat(self.study._storage, trial._trial_id, interval):
+            try:
+                interrupts.raise_pending()
+                value = self.objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except KeyboardInterrupt:
+                with interrupts.critical():
+                    _, requeued = with_db_retry(
+                        lambda: self._fail_and_requeue(trial), f"recording and re-queueing trial {trial.number}"
+                    )
+                    self.release([trial])
+                again = "; queued to run again with the same settings" if requeued else ""
+                log.warning("trial %d: interrupted; recorded as failed%s", trial.number, again)
+                raise
+            except Exception as exc:
+                error = exc
+                if not is_transient_db_error(exc):
+                    log_failure(f"trial {trial.number} failed", exc)
+            with interrupts.critical():
+                if error is not None and is_transient_db_error(error):
+                    # The database went away under the trial (a restart, a network cut): that says nothing
+                    # about its settings, so it runs again rather than counting as a failure.
+                    frozen, requeued = with_db_retry(
+                        lambda: self._fail_and_requeue(trial), f"recording and re-queueing trial {trial.number}"
+                    )
+                    again = "; queued to run again with the same settings" if requeued else ""
+                    log.warning("trial %d: the study database went away during the trial%s", trial.number, again)
+                else:
+                    frozen = self._tell(trial, state, value)
+        if state == TrialState.COMPLETE and value is not None and not math.isfinite(value):
+            log.warning("trial %d: the objective returned %s; recorded as failed", trial.number, value)
+        elif state != TrialState.FAIL and frozen.state == TrialState.FAIL:
+            log.warning("trial %d was failed as stale by another worker while it ran; its result is lost", trial.number)
+        return frozen, error
+
+    def _fail_and_requeue(self, trial: optuna.Trial) -> tuple[FrozenTrial, bool]:
+        """Tell ``trial`` FAIL and queue its retry as one step under the admission lock (safe to repeat), for a
+        trial whose failure says nothing about its settings (interrupted, or the database went away).
+
+        Under the lock, other workers' admissions see the trial RUNNING, or FAIL with its retry WAITING
+        (which their ``ask`` then picks up); never FAIL alone, which would let one of them start a new trial
+        in its place and leave the retry WAITING past the study's target. Repeating it after a database
+        error neither tells twice nor queues a second retry. Returns the told trial and whether a retry
+        is queued; a trial another worker already finished (failed as stale) is not retried here.
+        """
+        with admission_lock(self.study._storage, self.study.study_name):
+            frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if frozen.state != TrialState.FAIL:
+                return frozen, False
+            queued = any(
+                t.system_attrs.get("failed_trial") == frozen.number for t in self.study.get_trials(deepcopy=False)
+            )
+            return frozen, queued or requeue_trial(self.study, frozen)
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None) -> FrozenTrial:
+        def tell() -> FrozenTrial:
+            if state == TrialState.COMPLETE:
+                return self.study.tell(trial, value, skip_if_finished=True)
+            return self.study.tell(trial, state=state, skip_if_finished=True)
+
+        return with_db_retry(tell, f"recording trial {trial.number}")
+
+    def _close_stale_runs(self) -> None:
+        """Close the MLflow runs of trials this worker just failed as stale (their workers died)."""
+        callback = self.study._storage.get_heartbeat_stale_trial_callback()
+        if not isinstance(callback, RetryStaleTrial):
+            return
+        from adamtune.tracking.stale import end_stale_trial
+
+        tracker = self.objective.tracker
+        for trial in callback.drain():
+            if tracker is not None:
+                end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
+
+
+def log_failure(what: str, exc: BaseException) -> None:
+    """``<what>: <type>: <message>`` and the traceback of training code (once), wherever it ran."""
+    kind, text = describe_failure(exc)
+    log.warning("%s: %s: %s%s", what, kind, exc, f"\n{text.rstrip()}" if text else "")
+
+
+def worker_label(trial: FrozenTrial) -> str:
+    """``[w1 cuda:0]``-style prefix for a trial's log line, from its worker and device attributes.
+
+    The local host name is left out of the worker's name; workers on other machines keep theirs.
+    """
+    from adamtune.storage.study import DEVICE_ATTR, WORKER_ATTR
+
+    worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+    device = str(trial.user_attrs.get(DEVICE_ATTR, ""))
+    host = socket.gethostname()
+    if worker.startswith(f"{host}-"):
+        worker = worker[len(host) + 1 :]
+    return f"[{' '.join(part for part in (worker, device) if part)}]" if worker or device else ""
+
+
+def counts_and_target(study: optuna.Study) -> tuple[Counts, int]:
+    """The study's trial counts and its stored target (for progress displays)."""
+    trials = study.get_trials(deepcopy=False)
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    return count_trials(trials), int(settings.get("n_trials") or 0)

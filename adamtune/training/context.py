@@ -1,0 +1,559 @@
+"""``TrialContext``: the one seam between adamtune and training code.
+
+Every way a trial trains talks to a context: a user's ``fit(trial)`` (:class:`adamtune.LoopTask`), the
+built-in trainer (through a small adapter in ``runner.py``) and the Lightning callback. The context hands
+out what adamtune decided (the Adam settings, seed, device, split, epochs, batch size) and takes back
+what training measured; adamtune's side of it (``objective.py`` in a search, ``runner.py`` for
+confirmation and ``verify``) turns the reports into Optuna intermediate values, pruning decisions,
+MLflow curves and the trial's result. This module imports neither torch, optuna nor mlflow.
+
+For the user
+------------
+``trial.params`` (:class:`~adamtune.core.space.AdamParams`), ``trial.batch_size``, ``trial.n_epochs``,
+``trial.number`` (None outside a search trial), ``trial.seed`` (already applied to torch, ``random``
+and numpy when fit starts), ``trial.device`` (a device name such as ``"cpu"`` or ``"cuda:1"``),
+``trial.split`` (``"val"`` in the search and confirmation, ``"test"`` in verify), ``trial.data`` (what
+the task's ``data`` function returned, loaded once per worker), ``trial.fold`` (an
+:class:`adamtune.core.folds.Fold` in confirmation runs of a task declared ``LoopTask(folds=True)``: train and
+validate on ``trial.fold.split(...)`` of your pooled training + validation rows; None in search trials,
+in ``verify`` and for tasks that do not declare it) and ``trial.checkpoint_dir`` (a per-trial directory,
+created on first use).
+
+* ``trial.make_optimizer(model_or_parameters)`` -> ``(optimizer, scheduler)``: the sampled Adam/AdamW
+  and its learning-rate schedule, from :func:`adamtune.training.optim.make_optimizer`. Call
+  ``scheduler.step()`` after every ``optimizer.step()``.
+* ``for epoch in trial.epochs():`` yields 1..``n_epochs`` (one pass, per trial), and ends early once
+  the trial was stopped.
+* ``trial.report(**metrics)`` once per epoch: metrics measured on ``trial.split``, stored with its
+  prefix (``loss=`` -> ``val_loss``). It must include the task's objective. It may raise
+  :class:`TrialPruned` or :class:`TrialDiverged` (both :class:`StopTrial`): let them propagate. If
+  ``fit`` catches them anyway, the trial still ends pruned or diverged: later ``epochs()`` iterations stop
+  and later reports raise again.
+* ``trial.log(**metrics)`` records metrics that belong to no split (``train_loss=``, ``lr=``) under
+  their own names, sent with the epoch's next ``report`` (logged after the last report: dropped).
+* ``trial.report_initial(**metrics)`` (optional, before the first epoch): the untrained model's metrics
+  on ``trial.split``. They are the reference of the blow-up rule and the score of a diverged trial.
+
+Epoch numbers: inside ``trial.epochs()`` a report belongs to the current epoch (a second report in the
+same epoch is an error: put every metric in one call); outside it, to the epoch after the last report.
+
+Divergence (the same rule as the built-in trainer's, see ``train.py``): a trial diverges at the epoch
+whose report (or pending ``log``) holds a non-finite value, or whose ``loss`` exceeds
+:data:`DIVERGENCE_FACTOR` times the reference loss: the ``report_initial`` loss when given, else the
+first epoch's (a reference that is not positive and finite switches this second rule off). A diverged
+trial scores its objective as the untrained model's (``report_initial``) when given, else the worst
+finite value it reported, else the worst possible (±inf): training that blew up is worth no more than
+no training.
+
+Checkpoints and resuming (see ``checkpoint.py`` for where and how they are stored):
+``trial.checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, ...)`` registers the objects
+that make the loop resumable: anything with ``state_dict()``/``load_state_dict()``, and
+``torch.Generator`` objects (``get_state()``/``set_state()``). Call it once, before ``trial.epochs()``;
+without it a loop is not checkpointed. In a search trial that has a checkpoint store, every
+``checkpoint_every`` epochs (after the epoch's report; never after the last epoch) the context saves
+their states, the global RNG states (torch, CUDA, ``random``, numpy) and the curve so far. When a trial
+is a retry of one whose worker died, ``trial.epochs()`` first loads the lineage's latest checkpoint
+into the registered objects and the RNGs, restores the curve (re-reported through ``on_resume``) and
+yields the epochs after the saved one only. A checkpoint that cannot be used is reported in one warning
+line and the trial trains from epoch 1. ``checkpoint_every=None`` is automatic: after the first epoch,
+every epoch when ``n_epochs`` times that epoch's time is at least :data:`adamtune.training.checkpoint.AUTO_SECONDS`
+(60 s), else never; and when a save takes more than :data:`adamtune.training.checkpoint.AUTO_SHARE` (1%) of an
+epoch's training time, every ``ceil(save time / (1% of an epoch))`` epochs instead, so saves stay
+under about 1% of the trial's time. ``0`` is never.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamtune.core.metrics import SPLITS, bare_name, check_metric_name
+from adamtune.training.checkpoint import AUTO_SECONDS, AUTO_SHARE, CheckpointUnusable
+
+if TYPE_CHECKING:
+    from adamtune.core.curves import Curves
+    from adamtune.core.folds import Fold
+    from adamtune.core.space import AdamParams
+
+#: A ``loss`` this many times the reference loss is a blow-up (the built-in trainer's factor).
+DIVERGENCE_FACTOR = 10.0
+
+#: ``on_epoch(epoch, metrics, diverged)``: adamtune's side of each epoch's report (MLflow curves, Optuna's
+#: intermediate values); return True to prune the trial. ``diverged`` epochs are passed for the curves
+#: only: their return value is ignored, the trial stops as diverged.
+EpochHook = Callable[[int, Mapping[str, float], bool], bool]
+#: ``on_resume(epoch, history)``: a checkpoint of ``epoch`` was restored; ``history`` is its curve
+#: (``(epoch, metrics)`` pairs) for adamtune's side to re-report (Optuna, MLflow).
+ResumeHook = Callable[[int, list[tuple[int, dict[str, float]]]], None]
+
+log = logging.getLogger(__name__)
+
+
+class StopTrial(Exception):
+    """Raised by :meth:`TrialContext.report` when adamtune ends the trial. Let it propagate out of ``fit``."""
+
+
+class TrialPruned(StopTrial):
+    """The pruner stopped the trial: its curve so far is not promising."""
+
+
+class TrialDiverged(StopTrial):
+    """A reported metric was non-finite or the loss blew up (see the module docstring)."""
+
+
+class TrialContext:
+    """One training run's settings and its reports. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        params: AdamParams,
+        n_epochs: int,
+        batch_size: int,
+        seed: int,
+        device: str,
+        objective: str,
+        direction: str = "minimize",
+        split: str = "val",
+        number: int | None = None,
+        checkpoint_dir: Path | None = None,
+        data: Any = None,
+        on_epoch: EpochHook | None = None,
+        checkpoints: Any = None,
+        checkpoint_every: int | None = None,
+        on_resume: ResumeHook | None = None,
+        fold: Fold | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.params = params
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.split = split
+        self.number = number
+        self.data = data
+        self.fold = fold
+        self.objective = bare_name(objective)
+        self.direction = direction
+        self._checkpoint_dir = checkpoint_dir
+        self._on_epoch = on_epoch
+        self._first_epoch = 1  # a restored checkpoint (issue 13) moves this past the last saved epoch
+        self._current: int | None = None
+        self._epochs_started = False
+        self._last_epoch = 0
+        self._initial: dict[str, float] | None = None
+        self._pending_log: dict[str, float] = {}
+        self._history: list[tuple[int, dict[str, float]]] = []
+        self._stop: StopTrial | None = None
+        self.state = "running"  # running -> pruned | diverged (complete is decided by the caller)
+        self.diverged_epoch: int | None = None
+        self._checkpoints = checkpoints  # adamtune.checkpoint.TrialCheckpoints, or None: no checkpoints
+        self.checkpoint_every = checkpoint_every
+        self._auto = checkpoint_every is None
+        self._last_save_seconds = 0.0
+        self._on_resume = on_resume
+        self._registered: dict[str, Any] = {}
+        self._clock: float | None = None
+        self._save_failed = False
+        self.resumed_from_epoch: int | None = None
+        self.checkpoint_seconds = 0.0  # time spent saving checkpoints in this run
+        self.checkpoint_bytes = 0  # size of the last checkpoint written
+        self.checkpoints_saved = 0
+        #: The epochs at which adamtune's side may prune (its ``on_epoch`` answer matters); None: any epoch.
+        #: A trainer in another process waits for an answer only at these (``trainer_process.py``).
+        self.prune_epochs: frozenset[int] | None = None
+
+    # ---- the user's side -------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """This trial's own scratch directory (created on first use) for the loop's own files.
+
+        adamtune's checkpoints do not go here: they go to the checkpoint store (see :meth:`checkpoint`).
+        """
+        if self._checkpoint_dir is None:
+            import tempfile
+
+            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="adamtune-trial-"))
+        self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self._checkpoint_dir
+
+    def make_optimizer(self, model_or_parameters: Any) -> tuple[Any, Any]:
+        """``(optimizer, scheduler)`` for this trial's Adam settings.
+
+        Built by :func:`adamtune.training.optim.make_optimizer`.
+        """
+        from adamtune.training.optim import make_optimizer
+
+        return make_optimizer(model_or_parameters, self.params)
+
+    def checkpoint(self, **objects: Any) -> None:
+        """Register ``objects`` (by name) to save in this trial's checkpoints and restore when it resumes.
+
+        Each is a ``torch.Generator`` or has ``state_dict()`` and ``load_state_dict()`` (a model, an
+        optimizer, a scheduler, a ``GradScaler``...). Call before ``trial.epochs()``.
+
+        Raises:
+            RuntimeError: called after ``trial.epochs()`` started.
+            TypeError: an object that has no state to save.
+        """
+        if self._epochs_started:
+            raise RuntimeError("call trial.checkpoint(...) before trial.epochs(): it restores what it registers")
+        for name, obj in objects.items():
+            stateful = hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
+            if not stateful and not (hasattr(obj, "get_state") and hasattr(obj, "set_state")):
+                raise TypeError(
+                    f"trial.checkpoint({name}=...) needs an object with state_dict()/load_state_dict() "
+                    f"or a torch.Generator, got {type(obj).__name__}"
+                )
+        self._registered.update(objects)
+
+    def epochs(self) -> Iterator[int]:
+        """Yield the epochs to train, 1..``n_epochs``; stop early once the trial was pruned or diverged.
+
+        A resumed trial (see the module docstring) restores its checkpoint first and starts after it.
+
+        Raises:
+            RuntimeError: iterated a second time in one trial.
+        """
+        if self._epochs_started:
+            raise RuntimeError("trial.epochs() runs once per trial; keep one loop over it")
+        self._epochs_started = True
+        return self._epoch_iterator()
+
+    def _epoch_iterator(self) -> Iterator[int]:
+        self._resume()
+        self._clock = time.perf_counter()
+        try:
+            for epoch in range(self._first_epoch, self.n_epochs + 1):
+                if self._stop is not None:
+                    return
+                self._current = epoch
+                yield epoch
+                if self._stop is None and epoch < self.n_epochs and self._last_epoch == epoch:
+                    self._maybe_save(epoch)
+        finally:
+            self._current = None
+
+    def _resume(self) -> None:
+        """Load the lineage's latest checkpoint into the registered objects, the RNGs and the curve."""
+        if self._checkpoints is None or not self._registered or self._history:
+            return
+        from adamtune.training.checkpoint import restore, restore_rng
+
+        try:
+            state = self._checkpoints.load()
+            if state is None:
+                return
+            restore(self._registered, state)
+            history = [(int(e), {str(k): float(v) for k, v in metrics.items()}) for e, metrics in state["history"]]
+        except CheckpointUnusable as exc:
+            log.warning("trial %s: %s; training from epoch 1", self.number, exc)
+            return
+        except Exception as exc:  # a malformed curve inside a readable checkpoint
+            log.warning("trial %s: checkpoint unusable (%s); training from epoch 1", self.number, exc)
+            return
+        restore_rng(state)
+        epoch = int(state["epoch"])
+        self._history, self._last_epoch, self._first_epoch = history, epoch, epoch + 1
+        if state.get("initial") is not None:
+            self._initial = {str(k): float(v) for k, v in state["initial"].items()}
+        self.resumed_from_epoch = epoch
+        if self._on_resume is not None:
+            self._on_resume(epoch, list(history))
+
+    def _interval(self, epoch: int) -> int:
+        """Epochs between saves; automatic (see the module docstring) unless ``checkpoint_every`` was given."""
+        if not self._auto:
+            return self.checkpoint_every or 0
+        assert self._clock is not None
+        training = time.perf_counter() - self._clock - self.checkpoint_seconds
+        per_epoch = max(training, 1e-9) / (epoch - self._first_epoch + 1)
+        if self.checkpoint_every is None:  # decided after this run's first epoch
+            self.checkpoint_every = 1 if per_epoch * self.n_epochs >= AUTO_SECONDS else 0
+        elif self.checkpoint_every > 0 and self._last_save_seconds > 0:  # keep saves under AUTO_SHARE
+            self.checkpoint_every = max(1, math.ceil(self._last_save_seconds / (AUTO_SHARE * per_epoch)))
+        return self.checkpoint_every
+
+    def capture_state(self) -> dict[str, Any] | None:
+        """What a checkpoint of this trial holds now, or None when nothing was registered (imports torch)."""
+        if not self._registered:
+            return None
+        from adamtune.training.checkpoint import capture
+
+        state = capture(self._registered)
+        state["history"] = [[e, dict(m)] for e, m in self._history]
+        state["initial"] = dict(self._initial) if self._initial is not None else None
+        return state
+
+    def _maybe_save(self, epoch: int) -> None:
+        if self._checkpoints is None or not self._registered:
+            return
+        every = self._interval(epoch)
+        if every <= 0 or epoch % every:
+            return
+        started = time.perf_counter()
+        try:
+            state = self.capture_state()
+            assert state is not None
+            self.checkpoint_bytes = self._checkpoints.save(epoch, state)
+            self.checkpoints_saved += 1
+            self._last_save_seconds = time.perf_counter() - started
+        except Exception as exc:  # the store is full or away: training goes on, the next save tries again
+            if not self._save_failed:
+                name = type(exc).__name__
+                log.warning("trial %s: could not save a checkpoint (%s: %s); training goes on", self.number, name, exc)
+            self._save_failed = True
+        finally:
+            self.checkpoint_seconds += time.perf_counter() - started
+
+    def report(self, **metrics: Any) -> None:
+        """Record this epoch's metrics on ``trial.split``; may stop the trial (see the module docstring).
+
+        Values may be Python numbers, numpy scalars or one-element tensors.
+
+        Raises:
+            TrialPruned, TrialDiverged: adamtune ends the trial here (do not catch them).
+            ValueError, TypeError: no metrics, no objective, a bad name or value, two reports in one epoch.
+        """
+        self._report(None, metrics)
+
+    def report_initial(self, **metrics: Any) -> None:
+        """Record the untrained model's metrics on ``trial.split`` (optional, before the first epoch).
+
+        Raises:
+            ValueError, TypeError: as for :meth:`report`, or called after an epoch was reported.
+        """
+        if self._history or self._initial is not None:
+            raise ValueError("trial.report_initial(...) goes before the first epoch's report, once")
+        self._initial = self._split_metrics(metrics, "trial.report_initial")
+
+    def log(self, **metrics: Any) -> None:
+        """Record metrics of no split (e.g. ``train_loss=``, ``lr=``), stored under their own names with the
+        epoch's next report.
+
+        Raises:
+            ValueError, TypeError: a bad name (``val_``/``test_`` prefixes are for reports) or value.
+        """
+        for name, value in metrics.items():
+            check_metric_name(name, "trial.log")
+            self._pending_log[name] = _to_float(value, name)
+
+    # ---- adamtune's side -------------------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop is not None
+
+    @property
+    def stop_reason(self) -> StopTrial | None:
+        """The ``TrialPruned``/``TrialDiverged`` that stopped the run, or None."""
+        return self._stop
+
+    @property
+    def history(self) -> list[tuple[int, dict[str, float]]]:
+        """``(epoch, metrics)`` of every reported epoch, metrics under their stored names."""
+        return list(self._history)
+
+    @property
+    def initial(self) -> dict[str, float] | None:
+        """The untrained model's metrics (stored names), if ``report_initial`` was called."""
+        return dict(self._initial) if self._initial is not None else None
+
+    @property
+    def objective_name(self) -> str:
+        """The stored name of the objective on this context's split, e.g. ``val_mae``."""
+        return f"{self.split}_{self.objective}"
+
+    def no_better_than_untrained(self) -> bool:
+        """True when the last reported objective is not better than the untrained model's (``report_initial``).
+
+        Such a run learned nothing (a far too large learning rate often leaves a network at chance level
+        without blowing up); adamtune labels it diverged. False without untrained metrics or a report.
+        """
+        name = self.objective_name
+        untrained = (self._initial or {}).get(name)
+        if untrained is None or not math.isfinite(untrained) or not self._history:
+            return False
+        last = self._history[-1][1].get(name, math.nan)
+        if not math.isfinite(last):
+            return True
+        return last >= untrained if self.direction == "minimize" else last <= untrained
+
+    def report_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """:meth:`report` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning)."""
+        self._report(epoch, metrics)
+
+    # ---- a trainer in another process (``trainer_client.py``): its context's calls, played here ----------
+
+    @property
+    def checkpoints(self) -> Any:
+        """The run's ``checkpoint.TrialCheckpoints`` (None: no checkpoints)."""
+        return self._checkpoints
+
+    @property
+    def checkpoint_dir_setting(self) -> Path | None:
+        """The scratch directory given to this context (None: a temporary one on first use)."""
+        return self._checkpoint_dir
+
+    def forward_report(self, epoch: int, record: Mapping[str, float], diverged: bool) -> bool:
+        """A report of this run's context in the trainer process (already checked there): kept in the
+        curve and given to adamtune's hook; returns the hook's prune answer."""
+        self._history.append((epoch, dict(record)))
+        self._last_epoch = epoch
+        if self._on_epoch is None:
+            return False
+        return bool(self._on_epoch(epoch, record, diverged)) and not diverged
+
+    def forward_resume(self, epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
+        """The trainer process restored a checkpoint of ``epoch`` with this curve."""
+        self._history, self._last_epoch, self.resumed_from_epoch = list(history), epoch, epoch
+        if self._on_resume is not None:
+            self._on_resume(epoch, list(history))
+
+    def prune(self, epoch: int) -> None:
+        """Stop the trial as pruned at ``epoch`` (adamtune's side decided after the report); raises TrialPruned."""
+        self._stop_as(TrialPruned(f"pruned at epoch {epoch}"), "pruned", None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This run's outcome as plain data (what :meth:`adopt` takes): state, curve, untrained metrics,
+        resume and checkpoint counts. Holds no data, hook, model or store, so it pickles."""
+        return {
+            "state": self.state,
+            "diverged_epoch": self.diverged_epoch,
+            "history": self._history,
+            "initial": self._initial,
+            "last_epoch": self._last_epoch,
+            "stop": self._stop,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "checkpoint_bytes": self.checkpoint_bytes,
+            "checkpoints_saved": self.checkpoints_saved,
+        }
+
+    def adopt(self, snapshot: Mapping[str, Any]) -> None:
+        """Take over the outcome of the same run trained elsewhere (:meth:`snapshot` of its context there)."""
+        self.state, self.diverged_epoch = snapshot["state"], snapshot["diverged_epoch"]
+        self._history = [(int(e), dict(m)) for e, m in snapshot["history"]]
+        self._initial = dict(snapshot["initial"]) if snapshot["initial"] is not None else None
+        self._last_epoch, self._stop = snapshot["last_epoch"], snapshot["stop"]
+        self.resumed_from_epoch, self.checkpoint_every = snapshot["resumed_from_epoch"], snapshot["checkpoint_every"]
+        self.checkpoint_seconds, self.checkpoint_bytes = snapshot["checkpoint_seconds"], snapshot["checkpoint_bytes"]
+        self.checkpoints_saved = snapshot["checkpoints_saved"]
+
+    def mark_diverged(self, epoch: int, reason: str) -> None:
+        """Stop the trial as diverged at ``epoch`` (a trainer that detected it itself); raises TrialDiverged."""
+        self._stop_as(TrialDiverged(f"diverged at epoch {epoch}: {reason}"), "diverged", epoch)
+
+    def result(self) -> tuple[float, dict[str, float]]:
+        """The objective value and the final metrics on the split (stored names) of the run so far.
+
+        Complete: the last report's. Diverged: the untrained model's (``report_initial``) when given,
+        else the worst finite objective reported (other metrics left out), else ±inf. Pruned: the last
+        report's (the caller scores a pruned trial itself).
+
+        Raises:
+            RuntimeError: nothing was reported (``fit`` never called ``trial.report``).
+        """
+        name = self.objective_name
+        if self.state == "diverged":
+            if self._initial is not None and math.isfinite(self._initial.get(name, math.nan)):
+                return self._initial[name], dict(self._initial)
+            reported = [m[name] for _, m in self._history if math.isfinite(m.get(name, math.nan))]
+            worst = (max if self.direction == "minimize" else min)(reported, default=None)
+            if worst is None:
+                worst = math.inf if self.direction == "minimize" else -math.inf
+            return worst, {name: worst}
+        if not self._history:
+            raise RuntimeError(
+                f"fit returned without reporting any epoch: call trial.report({self.objective}=...) once per epoch"
+            )
+        last = self._history[-1][1]
+        prefix = f"{self.split}_"
+        return last[name], {k: v for k, v in last.items() if k.startswith(prefix)}
+
+    def curves(self) -> Curves:
+        """The reported epochs as :class:`adamtune.core.curves.Curves`."""
+        from adamtune.core.curves import Curves, EpochMetrics
+
+        curves = Curves(epochs=[EpochMetrics(epoch, dict(m)) for epoch, m in self._history])
+        curves.diverged_epoch = self.diverged_epoch
+        if self._initial is not None:
+            curves.initial = {f"val_{bare_name(k)}": v for k, v in self._initial.items()}
+        return curves
+
+    # ---- internals -------------------------------------------------------------------------------------
+
+    def _split_metrics(self, metrics: Mapping[str, Any], where: str) -> dict[str, float]:
+        if not metrics:
+            raise ValueError(f"{where}() needs metrics, e.g. {where}({self.objective}=...)")
+        if self.objective not in metrics:
+            raise ValueError(
+                f"{where}(...) must include the objective {self.objective!r}; got {', '.join(sorted(metrics))}"
+            )
+        stored = {}
+        for name, value in metrics.items():
+            check_metric_name(name, where)
+            stored[f"{self.split}_{name}"] = _to_float(value, name)
+        return stored
+
+    def _report(self, epoch: int | None, metrics: Mapping[str, Any]) -> None:
+        if self._stop is not None:
+            raise self._stop
+        stored = self._split_metrics(metrics, "trial.report")
+        if epoch is None:
+            epoch = self._current if self._current is not None else self._last_epoch + 1
+        if epoch <= self._last_epoch:
+            raise ValueError(
+                f"trial.report was called twice for epoch {epoch}: report once per epoch, with every metric in one call"
+            )
+        record = {**self._pending_log, **stored}
+        self._pending_log = {}
+        self._history.append((epoch, record))
+        self._last_epoch = epoch
+        reason = self._divergence(record)
+        if reason is not None:
+            if self._on_epoch is not None:
+                self._on_epoch(epoch, record, True)
+            self.mark_diverged(epoch, reason)
+        if self._on_epoch is not None and self._on_epoch(epoch, record, False):
+            self._stop_as(TrialPruned(f"pruned at epoch {epoch}"), "pruned", None)
+
+    def _divergence(self, record: Mapping[str, float]) -> str | None:
+        for name, value in record.items():
+            if not math.isfinite(value):
+                return f"{name} is {value}"
+        loss_name = f"{self.split}_loss"
+        loss, reference = record.get(loss_name), self._reference_loss()
+        if loss is not None and reference is not None and loss > DIVERGENCE_FACTOR * reference:
+            return f"{loss_name} {loss:.4g} is over {DIVERGENCE_FACTOR:g}x the reference {reference:.4g}"
+        return None
+
+    def _reference_loss(self) -> float | None:
+        source = self._initial if self._initial is not None else (self._history[0][1] if self._history else None)
+        value = source.get(f"{self.split}_loss") if source is not None else None
+        return value if value is not None and math.isfinite(value) and value > 0 else None
+
+    def _stop_as(self, stop: StopTrial, state: str, epoch: int | None) -> None:
+        self._stop, self.state = stop, state
+        if epoch is not None:
+            self.diverged_epoch = epoch
+        raise stop
+
+
+def _to_float(value: Any, name: str) -> float:
+    try:
+        if hasattr(value, "item"):  # tensors and numpy scalars (one element)
+            value = value.item()
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"metric {name!r} must be a number or a one-element tensor, got {type(value).__name__}"
+        ) from None
