@@ -1,26 +1,25 @@
 """Five speed figures of two source trees side by side, in one run: a baseline tree and the current one.
 
 Each figure comes from an existing bench script, run *from its own tree* (``python DIR/bench/X.py``, in a
-fresh temporary directory, with ``PYTHONPATH=DIR`` so that ``import adamtune`` and ``python -m adamtune``
--- in the script and in every process it starts -- load that tree's package, not the editable install):
+fresh temporary directory, with ``PYTHONPATH=DIR``). ``PYTHONPATH`` comes before site-packages on
+``sys.path``, hence before the path entry of the venv's editable install, so ``import adamtune`` and
+``python -m adamtune`` -- in the script and in every process it starts -- load that tree's package; a
+directory first on ``PATH`` holds an ``adamtune`` shim running ``python -m adamtune`` for anything that
+calls the console script. The figures, the script that measures each, and this benchmark's goals:
 
-====  ===========================================================  ==========================  =======
- #    figure                                                       script                      goal
-====  ===========================================================  ==========================  =======
- 1    the README command (``adamtune search --task digits``,        ``bench/overhead.py``        <= 1.30
-      30 trials) end to end ÷ a bare PyTorch loop doing the same
-      trainings
- 2    a fresh 1-trial search (``--n-trials 1 --epochs 1``, warm     ``bench/startup.py``         <= 1.5
-      MLflow schema template) ÷ ``python -c "import torch, optuna,
-      mlflow"``
- 3    launch to trial 0's start ÷ ``python -c "import torch"``      ``bench/startup.py``         <= 2.0
- 4    study-database time per 20-epoch synthetic trial (a real      ``bench/scaling.py``         <= 30 ms
-      worker, no training; median of trials 11 on), SQLite and     ``--skip-throughput``        <= 60 ms
-      PostgreSQL (127.0.0.1:5432; the script creates and drops a
-      throw-away database)
- 5    steady-state trials/min with 2 CPU workers ÷ with 1 worker    ``bench/scaling.py``         >= 1.8
-      (24 trials of 20 epochs, no pruning, SQLite)                 ``--skip-storage``
-====  ===========================================================  ==========================  =======
+1. The README command (``adamtune search --task digits --n-trials 30``: Hyperband, TPE, SQLite, MLflow's
+   local store, the confirmation stage) end to end ÷ a bare PyTorch loop doing the same trainings --
+   ``bench/overhead.py --trials 30 --rounds 1``. Goal: <= 1.30.
+2. A fresh 1-trial search (``--n-trials 1 --epochs 1``, both stores created, MLflow's schema template
+   cached) ÷ ``python -c "import torch, optuna, mlflow"`` -- ``bench/startup.py --rounds 1``. Goal: <= 1.5.
+3. Launch to trial 0's start (Optuna's ``datetime_start``) ÷ ``python -c "import torch"`` -- the same run
+   of ``bench/startup.py``. Goal: <= 2.0.
+4. Study-database time per 20-epoch trial (a real worker running synthetic trials, no training; the time
+   spent in the storage's methods, median of trials 11 on), on SQLite and on PostgreSQL at
+   127.0.0.1:5432 (the script creates a throw-away database and drops it) -- ``bench/scaling.py
+   --skip-throughput --storage-trials 40 --growth-trials 0``. Goals: <= 30 ms and <= 60 ms.
+5. Steady-state trials per minute with 2 CPU workers ÷ with 1 worker (24 trials of 20 epochs, no
+   pruning, SQLite) -- ``bench/scaling.py --skip-storage --repeats 1``. Goal: >= 1.8.
 
 A few by-products are shown as ``(info)`` rows: overhead.py's steady-state ratio, startup.py's *cold*
 end-to-end ratio (no MLflow schema template yet) and scaling.py's wall-clock speed-up.
@@ -41,7 +40,7 @@ are ignored here.
 Usage::
 
     python bench/speed.py --baseline /tmp/base-main                  # 3 rounds, ~15 minutes on 2 cores
-    python bench/speed.py --baseline /tmp/base-main --rounds 5
+    python bench/speed.py --baseline /tmp/base-main --rounds 5       # ~25 minutes
     python bench/speed.py --baseline /tmp/base-main --quick          # smoke run, 1 round, ~2-3 minutes
     python bench/speed.py --baseline A --current B --only startup,storage --logs /tmp/speed-logs
 
@@ -72,6 +71,8 @@ NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
 SIDES = ("baseline", "current")
 #: per (job, metric): the most decimals a script printed for it (the table shows no more)
 DECIMALS: dict[tuple[str, str], int] = {}
+#: figures a script skipped (e.g. PostgreSQL unreachable), repeated under the final table
+NOTES: dict[str, None] = {}
 
 
 class BenchError(Exception):
@@ -249,7 +250,6 @@ class Results:
     """Per (job, metric, side): the value of each round; None where the figure was skipped."""
 
     values: dict[tuple[str, str, str], list[float | None]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     def add(self, job: Job, metric: Metric, side: str, value: float | None) -> None:
         self.values.setdefault((job.name, metric.key, side), []).append(value)
@@ -266,7 +266,9 @@ def parse(output: str, job: Job, side: Side) -> dict[str, float | None]:
             if skipped:
                 found[metric.key] = None
                 why = skipped[-1].group(1).strip() or "no reason given"
-                print(f"    {metric.label.strip()}: skipped by {job.script} on the {side.name} side: {why}")
+                note = f"{metric.label.strip()}: skipped by {job.script} on the {side.name} side: {why}"
+                print(f"    {note}")
+                NOTES[note] = None
                 continue
         candidates = [line for line in lines if re.search(metric.anchor, line, re.IGNORECASE)]
         if not candidates:
@@ -526,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (quick settings: smoke run, figures not representative)" if args.quick else "")
     )
     print(table(results, jobs, rounds_done))
+    for note in NOTES:
+        print(f"note: {note}")
     return 0
 
 

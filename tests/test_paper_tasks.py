@@ -19,11 +19,12 @@ from click.testing import CliRunner
 from conftest import listing
 from dataset_files import image_ids, write_cifar_folder, write_imdb_folder, write_mnist
 
+from adamtune.core.folds import validation_size
 from adamtune.core.space import AdamParams
 from adamtune.data import datasets
 from adamtune.tasks import BUILTIN_TASKS, resolve_task
 from adamtune.tasks.base import Split, Task, TaskData
-from adamtune.tasks.common import crop_flip, split_train_val, validation_size
+from adamtune.tasks.common import crop_flip, split_train_val
 from adamtune.training.train import train
 
 PAPER_TASKS = ("mnist-logreg", "mnist-mlp", "cifar10", "cifar10-paper", "imdb-bow")

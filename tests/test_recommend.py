@@ -17,9 +17,10 @@ import torch
 from click.testing import CliRunner, Result
 
 from adamtune.cli.main import cli
+from adamtune.confirm.ranking import Candidate
 from adamtune.core.space import AdamParams
 from adamtune.report.export import format_keras, format_toml, format_torch
-from adamtune.report.summary import Candidate, StudySummary
+from adamtune.report.summary import StudySummary
 from adamtune.storage.study import Counts
 from adamtune.training.optim import decayed_lr, make_optimizer, scheduled_lr
 

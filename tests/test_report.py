@@ -21,16 +21,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from adamtune.cli.main import cli
+from adamtune.confirm.ranking import LATE_EPOCHS, late_score, rank_trials
 from adamtune.core.config import StudySpec
-from adamtune.report.summary import (
-    LATE_EPOCHS,
-    MIN_IMPORTANCE_TRIALS,
-    VERIFY_ATTR,
-    late_score,
-    rank_trials,
-    robust_range,
-    summarize,
-)
+from adamtune.report.summary import MIN_IMPORTANCE_TRIALS, VERIFY_ATTR, robust_range, summarize
 from adamtune.storage.study import (
     BASELINE_ATTR,
     CURVES_ATTR,

@@ -30,6 +30,7 @@ from adamtune.cli.main import cli
 from adamtune.core.config import build_spec
 from adamtune.core.errors import TrackingError
 from adamtune.launch.search import run_search
+from adamtune.report.artifacts import ReportArtifacts
 from adamtune.report.summary import summarize
 from adamtune.search.worker import WorkerOptions
 from adamtune.storage.study import trial_state
@@ -438,6 +439,7 @@ def test_plots_begun_at_the_target_are_drawn_again_when_more_trials_ran_since(tm
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     study = search(tmp_path, "late", 3, uri, tracking=True)
     tracker = Tracker("late", uri)
+    tracker.artifacts = ReportArtifacts()
     try:
         tracker.attach(study)
         tracker.begin_artifacts(study)

@@ -265,7 +265,7 @@ def search(
     }
     spec = build_spec(task, config, study_name, overrides)
     check_task_name(spec.task)
-    from adamtune.training.trainer import start_trainer
+    from adamtune.training.trainer_client import start_trainer
 
     # One worker trains in a trainer process where a core is spare (trainer.py). It starts first, so that
     # its imports (torch, the task, the data) overlap this process's (optuna, the study database).

@@ -81,7 +81,7 @@ def study_settings(study: Any) -> ConfirmSettings:
 
 def finalists_of(study: Any, trials: Sequence[Any], top: int) -> tuple[Finalist, ...]:
     """The top ``top`` complete trials by the search's ranking rule, the baseline trial left out."""
-    from adamtune.report.summary import rank_trials
+    from adamtune.confirm.ranking import rank_trials
     from adamtune.storage.study import spec_from_study
 
     ranked = [c for c in rank_trials(trials, spec_from_study(study)) if not c.baseline]
@@ -175,8 +175,8 @@ def _arm_status(dropped_after: int | None, decided: bool) -> str:
 
 def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, Any]:
     """The documented ``confirmation`` object of ``summary --json`` (see the README)."""
+    from adamtune.confirm.ranking import settings_dict
     from adamtune.core.space import AdamParams
-    from adamtune.report.summary import settings_dict
 
     plan = state.plan
     baseline = list(plan.baseline_values) or [

@@ -48,7 +48,7 @@ class Fold:
         Args:
             n: the number of pooled rows (``len(train) + len(val)``).
             val_size: rows to validate on (an int), or a fraction of ``n`` (a float in (0, 1)); default the
-                built-in tasks' rule, :func:`adamtune.tasks.common.validation_size`. Pass your own
+                built-in tasks' rule, :func:`validation_size`. Pass your own
                 validation split's length to keep its size.
             labels: the ``n`` pooled class labels, to stratify (classification); None for a plain split.
 
@@ -68,10 +68,23 @@ class Fold:
         return cls(int(values["index"]), int(values["count"]), int(values["seed"]))
 
 
+VAL_FRACTION = 0.1
+VAL_MAX = 5000
+
+
+def validation_size(n_train: int, fraction: float = VAL_FRACTION, max_size: int = VAL_MAX) -> int:
+    """How many of ``n_train`` samples become validation: ``round(fraction * n)`` capped at ``max_size``.
+
+    At least one sample goes to each side when ``n_train >= 2``; 0 when ``n_train < 2``. For the full
+    datasets: CIFAR-10 50,000 -> 5,000; MNIST 60,000 -> 5,000; IMDB 25,000 -> 2,500.
+    """
+    if n_train < 2:
+        return 0
+    return min(max(1, round(fraction * n_train)), max_size, n_train - 1)
+
+
 def _resolve_size(n: int, val_size: int | float | None) -> int:
     if val_size is None:
-        from adamtune.tasks.common import validation_size
-
         return validation_size(n)
     if isinstance(val_size, float):
         if not 0.0 < val_size < 1.0:

@@ -109,7 +109,7 @@ def run_search(
     started = time.monotonic()
     if workers == 1 and options.tracking and trainer is not None:
         # this process mostly waits for the trainer's start-up: import the plots' libraries meanwhile
-        from adamtune.tracking.parent_run import preload_plots
+        from adamtune.report.artifacts import preload_plots
 
         preload_plots()
     if workers > 1:  # the workers' imports happen in the fork server while this process prepares the study

@@ -38,9 +38,12 @@ def open_tracker(study_name: str, options: WorkerOptions, *, defer_open: bool = 
     """
     if not options.tracking:
         return None
+    from adamtune.report.artifacts import ReportArtifacts
     from adamtune.tracking.tracker import Tracker
 
-    return Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics, defer_open=defer_open)
+    tracker = Tracker(study_name, options.tracking_uri, system_metrics=options.system_metrics, defer_open=defer_open)
+    tracker.artifacts = ReportArtifacts()  # the plots and recommendation.json its parent run gets at the end
+    return tracker
 
 
 def make_worker(
@@ -95,7 +98,11 @@ def make_worker(
         if reason is not None:
             log.warning("batch_trials=%d: task %r trains one trial at a time: %s", batch_trials, spec.task, reason)
             batch_trials = 1
-    return Worker(study, objective, spec.n_trials, batch_trials=batch_trials if trainer is None else 1)
+    from adamtune.confirm.stage import run_stage
+
+    return Worker(
+        study, objective, spec.n_trials, batch_trials=batch_trials if trainer is None else 1, after_target=run_stage
+    )
 
 
 def join_study(options: WorkerOptions) -> Worker:

@@ -17,8 +17,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from adamtune.confirm.ranking import LATE_EPOCHS, settings_dict
 from adamtune.core.errors import ConfigError
-from adamtune.report.summary import LATE_EPOCHS, StudySummary, format_value, settings_dict
+from adamtune.report.summary import StudySummary, format_value
 
 #: ``adamtune recommend --format`` values.
 FORMATS = ("table", "json", "toml", "torch", "keras")

@@ -14,10 +14,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from adamtune.confirm.ranking import CORE_SETTINGS, LATE_EPOCHS
 from adamtune.core.errors import ConfigError
 from adamtune.report.summary import (
-    CORE_SETTINGS,
-    LATE_EPOCHS,
     StudySummary,
     format_value,
     range_text,

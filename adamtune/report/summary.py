@@ -4,27 +4,7 @@ Reads only the study database. Nothing here trains (``verify.py`` does), and not
 or MLflow, so ``adamtune summary`` and ``adamtune recommend`` start fast and work on a machine that only
 holds the study file.
 
-The recommendation rule
------------------------
-1. Candidates are the trials adamtune records as ``complete``: trained for every epoch of the study with
-   finite losses throughout. Pruned, diverged, failed, running and waiting trials are never recommended.
-   The baseline trial (Adam's defaults) is a candidate like any other.
-2. A candidate's *score* is the mean of its objective over its last :data:`LATE_EPOCHS` (3) epochs, read
-   from the per-epoch curve the objective stores on the trial (user attribute ``adamtune.curves``;
-   Optuna's intermediate values when that is missing). A study with fewer epochs averages all of them.
-   A trial with no curve, or with a non-finite value among those epochs, is not a candidate.
-3. Candidates are ranked by score: lowest first for ``val_loss``, highest first for ``val_accuracy``.
-   Ties go to the better final value (Optuna's value), then to the lower trial number. The first is the
-   recommendation.
-
-Averaging the late epochs ranks runs by where their curve settled rather than by one noisy last point,
-so a trial whose final epoch happened to dip is not preferred over one that is consistently good.
-``adamtune verify`` then checks the winner against Adam's defaults on fresh seeds and the test split.
-
-Gains compare the recommendation's score with the baseline trial's score (same rule, same epochs) and are
-signed so that positive means "better than Adam's defaults" in both directions: for a minimised objective
-``gain = baseline - recommended``, for a maximised one ``gain = recommended - baseline``; the relative
-gain divides by ``|baseline|`` (None when the baseline score is 0 or missing).
+The recommendation rule (its candidates and their scores) is in :mod:`adamtune.confirm.ranking`.
 """
 
 from __future__ import annotations
@@ -38,30 +18,34 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from adamtune.confirm.ranking import (
+    CORE_SETTINGS,
+    LATE_EPOCHS,
+    Candidate,
+    baseline_candidate,
+    finite_or_none,
+    rank_trials,
+    settings_dict,
+    signed_gain,
+)
 from adamtune.core.config import StudySpec
 from adamtune.core.confirm_rule import FIXED_ROWS_NOTE
 from adamtune.core.errors import StorageError
-from adamtune.core.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label, params_from_optuna
+from adamtune.core.space import BASELINE, BETAS, AdamParams, baseline_for, defaults_label
 from adamtune.report.importance_import import optuna_importance
 from adamtune.storage.study import (
-    BASELINE_ATTR,
-    CURVES_ATTR,
     DEVICE_ATTR,
-    PARAMS_ATTR,
     SETTINGS_ATTR,
     SPEC_ATTR,
     Counts,
     count_trials,
     spec_from_study,
     study_names,
-    trial_state,
 )
 
 if TYPE_CHECKING:
     from adamtune.confirm.stored import StageState
 
-#: Epochs at the end of each run whose objective values are averaged into the ranking score.
-LATE_EPOCHS = 3
 #: The robust range spans the best TOP_FRACTION of candidates, and at least MIN_TOP_TRIALS of them.
 TOP_FRACTION = 0.1
 MIN_TOP_TRIALS = 3
@@ -69,109 +53,6 @@ MIN_TOP_TRIALS = 3
 MIN_IMPORTANCE_TRIALS = 6
 #: Study user attribute holding the latest ``adamtune verify`` result (see ``verify.py``).
 VERIFY_ATTR = "adamtune.verify"
-#: The five settings every recommendation names, in display order.
-CORE_SETTINGS = ("lr", "beta1", "beta2", "epsilon", "decay")
-
-
-# --------------------------------------------------------------------------- scoring and ranking
-
-
-def objective_curve(trial: FrozenTrial, objective: str) -> list[float | None]:
-    """The per-epoch values of ``objective`` for ``trial`` (None where a value was not finite).
-
-    Read from the ``adamtune.curves`` user attribute; when absent (trials made by other tools), from
-    Optuna's intermediate values in step order. Empty when the trial reported nothing.
-    """
-    curves = trial.user_attrs.get(CURVES_ATTR) or {}
-    values = curves.get(objective)
-    if values:
-        return [v if v is not None and math.isfinite(v) else None for v in values]
-    steps = sorted(trial.intermediate_values)
-    return [_finite_or_none(trial.intermediate_values[s]) for s in steps]
-
-
-def late_score(trial: FrozenTrial, objective: str, late_epochs: int = LATE_EPOCHS) -> float | None:
-    """Mean of ``objective`` over the trial's last ``late_epochs`` epochs (all of them if fewer).
-
-    Returns None when the trial has no curve or one of those values is missing or not finite.
-    """
-    tail = objective_curve(trial, objective)[-late_epochs:]
-    if not tail or any(v is None for v in tail):
-        return None
-    return math.fsum(v for v in tail if v is not None) / len(tail)
-
-
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def trial_params(trial: FrozenTrial, spec: StudySpec) -> AdamParams:
-    """The exact settings a trial trained with (recorded by the objective; rebuilt from params if absent)."""
-    recorded = trial.user_attrs.get(PARAMS_ATTR)
-    if recorded:
-        return AdamParams.from_dict(recorded)
-    return params_from_optuna(trial.params, spec.space)
-
-
-def settings_dict(params: AdamParams, extras: Iterable[str] = ()) -> dict[str, Any]:
-    """``lr, beta1, beta2, epsilon, decay`` and the extra dimensions a space turns on, as plain values."""
-    return {key: getattr(params, key) for key in (*CORE_SETTINGS, *extras)}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One rankable trial: its settings, late-epoch score and final value."""
-
-    trial: int
-    params: AdamParams
-    score: float
-    value: float
-    baseline: bool = False
-
-    def as_dict(self, extras: Iterable[str] = ()) -> dict[str, Any]:
-        return {
-            "trial": self.trial,
-            "params": settings_dict(self.params, extras),
-            "score": self.score,
-            "value": self.value,
-        }
-
-
-def rank_trials(trials: Iterable[FrozenTrial], spec: StudySpec) -> list[Candidate]:
-    """Every candidate of the recommendation rule (module docstring), best first."""
-    candidates = []
-    for trial in trials:
-        if trial.state != TrialState.COMPLETE or trial_state(trial) != "complete":
-            continue
-        value, score = _finite_or_none(trial.value), late_score(trial, spec.objective)
-        if value is None or score is None:
-            continue
-        baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-        candidates.append(Candidate(trial.number, trial_params(trial, spec), score, value, baseline))
-    sign = 1.0 if spec.direction == "minimize" else -1.0
-    return sorted(candidates, key=lambda c: (sign * c.score, sign * c.value, c.trial))
-
-
-def baseline_candidate(trials: Iterable[FrozenTrial], spec: StudySpec) -> Candidate | None:
-    """The baseline trial (Adam's defaults) scored by the same rule; None if it has no finite score yet.
-
-    An interrupted baseline is retried as a new trial that carries the baseline mark, so the study may
-    hold several baseline trials: the first one with a score counts (the failed ones have none).
-    """
-    for trial in trials:
-        if trial.user_attrs.get(BASELINE_ATTR):
-            ranked = rank_trials([trial], spec)
-            if ranked:
-                return ranked[0]
-    return None
-
-
-def signed_gain(recommended: float, baseline: float, direction: str) -> float:
-    """``recommended`` minus ``baseline``, signed so that positive means better (see module docstring)."""
-    return baseline - recommended if direction == "minimize" else recommended - baseline
 
 
 # --------------------------------------------------------------------------- importance and ranges
@@ -189,7 +70,7 @@ def param_importance(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[di
         ``(importances, None)``, or ``(None, reason)`` when the study has fewer than
         :data:`MIN_IMPORTANCE_TRIALS` complete trials, samples no setting, or the evaluator fails.
     """
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite_or_none(t.value) is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and finite_or_none(t.value) is not None]
     if len(complete) < MIN_IMPORTANCE_TRIALS:
         return None, f"needs at least {MIN_IMPORTANCE_TRIALS} complete trials, the study has {len(complete)}"
     names = sorted({name for t in complete for name in t.params})

@@ -46,9 +46,10 @@ from typing import Any
 
 import optuna
 
+from adamtune.confirm.ranking import settings_dict
 from adamtune.core.errors import ConfigError
 from adamtune.core.space import AdamParams, defaults_label
-from adamtune.report.summary import VERIFY_ATTR, StudySummary, recommendation, settings_dict
+from adamtune.report.summary import VERIFY_ATTR, StudySummary, recommendation
 from adamtune.storage.study import SEED_ATTR
 from adamtune.training.runner import split_metric
 
@@ -377,7 +378,7 @@ def log_to_mlflow(tracker: Any, result: VerifyResult, on_error: Callable[[str], 
     the outcome, and the verdict as the run's description. Errors are reported through ``on_error`` (or
     the tracker's ``notify``) and return None: the result is already stored on the study.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from adamtune.tracking.client import Metric, Param, RunTag
 
     stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
     record = result.as_dict()

@@ -167,8 +167,13 @@ class Worker:
     n_trials: int
     wait_poll_seconds: float = WAIT_POLL_SECONDS
     handle_sigint: bool = True
-    #: Called with each confirmation run this worker finished (see ``confirm_stage.py``).
+    #: Called with each confirmation run this worker finished (see :mod:`adamtune.confirm.stage`).
     on_confirm_run: Callable[[ConfirmRun], None] | None = None
+    #: What the worker does once the study has its trials: the confirmation stage
+    #: (:func:`adamtune.confirm.stage.run_stage`, which ``launch.worker_setup`` sets), called with this
+    #: worker, its interrupts and :attr:`on_confirm_run`; True when the stage is decided, False when the trial
+    #: target was raised meanwhile. None: the worker stops at the target.
+    after_target: Callable[[Worker, Interrupts, Callable[[ConfirmRun], None] | None], bool] | None = None
     #: ``time.monotonic()`` when this worker first found the trial target reached (the stage's start).
     stage_started: float | None = None
     #: Called once, when this worker first finds the trial target reached (before the confirmation stage).
@@ -223,13 +228,11 @@ class Worker:
             if admission.done:
                 # The trial target is reached: confirm the finalists (shared by every worker of the
                 # study) unless the target was raised meanwhile, then stop.
-                from adamtune.confirm.stage import run_stage
-
                 if self.stage_started is None:
                     self.stage_started = time.monotonic()
                     if self.on_target is not None:
                         self.on_target()
-                if run_stage(self, interrupts, self.on_confirm_run):
+                if self.after_target is None or self.after_target(self, interrupts, self.on_confirm_run):
                     return ran
                 continue
             if admission.trial is None:

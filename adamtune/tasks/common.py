@@ -9,23 +9,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from adamtune.core.folds import Fold
+from adamtune.core.folds import Fold, validation_size
 from adamtune.tasks.base import Split, TaskData
 
 SPLIT_SEED = 0  # fixed: every process, every run, carves the same validation set
-VAL_FRACTION = 0.1
-VAL_MAX = 5000
-
-
-def validation_size(n_train: int, fraction: float = VAL_FRACTION, max_size: int = VAL_MAX) -> int:
-    """How many of ``n_train`` samples become validation: ``round(fraction * n)`` capped at ``max_size``.
-
-    At least one sample goes to each side when ``n_train >= 2``; 0 when ``n_train < 2``. For the full
-    datasets: CIFAR-10 50,000 -> 5,000; MNIST 60,000 -> 5,000; IMDB 25,000 -> 2,500.
-    """
-    if n_train < 2:
-        return 0
-    return min(max(1, round(fraction * n_train)), max_size, n_train - 1)
 
 
 def split_train_val(

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adamtune.tracking.client import NICENESS, Metric, Param, RunTag
 from adamtune.tracking.trial_run import BATCH_LIMIT
@@ -40,6 +40,21 @@ PARENT_RUN_ATTR = "mlflow.parent_run_id"
 PARENT_TAG = "mlflow.parentRunId"
 #: Outcomes counted on the parent run (``trials_<state>``).
 COUNTED_STATES = ("complete", "pruned", "diverged", "failed")
+
+
+class StudyArtifacts(Protocol):
+    """What the study's parent run uploads at the end of a search, made by the layer that owns the reports.
+
+    The tracking layer uploads; it does not draw or decide. ``adamtune.report.artifacts.ReportArtifacts``
+    is the implementation a search sets on its tracker (:attr:`Tracker.artifacts
+    <adamtune.tracking.tracker.Tracker.artifacts>`).
+    """
+
+    def draw_plots(self, study: optuna.Study, out: Path) -> None:
+        """Draw the study's plots into ``out/plots`` (errors are raised; the caller reports them once)."""
+
+    def recommendation(self, study: optuna.Study) -> dict[str, Any]:
+        """The study's summary as ``summary --json`` prints it (``recommendation.json``)."""
 
 
 def param_text(value: Any) -> str:
@@ -203,25 +218,6 @@ class PlotDrawing:
             shutil.rmtree(self.out, ignore_errors=True)
 
 
-def preload_plots() -> threading.Thread:
-    """Import the plotting libraries on a background thread (of a command that mostly waits for its trainer
-    process); :class:`PlotDrawing` then pays only for drawing."""
-
-    def load() -> None:
-        yield_cpu()
-        import matplotlib
-
-        from adamtune.report import plots
-
-        matplotlib.use("Agg")
-        with contextlib.suppress(Exception):  # an import that fails now fails again, and is reported, when drawing
-            plots.preload()
-
-    thread = threading.Thread(target=load, name="adamtune-plot-imports", daemon=True)
-    thread.start()
-    return thread
-
-
 def yield_cpu() -> None:
     """Lower the calling thread's scheduling priority by ``NICENESS``, so that drawing gives way to the
     training and the trial loop when the cores are busy. Linux only,
@@ -236,24 +232,13 @@ def _finished(study: optuna.Study) -> int:
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
 
-def draw_plots(study: optuna.Study, out: Path) -> None:
-    """The study's plots in ``out/plots`` (``plots.write_all``), with ``skipped.txt`` naming those left out."""
-    import matplotlib
-
-    from adamtune.report import plots
-
-    matplotlib.use("Agg")  # never a window, whichever thread draws
-    result = plots.write_all(study, out / "plots")
-    if result.skipped:
-        lines = "\n".join(f"{name}: {reason}" for name, reason in result.skipped.items())
-        (out / "plots").mkdir(exist_ok=True)
-        (out / "plots" / "skipped.txt").write_text(lines + "\n")
-
-
 def draw_or_report(tracker: Tracker, study: optuna.Study, out: Path) -> None:
-    """:func:`draw_plots`; an error is reported once (what was drawn still goes out)."""
+    """The study's plots in ``out`` (``tracker.artifacts.draw_plots``); an error is reported once (what was
+    drawn still goes out)."""
+    if tracker.artifacts is None:
+        return
     try:
-        draw_plots(study, out)
+        tracker.artifacts.draw_plots(study, out)
     except Exception as exc:
         tracker.notify(f"MLflow: could not make the study's plots: {_first_line(exc)[:200]}")
 
@@ -266,7 +251,6 @@ def queue_artifacts(tracker: Tracker, study: optuna.Study, drawing: PlotDrawing 
     an error while drawing is reported once and what exists still goes out. The directory is removed
     once uploaded or dropped.
     """
-    from adamtune.report.summary import summarize
 
     if drawing is not None and _finished(study) != drawing.finished:  # more trials ran since: draw again
         drawing.discard()
@@ -277,7 +261,9 @@ def queue_artifacts(tracker: Tracker, study: optuna.Study, drawing: PlotDrawing 
         out = Path(tempfile.mkdtemp(prefix="adamtune-artifacts-"))
         draw_or_report(tracker, study, out)
     try:
-        summary = summarize(study).as_dict()
+        if tracker.artifacts is None:
+            raise RuntimeError("no recommendation to write")
+        summary = tracker.artifacts.recommendation(study)
         (out / "recommendation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     except Exception as exc:
         tracker.notify(f"MLflow: could not make the study's recommendation: {_first_line(exc)[:200]}")

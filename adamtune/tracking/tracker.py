@@ -83,6 +83,7 @@ from adamtune.tracking.client import LocalClient
 from adamtune.tracking.parent_run import (
     PARENT_TAG,
     PlotDrawing,
+    StudyArtifacts,
     log_progress,
     open_parent_run,
     param_text,
@@ -176,6 +177,9 @@ class Tracker:
         self._progress_lock = threading.Lock()
         self._progress_sent = -math.inf
         self._drawing: PlotDrawing | None = None  # the plots drawn once the trial target was reached
+        #: What :meth:`end_search` uploads (the plots, ``recommendation.json``); set by the search
+        #: (``adamtune.report.artifacts.ReportArtifacts``). None: the parent run gets no artifacts.
+        self.artifacts: StudyArtifacts | None = None
         self.direction = "minimize"
         self.objective = "val_loss"
         self.client: Any = None
@@ -354,14 +358,14 @@ class Tracker:
     def begin_artifacts(self, study: optuna.Study) -> None:
         """Start drawing the study's plots on a background thread (the search reached its trial target and
         its trials no longer change); :meth:`end_search` uploads them. Once per search; no-op untracked."""
-        if self._attached and not self.parent.abandoned and self._drawing is None:
+        if self._attached and not self.parent.abandoned and self._drawing is None and self.artifacts is not None:
             self._drawing = PlotDrawing(self, study)
 
     def end_search(self, study: optuna.Study, *, status: str = "FINISHED", artifacts: bool = True) -> None:
         """Queue the end of a search: plots and ``recommendation.json`` on the parent run, then its status.
 
         The plots are those :meth:`begin_artifacts` started (waited for), else drawn now (from the
-        study; see ``plots.py``), into a temporary directory that is removed once uploaded or dropped. A
+        study; see :attr:`artifacts`), into a temporary directory that is removed once uploaded or dropped. A
         plot the study cannot support yet is skipped; an error while drawing is reported once and the
         other artifacts still go out. ``artifacts=False`` (an interrupted search) only sets the status.
         """

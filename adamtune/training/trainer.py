@@ -11,9 +11,9 @@ device and the training code. Two trainers answer the same calls:
   small model's loop is Python-bound: this was most of the bookkeeping's cost), and the worker's
   process never imports torch: its start-up overlaps the trainer's.
 
-Which one a search uses: :func:`trainer_kind`. The calls (``run``, ``train_once``, ``save_best``) and
-what they raise are the same for both, so the objective, the confirmation stage and their tests do not
-know which trainer they have.
+Which one a search uses: :func:`~adamtune.training.trainer_client.trainer_kind`. The calls (``run``,
+``train_once``, ``save_best``) and what they raise are the same for both, so the objective, the
+confirmation stage and their tests do not know which trainer they have.
 
 Errors raised by training code in a trainer process reach this side as :class:`TrainingError`, with the
 original type name and traceback; :func:`describe_failure` gives both for any exception, so a failed
@@ -24,11 +24,8 @@ This module imports neither torch, optuna nor mlflow.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +35,8 @@ if TYPE_CHECKING:
     from adamtune.training.context import TrialContext
     from adamtune.training.runner import RunOutcome
 
-#: ``inline`` or ``process``: overrides :func:`trainer_kind` (diagnostics, same-minute benchmarks).
+#: ``inline`` or ``process``: overrides :func:`~adamtune.training.trainer_client.trainer_kind` (diagnostics,
+#: same-minute benchmarks).
 TRAINER_ENV = "ADAMTUNE_TRAINER"
 
 
@@ -200,53 +198,3 @@ class InlineTrainer:
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def trainer_kind(workers: int, batch_trials: int = 1) -> str:
-    """``process`` or ``inline``: where a search's one worker trains.
-
-    A trainer process pays when the machine has a core to spare for the trial loop beside the training:
-    a search with one worker on two or more cores. Several local workers already keep every core
-    busy with training, and a batched worker (``batch_trials`` > 1) trains in its own process.
-    ``TRAINER_ENV`` chooses for a one-worker search that does not batch.
-    """
-    if workers != 1 or batch_trials > 1:
-        return "inline"
-    chosen = os.environ.get(TRAINER_ENV, "").strip().lower()
-    if chosen in ("inline", "process"):
-        return chosen
-    from adamtune.training.devices import cpu_cores
-
-    return "process" if cpu_cores() >= 2 else "inline"
-
-
-def start_trainer(
-    task: str, data_dir: Any, devices: str, workers: int = 1, batch_trials: int = 1, threads: int | None = None
-) -> contextlib.AbstractContextManager[Any]:
-    """A context holding a :class:`~adamtune.training.trainer_client.ProcessTrainer` that prepares ``task`` (closed
-    on exit) when :func:`trainer_kind` says ``process``, else None. Started first thing by a command, so
-    that the trainer's imports overlap the command's own."""
-    if trainer_kind(workers, batch_trials) != "process":
-        return contextlib.nullcontext(None)
-    return _process_trainer(task, data_dir, devices, threads)
-
-
-#: The command's thread switch interval while a trainer process trains (Python's default is 5 ms).
-SWITCH_INTERVAL = 0.0005
-
-
-@contextlib.contextmanager
-def _process_trainer(task: str, data_dir: Any, devices: str, threads: int | None) -> Iterator[Any]:
-    """A ProcessTrainer, closed on exit. Meanwhile this process's threads hand over the interpreter lock
-    every ``SWITCH_INTERVAL``: the main thread answers the trainer (a pruning decision, the next trial) and
-    must not wait up to 5 ms each time a background thread (the plots, MLflow's queue) holds the lock;
-    nothing here is Python-bound enough for the extra switches to cost."""
-    from adamtune.training.trainer_client import ProcessTrainer
-
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    try:
-        with contextlib.closing(ProcessTrainer(task, data_dir, devices, threads)) as trainer:
-            yield trainer
-    finally:
-        sys.setswitchinterval(previous)

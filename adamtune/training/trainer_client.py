@@ -30,14 +30,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from adamtune.core import errors
 from adamtune.core.signals import exit_status
-from adamtune.training.trainer import TaskInfo, TrainerLost, TrainingError
+from adamtune.training.trainer import TRAINER_ENV, TaskInfo, TrainerLost, TrainingError
 from adamtune.training.trainer_server import CheckpointSpec, OnceSpec, RunSpec
 
 if TYPE_CHECKING:
@@ -386,3 +386,52 @@ def _copy_lines(stream: IO[bytes] | None, target: Callable[[], IO[str]]) -> thre
     thread = threading.Thread(target=copy, name="adamtune-trainer-output", daemon=True)
     thread.start()
     return thread
+
+
+def trainer_kind(workers: int, batch_trials: int = 1) -> str:
+    """``process`` or ``inline``: where a search's one worker trains.
+
+    A trainer process pays when the machine has a core to spare for the trial loop beside the training:
+    a search with one worker on two or more cores. Several local workers already keep every core
+    busy with training, and a batched worker (``batch_trials`` > 1) trains in its own process.
+    ``TRAINER_ENV`` chooses for a one-worker search that does not batch.
+    """
+    if workers != 1 or batch_trials > 1:
+        return "inline"
+    chosen = os.environ.get(TRAINER_ENV, "").strip().lower()
+    if chosen in ("inline", "process"):
+        return chosen
+    from adamtune.training.devices import cpu_cores
+
+    return "process" if cpu_cores() >= 2 else "inline"
+
+
+def start_trainer(
+    task: str, data_dir: Any, devices: str, workers: int = 1, batch_trials: int = 1, threads: int | None = None
+) -> contextlib.AbstractContextManager[Any]:
+    """A context holding a :class:`~adamtune.training.trainer_client.ProcessTrainer` that prepares ``task`` (closed
+    on exit) when :func:`trainer_kind` says ``process``, else None. Started first thing by a command, so
+    that the trainer's imports overlap the command's own."""
+    if trainer_kind(workers, batch_trials) != "process":
+        return contextlib.nullcontext(None)
+    return _process_trainer(task, data_dir, devices, threads)
+
+
+#: The command's thread switch interval while a trainer process trains (Python's default is 5 ms).
+SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def _process_trainer(task: str, data_dir: Any, devices: str, threads: int | None) -> Iterator[Any]:
+    """A ProcessTrainer, closed on exit. Meanwhile this process's threads hand over the interpreter lock
+    every ``SWITCH_INTERVAL``: the main thread answers the trainer (a pruning decision, the next trial) and
+    must not wait up to 5 ms each time a background thread (the plots, MLflow's queue) holds the lock;
+    nothing here is Python-bound enough for the extra switches to cost."""
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        with contextlib.closing(ProcessTrainer(task, data_dir, devices, threads)) as trainer:
+            yield trainer
+    finally:
+        sys.setswitchinterval(previous)
