@@ -21,9 +21,9 @@ __all__ = ["Fold", "LoopTask", "StopTrial", "Task", "TrialContext", "TrialDiverg
 #: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
 _LAZY = {
     "TrialContext": "adamtune.training.context",
-    "StopTrial": "adamtune.training.context",
-    "TrialPruned": "adamtune.training.context",
-    "TrialDiverged": "adamtune.training.context",
+    "StopTrial": "adamtune.training.stops",
+    "TrialPruned": "adamtune.training.stops",
+    "TrialDiverged": "adamtune.training.stops",
     "LoopTask": "adamtune.tasks.loop",
     "Task": "adamtune.tasks.base",
     "Fold": "adamtune.core.folds",
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from adamtune.core.folds import Fold
     from adamtune.tasks.base import Task
     from adamtune.tasks.loop import LoopTask
-    from adamtune.training.context import StopTrial, TrialContext, TrialDiverged, TrialPruned
+    from adamtune.training.context import TrialContext
+    from adamtune.training.stops import StopTrial, TrialDiverged, TrialPruned
 
 
 def __getattr__(name: str) -> Any:

@@ -45,7 +45,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from adamtune.core.confirm_rule import confirm_study_name
 from adamtune.core.space import AdamParams
-from adamtune.storage.study import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR
+from adamtune.storage.attr_keys import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR
 from adamtune.tasks import digits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -50,7 +50,8 @@ from typing import Any
 import optuna
 
 from adamtune.core.config import build_spec
-from adamtune.storage.study import create_or_resume, open_storage
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -40,9 +40,10 @@ import torch
 
 from adamtune.core.config import build_spec
 from adamtune.core.space import AdamParams
-from adamtune.search import objective as objective_module
+from adamtune.search import mlflow_run
 from adamtune.search.objective import Objective
-from adamtune.storage.study import create_or_resume, open_storage
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
 from adamtune.tasks import resolve_task
 from adamtune.tracking.tracker import Tracker
 from adamtune.tracking.trial_run import TrialRun
@@ -95,7 +96,7 @@ class Account:
             (TrialRun, "log_epoch"),
             (TrialRun, "finish"),
             (TrialRun, "wait_for_run_id"),
-            (objective_module, "_note_run_id"),
+            (mlflow_run, "_note_run_id"),
         ]:
             on_main(owner, name)
         run = Writer._run

@@ -16,9 +16,10 @@ from adamtune.cli.main import cli
 from adamtune.core.space import BASELINE
 from adamtune.launch.worker_setup import join_study
 from adamtune.search.batch_worker import BATCH_ATTR
-from adamtune.search.objective import trial_seed
+from adamtune.search.lineage import trial_seed
 from adamtune.search.worker import WorkerOptions
-from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR, count_trials, trial_state
+from adamtune.storage.attr_keys import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR
+from adamtune.storage.outcomes import count_trials, trial_state
 from adamtune.tasks import resolve_task
 from adamtune.training.train import train
 from tests.conftest import trial_run_id

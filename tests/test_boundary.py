@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from adamtune.core.signals import Interrupts
 from adamtune.search.worker import Worker
+from adamtune.storage.backends import open_storage
 from adamtune.storage.reporting import TrialWriter
-from adamtune.storage.study import open_storage
 
 TRIALS = 14  # TPE's joint draw starts after its 10 startup trials
 
@@ -36,7 +36,7 @@ def space(trial: optuna.Trial) -> dict[str, float]:
 
 
 def study_on(storage: Any, name: str) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=3, constant_liar=True)  # as study.SAMPLERS["tpe"]
+    sampler = optuna.samplers.TPESampler(seed=3, constant_liar=True)  # as algorithms.SAMPLERS["tpe"]
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner())
     study.enqueue_trial({"lr": 1e-3, "width": 0.5})  # a queued first trial, as the baseline
     return study

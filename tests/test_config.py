@@ -66,7 +66,7 @@ def test_missing_file_and_missing_task(tmp_path: Path) -> None:
 
 
 def test_names_match_the_factories() -> None:
-    from adamtune.storage.study import PRUNERS, SAMPLERS
+    from adamtune.storage.algorithms import PRUNERS, SAMPLERS
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS) and set(PRUNER_NAMES) == set(PRUNERS)
 

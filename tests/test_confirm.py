@@ -34,16 +34,15 @@ from adamtune.core.confirm_rule import (
     Finalist,
     confirm_seeds,
     confirm_study_name,
-    paired_gain,
     plan_stage,
     stage_budget,
-    t_quantile,
 )
 from adamtune.core.errors import ConfigError
 from adamtune.core.folds import Fold
 from adamtune.core.space import BASELINE
+from adamtune.core.stats import paired_gain, t_quantile
 from adamtune.report.summary import summarize
-from adamtune.storage.study import (
+from adamtune.storage.attr_keys import (
     BASELINE_ATTR,
     CURVES_ATTR,
     PARAMS_ATTR,
@@ -51,10 +50,10 @@ from adamtune.storage.study import (
     SETTINGS_ATTR,
     STATE_ATTR,
     WORKER_ATTR,
-    create_or_resume,
-    open_storage,
 )
-from adamtune.tracking.tracker import experiment_name
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
+from adamtune.tracking.store import experiment_name
 
 SEEDS = confirm_seeds([], 5)
 

@@ -12,8 +12,9 @@ import torch
 import adamtune
 from adamtune.core.space import AdamParams
 from adamtune.tasks.loop import LoopData, LoopTask
-from adamtune.training.context import TrialContext, TrialDiverged, TrialPruned
+from adamtune.training.context import TrialContext
 from adamtune.training.runner import run_in_context, train_once
+from adamtune.training.stops import TrialDiverged, TrialPruned
 
 
 def context(**overrides: object) -> TrialContext:

@@ -33,7 +33,7 @@ from dataset_files import (
 )
 
 from adamtune.core.errors import DataError
-from adamtune.data import datasets
+from adamtune.data import archives, datasets
 from adamtune.data import download as data
 
 
@@ -243,7 +243,7 @@ def test_unsafe_tar_members_are_refused(
 
 def test_symlink_inside_the_top_folder_is_allowed(tmp_path: Path) -> None:
     archive = _tar_with(tmp_path, _symlink(f"{CIFAR_TOP}/alias", "readme"))
-    folder = data.extract_tar(archive, tmp_path / "out", CIFAR_TOP)
+    folder = archives.extract_tar(archive, tmp_path / "out", CIFAR_TOP)
     assert (folder / "alias").read_text() == "ok" and leftovers(tmp_path) == []
 
 
@@ -268,10 +268,10 @@ def test_codecs_encode_is_admitted_only_for_latin1(tmp_path: Path) -> None:
     path = tmp_path / "batch"
     # protocol 2 pickles of bytes call _codecs.encode(text, "latin1"); any other codec is refused
     path.write_bytes(pickle.dumps(b"\xff\x00abc", protocol=2))
-    assert data.load_restricted_pickle(path, data.numpy_array_globals(), "test") == b"\xff\x00abc"
+    assert archives.load_restricted_pickle(path, archives.numpy_array_globals(), "test") == b"\xff\x00abc"
     path.write_bytes(pickle.dumps(b"abc", protocol=2).replace(b"latin1", b"rot_13"))
     with pytest.raises(DataError, match=str(path)):
-        data.load_restricted_pickle(path, data.numpy_array_globals(), "test")
+        archives.load_restricted_pickle(path, archives.numpy_array_globals(), "test")
 
 
 def test_truncated_or_malformed_cifar_batch(tmp_path: Path) -> None:

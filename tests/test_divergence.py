@@ -12,7 +12,7 @@ import optuna
 import torch
 
 from adamtune.core.space import AdamParams
-from adamtune.storage.study import CURVES_ATTR, SEED_ATTR, STATE_ATTR
+from adamtune.storage.attr_keys import CURVES_ATTR, SEED_ATTR, STATE_ATTR
 from adamtune.tasks import resolve_task
 from adamtune.training.context import TrialContext
 from adamtune.training.train import build_model, evaluate_metrics

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from adamtune.cli.main import cli
-from adamtune.storage.study import BASELINE_ATTR
+from adamtune.storage.attr_keys import BASELINE_ATTR
 from tests.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow

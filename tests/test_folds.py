@@ -21,7 +21,7 @@ from adamtune.cli.main import cli
 from adamtune.core.confirm_rule import ARM_ATTR, FIXED_ROWS_NOTE, FOLD_ATTR, confirm_study_name
 from adamtune.core.folds import Fold, split_indices
 from adamtune.core.space import BASELINE
-from adamtune.storage.study import SEED_ATTR, SETTINGS_ATTR
+from adamtune.storage.attr_keys import SEED_ATTR, SETTINGS_ATTR
 from adamtune.tasks.base import Split, TaskData
 from adamtune.tasks.common import on_fold
 from adamtune.training.runner import train_once

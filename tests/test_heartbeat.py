@@ -10,8 +10,8 @@ import optuna
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 
+from adamtune.storage.backends import open_storage
 from adamtune.storage.heartbeat import Heartbeat
-from adamtune.storage.study import open_storage
 
 
 def beats(storage, trial_id: int):  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ PROBE = """
 import json, sys
 import optuna
 from adamtune.report import importance_import
-from adamtune.report.summary import param_importance
+from adamtune.report.importance import param_importance
 if sys.argv[2] == "command":
     importance_import.for_commands()
 study = optuna.load_study(study_name="s", storage=sys.argv[1])

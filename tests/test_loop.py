@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 
 from adamtune.cli.main import cli
 from adamtune.search.objective import ERROR_ATTR
-from adamtune.storage.study import CURVES_ATTR, DIVERGED_EPOCH_ATTR, count_trials, trial_state
+from adamtune.storage.attr_keys import CURVES_ATTR, DIVERGED_EPOCH_ATTR
+from adamtune.storage.outcomes import count_trials, trial_state
 from tests.conftest import listing, trial_run_id
 from tests.loop_tasks import write_task
 

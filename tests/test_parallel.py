@@ -25,7 +25,9 @@ from optuna.trial import TrialState
 
 from adamtune.core.config import build_spec
 from adamtune.core.space import BASELINE
-from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, WORKER_ATTR, create_or_resume, open_storage
+from adamtune.storage.attr_keys import BASELINE_ATTR, PARAMS_ATTR, RUN_ID_ATTR, WORKER_ATTR
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,9 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from adamtune.report import plots
-from adamtune.report import summary as report
-from adamtune.report.summary import MIN_IMPORTANCE_TRIALS
-from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, STATE_ATTR
+from adamtune.report import importance, plots
+from adamtune.report.importance import MIN_IMPORTANCE_TRIALS
+from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, STATE_ATTR
 
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-5, 1e-1, log=True),
@@ -118,7 +117,7 @@ def test_the_importance_plot_evaluates_once_with_the_summary_s_evaluator(tmp_pat
     for number in range(MIN_IMPORTANCE_TRIALS + 2):
         _add(study, 0.1 + 0.05 * number, 10 ** (-4 + number / 3))
     made, evaluations = [], []
-    chosen = report.importance_evaluator
+    chosen = importance.importance_evaluator
 
     def counted(complete: int):  # type: ignore[no-untyped-def]
         evaluator = chosen(complete)
@@ -132,7 +131,7 @@ def test_the_importance_plot_evaluates_once_with_the_summary_s_evaluator(tmp_pat
         evaluator.evaluate = evaluate
         return evaluator
 
-    monkeypatch.setattr(report, "importance_evaluator", counted)
+    monkeypatch.setattr(importance, "importance_evaluator", counted)
     html, png = plots.importance(study, tmp_path, plotlyjs="cdn")
 
     assert html.stat().st_size > 0 and png.stat().st_size > 0

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from adamtune.report import progress
 from adamtune.report.progress import SearchProgress
-from adamtune.storage.study import STATE_ATTR, Counts
+from adamtune.storage.attr_keys import STATE_ATTR
+from adamtune.storage.outcomes import Counts
 
 
 def trial(state: optuna.trial.TrialState, value: float | None = None, outcome: str | None = None) -> object:

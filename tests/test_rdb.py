@@ -16,9 +16,10 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.storage import rdb_rows
+from adamtune.storage import rdb_rows, rdb_writes
+from adamtune.storage.backends import open_storage
+from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
 from adamtune.storage.rdb import StudyStorage
-from adamtune.storage.study import is_transient_db_error, open_storage, with_db_retry
 
 
 @pytest.fixture
@@ -362,10 +363,10 @@ def test_an_admission_cap_never_creates_or_takes_a_trial_beyond_the_target(
     study.tell(failed, state=TrialState.FAIL)  # a failed trial holds no place
     with storage.admission_cap(3):
         running = ask(study)  # the third place
-        with pytest.raises(rdb_rows.NoFreePlace):
+        with pytest.raises(rdb_writes.NoFreePlace):
             ask(study)
     study.enqueue_trial({}, skip_if_exists=False)
-    with storage.admission_cap(3), pytest.raises(rdb_rows.NoFreePlace):
+    with storage.admission_cap(3), pytest.raises(rdb_writes.NoFreePlace):
         ask(study)  # the queued trial is not taken either
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]

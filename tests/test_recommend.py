@@ -21,7 +21,7 @@ from adamtune.confirm.ranking import Candidate
 from adamtune.core.space import AdamParams
 from adamtune.report.export import format_keras, format_toml, format_torch
 from adamtune.report.summary import StudySummary
-from adamtune.storage.study import Counts
+from adamtune.storage.outcomes import Counts
 from adamtune.training.optim import decayed_lr, make_optimizer, scheduled_lr
 
 if sys.version_info >= (3, 11):

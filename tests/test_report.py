@@ -23,16 +23,11 @@ from optuna.trial import TrialState, create_trial
 from adamtune.cli.main import cli
 from adamtune.confirm.ranking import LATE_EPOCHS, late_score, rank_trials
 from adamtune.core.config import StudySpec
-from adamtune.report.summary import MIN_IMPORTANCE_TRIALS, VERIFY_ATTR, robust_range, summarize
-from adamtune.storage.study import (
-    BASELINE_ATTR,
-    CURVES_ATTR,
-    DEVICE_ATTR,
-    PARAMS_ATTR,
-    STATE_ATTR,
-    create_or_resume,
-    open_storage,
-)
+from adamtune.report.importance import MIN_IMPORTANCE_TRIALS, robust_range
+from adamtune.report.summary import VERIFY_ATTR, summarize
+from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, DEVICE_ATTR, PARAMS_ATTR, STATE_ATTR
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
 
 N_TRIALS = 8
 SUMMARY_KEYS = {

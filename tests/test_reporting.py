@@ -14,8 +14,9 @@ import math
 import optuna
 import pytest
 
+from adamtune.storage.algorithms import PRUNERS
+from adamtune.storage.backends import open_storage
 from adamtune.storage.reporting import TrialWriter, decision_epochs, write_trial
-from adamtune.storage.study import PRUNERS, open_storage
 
 EPOCHS = 20
 TRIALS = 30

@@ -20,7 +20,9 @@ from optuna.trial import TrialState
 
 from adamtune.core.config import build_spec
 from adamtune.core.space import AdamParams
-from adamtune.storage.study import PARAMS_ATTR, RUN_ID_ATTR, SEED_ATTR, WORKER_ATTR, create_or_resume, open_storage
+from adamtune.storage.attr_keys import PARAMS_ATTR, RUN_ID_ATTR, SEED_ATTR, WORKER_ATTR
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import create_or_resume
 from adamtune.tasks import resolve_task
 from adamtune.training.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR
 from adamtune.training.train import train
@@ -95,7 +97,7 @@ def assert_resumed(done: list, killed, last_saved: int, epochs: int = EPOCHS) ->
 def assert_one_curve_per_trial(done: list, tracking: str) -> None:  # type: ignore[type-arg]
     from mlflow import MlflowClient
 
-    from adamtune.storage.study import trial_state
+    from adamtune.storage.outcomes import trial_state
     from adamtune.tracking.trial_run import RUN_STATUS
 
     client = MlflowClient(tracking_uri=tracking)

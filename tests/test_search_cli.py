@@ -20,8 +20,9 @@ from mlflow import MlflowClient
 
 from adamtune.cli.main import cli
 from adamtune.core.space import BASELINE
-from adamtune.storage.study import BASELINE_ATTR, PARAMS_ATTR, count_trials, trial_state
-from adamtune.tracking.tracker import experiment_name
+from adamtune.storage.attr_keys import BASELINE_ATTR, PARAMS_ATTR
+from adamtune.storage.outcomes import count_trials, trial_state
+from adamtune.tracking.store import experiment_name
 from tests.conftest import listing, trial_run_id
 
 EPOCHS = 3

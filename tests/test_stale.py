@@ -17,8 +17,10 @@ from optuna.trial import TrialState
 from adamtune.cli.main import cli
 from adamtune.core.config import build_spec
 from adamtune.core.space import suggest
-from adamtune.storage.study import BASELINE_ATTR, RUN_ID_ATTR, load_study, open_storage
-from adamtune.tracking.tracker import experiment_name
+from adamtune.storage.attr_keys import BASELINE_ATTR, RUN_ID_ATTR
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import load_study
+from adamtune.tracking.store import experiment_name
 
 GRACE = 2
 

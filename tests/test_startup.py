@@ -16,7 +16,7 @@ import optuna
 from mlflow import MlflowClient
 
 from adamtune.report.plots import PLOT_NAMES
-from adamtune.storage.study import trial_state
+from adamtune.storage.outcomes import trial_state
 from tests.conftest import trial_run_id
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import optuna
 import sqlalchemy
 
 from adamtune.core.errors import StorageError
-from adamtune.storage.study import open_storage
+from adamtune.storage.backends import open_storage
 
 OPENERS = 4
 ROUNDS = 5

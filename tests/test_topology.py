@@ -24,7 +24,7 @@ storage read-only). So the wait is exercised too, rather than sidestepped by sta
 Sharing the work out: the ``study`` service creates the study seconds before a worker has imported torch
 and joined it, and could finish all 12 trials alone on a fast machine. So that "every process ran
 trials" holds every time instead of usually, the test holds the study's admission lock (the PostgreSQL
-advisory lock under which every worker starts a trial, ``adamtune.storage.study.admission_lock``) from before
+advisory lock under which every worker starts a trial, ``adamtune.storage.admission.admission_lock``) from before
 the start until all three processes are queued on it, then lets go: PostgreSQL grants queued lock
 requests in order, so the first three trials go to three different processes. The processes themselves
 are not touched: holding the lock only delays their first trial.
@@ -50,9 +50,12 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sqlalchemy import create_engine
 
-from adamtune.storage.study import RUN_ID_ATTR, WORKER_ATTR, admission_lock, count_trials, spec_from_study, trial_state
+from adamtune.storage.admission import admission_lock
+from adamtune.storage.attr_keys import RUN_ID_ATTR, WORKER_ATTR
+from adamtune.storage.outcomes import count_trials, trial_state
+from adamtune.storage.study import spec_from_study
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
-from adamtune.tracking.tracker import experiment_name
+from adamtune.tracking.store import experiment_name
 from tests.conftest import _admin_connection
 from tests.servers import START_SECONDS, MlflowServer
 

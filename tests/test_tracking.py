@@ -33,7 +33,7 @@ from adamtune.launch.search import run_search
 from adamtune.report.artifacts import ReportArtifacts
 from adamtune.report.summary import summarize
 from adamtune.search.worker import WorkerOptions
-from adamtune.storage.study import trial_state
+from adamtune.storage.outcomes import trial_state
 from adamtune.tracking import ui as tracking_ui
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG, study_progress
 from adamtune.tracking.stale import end_stale_trial, runs_of_trial

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 
 from adamtune.cli.main import cli
 from adamtune.core.errors import TrackingError
-from adamtune.storage.study import RUN_ID_ATTR, trial_state
+from adamtune.storage.attr_keys import RUN_ID_ATTR
+from adamtune.storage.outcomes import trial_state
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
 from adamtune.tracking.preflight import DEFAULT_URI, check_store, deferrable_uri
 from adamtune.tracking.tracker import Tracker
@@ -103,7 +104,8 @@ def test_which_stores_are_opened_off_the_training_thread(workdir: Path, monkeypa
 
 def _study(root: Path) -> optuna.Study:
     from adamtune.core.config import build_spec
-    from adamtune.storage.study import create_or_resume, open_storage
+    from adamtune.storage.backends import open_storage
+    from adamtune.storage.study import create_or_resume
 
     spec = build_spec("synthetic", None, "d", {"n_trials": 2, "epochs": 1})
     return create_or_resume(spec, open_storage(f"sqlite:///{root}/adamtune.db"))

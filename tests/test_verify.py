@@ -19,10 +19,11 @@ from mlflow import MlflowClient
 from adamtune.cli.main import cli
 from adamtune.core.space import BASELINE
 from adamtune.report.summary import VERIFY_ATTR
-from adamtune.report.verify import ALPHA, FIRST_SEED, RunResult, VerifyResult, fresh_seeds
-from adamtune.storage.study import SEED_ATTR
+from adamtune.report.verify import FIRST_SEED, fresh_seeds
+from adamtune.report.verify_result import ALPHA, RunResult, VerifyResult
+from adamtune.storage.attr_keys import SEED_ATTR
 from adamtune.tasks import resolve_task
-from adamtune.tracking.tracker import experiment_name
+from adamtune.tracking.store import experiment_name
 from adamtune.training.train import evaluate, train
 
 VERIFY_KEYS = {

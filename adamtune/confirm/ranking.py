@@ -38,7 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.core.config import StudySpec
 from adamtune.core.space import AdamParams, params_from_optuna
-from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, PARAMS_ATTR, trial_state
+from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, PARAMS_ATTR
+from adamtune.storage.outcomes import trial_state
 
 #: Epochs at the end of each run whose objective values are averaged into the ranking score.
 LATE_EPOCHS = 3

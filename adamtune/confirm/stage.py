@@ -3,9 +3,9 @@
 Every worker of a study (``search``'s own, its worker processes, ``adamtune worker`` on other machines)
 runs :func:`run_stage` when :meth:`Worker.run <adamtune.worker.Worker.run>` finds the trial target
 reached, so the stage is shared like the trials are. The rule (what to run, what it means) is in
-``confirm.py``; this module only runs it.
+``core/confirm_rule.py``; this module only runs it.
 
-One step, under the confirmation study's admission lock (``study.admission_lock``, as for trials):
+One step, under the confirmation study's admission lock (``admission.admission_lock``, as for trials):
 fail stale confirmation runs of dead workers, read the stage (:func:`~adamtune.core.confirm_rule.read_stage`),
 and either create the next needed run that no one is running (an Optuna trial of ``<study>.confirm``,
 RUNNING with its arm, seed and settings recorded before the lock is released, so no two workers take
@@ -18,7 +18,7 @@ Nothing is lost or repeated: a finished run is kept and never run again (resumin
 does only what is missing); an interrupted run is recorded FAIL and planned again (not re-queued: the
 plan re-creates whatever is missing); a run whose worker died is failed as stale by the next worker's
 step. A run that fails with an error :data:`~adamtune.core.confirm_rule.MAX_RUN_FAILURES` times stops the stage
-with :class:`~adamtune.search.worker.TooManyFailures`. If a later ``search`` raises the trial target while the
+with :class:`~adamtune.search.failures.TooManyFailures`. If a later ``search`` raises the trial target while the
 stage runs, the step says so and the worker goes back to running trials; the stage is planned again
 for the finalists of the larger study.
 """
@@ -53,7 +53,8 @@ from adamtune.core.confirm_rule import (
 )
 from adamtune.core.folds import Fold
 from adamtune.core.space import AdamParams, baseline_for
-from adamtune.storage.study import (
+from adamtune.storage.admission import admission_lock
+from adamtune.storage.attr_keys import (
     CURVES_ATTR,
     DEVICE_ATTR,
     HOST_ATTR,
@@ -63,10 +64,9 @@ from adamtune.storage.study import (
     SETTINGS_ATTR,
     STATE_ATTR,
     WORKER_ATTR,
-    admission_lock,
-    count_trials,
-    with_db_retry,
 )
+from adamtune.storage.db_errors import with_db_retry
+from adamtune.storage.outcomes import count_trials
 
 if TYPE_CHECKING:
     from adamtune.core.signals import Interrupts
@@ -126,7 +126,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
         KeyboardInterrupt: SIGTERM/Ctrl-C, after the running confirmation run was recorded as failed.
     """
     from adamtune.confirm.stored import study_settings
-    from adamtune.search.worker import WaitPauses
+    from adamtune.search.waiting import WaitPauses
 
     if not study_settings(worker.study).enabled:
         return True
@@ -167,7 +167,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
 
 def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts, held: list[optuna.Trial]) -> _Step:
     """Under the confirmation study's lock: fail stale runs, read the plan, start the next needed run."""
-    from adamtune.search.worker import TooManyFailures
+    from adamtune.search.failures import TooManyFailures
 
     study = worker.study
     with interrupts.critical(), admission_lock(confirm._storage, confirm.study_name):
@@ -340,8 +340,8 @@ def _finish_mlflow(
     run: Any, trial: optuna.Trial, state: str, metrics: dict[str, float], value: float | None
 ) -> dict[str, Any]:
     """Queue the end of a confirmation run's MLflow run; the trial attribute of its id, when already known
-    (else it is stored once the run is made: ``objective.link_run_late``)."""
-    from adamtune.search.objective import link_run_late
+    (else it is stored once the run is made: ``mlflow_run.link_run_late``)."""
+    from adamtune.search.mlflow_run import link_run_late
 
     if run is None:
         return {}
@@ -354,7 +354,7 @@ def _finish_mlflow(
 
 def _close_stale_runs(worker: Worker, confirm: optuna.Study) -> None:
     """Close the MLflow runs of confirmation runs this worker just failed as stale (by run id only)."""
-    from adamtune.storage.study import RetryStaleTrial
+    from adamtune.storage.stale_trials import RetryStaleTrial
     from adamtune.tracking.stale import end_stale_trial
 
     callback = confirm._storage.get_heartbeat_stale_trial_callback()

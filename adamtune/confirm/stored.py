@@ -1,6 +1,6 @@
 """The stored confirmation stage, read-only: what ``summary``, ``recommend`` and the workers read.
 
-:func:`read_stage` reads a study and its ``<study>.confirm`` study (see ``confirm.py`` for the rule and
+:func:`read_stage` reads a study and its ``<study>.confirm`` study (see ``core/confirm_rule.py`` for the rule and
 the storage layout) into a :class:`StageState`, replaying :func:`~adamtune.core.confirm_rule.plan_stage` over the
 finished runs; :func:`stage_as_dict` is the ``confirmation`` object of ``summary --json``. Nothing here
 trains or writes; no torch, no MLflow.
@@ -17,7 +17,6 @@ from typing import Any
 from adamtune.core.confirm_rule import (
     ARM_ATTR,
     BASELINE_ARM,
-    CONFIDENCE,
     ERROR_ATTR,
     FIXED_ROWS_NOTE,
     FOLD_ATTR,
@@ -29,6 +28,7 @@ from adamtune.core.confirm_rule import (
     plan_stage,
     stage_budget,
 )
+from adamtune.core.stats import CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def load_confirm_study(study: Any) -> Any | None:
 
 def study_settings(study: Any) -> ConfirmSettings:
     """The confirmation settings the latest ``search`` stored on ``study`` (defaults for older studies)."""
-    from adamtune.storage.study import SETTINGS_ATTR
+    from adamtune.storage.attr_keys import SETTINGS_ATTR
 
     return ConfirmSettings.from_dict((study.user_attrs.get(SETTINGS_ATTR) or {}).get("confirm"))
 
@@ -92,7 +92,8 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
     """Read the stage of ``study`` (read-only: a missing confirmation study is an empty stage)."""
     from optuna.trial import TrialState
 
-    from adamtune.storage.study import SEED_ATTR, spec_from_study
+    from adamtune.storage.attr_keys import SEED_ATTR
+    from adamtune.storage.study import spec_from_study
     from adamtune.training.runner import split_metric
 
     settings = settings or study_settings(study)
@@ -142,7 +143,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
 
 def trained_epochs(trial: Any, objective: str) -> int:
     """The epochs a finished search trial trained: the length of its stored curve (0 without one)."""
-    from adamtune.storage.study import CURVES_ATTR
+    from adamtune.storage.attr_keys import CURVES_ATTR
 
     return len((trial.user_attrs.get(CURVES_ATTR) or {}).get(objective) or ())
 

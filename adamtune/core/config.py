@@ -44,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-#: Sampler and pruner names; their factories live in ``study.py`` (a test keeps the two in step).
+#: Sampler and pruner names; their factories live in ``storage/algorithms.py`` (a test keeps the two in step).
 SAMPLER_NAMES = ("tpe", "random", "qmc", "cmaes", "gp")
 PRUNER_NAMES = ("hyperband", "median", "sha", "none")
 
@@ -66,7 +66,7 @@ STUDY_KEYS = (
     "keep_best_checkpoint",
     "batch_trials",
 )
-#: ``[study]`` keys that size the confirmation stage (see ``confirm.py``), gathered into ``StudySpec.confirm``.
+#: ``[study]`` keys that size the confirmation stage (``core/confirm_rule.py``), gathered into ``StudySpec.confirm``.
 CONFIRM_KEYS = {
     "confirm": "enabled",
     "confirm_top": "top",

@@ -7,7 +7,7 @@ rows. Where the task allows (``ConfirmSettings.folds``), each seed also draws a 
 the pooled training + validation rows (``folds.py``), the same for every arm of that seed: the finalists
 were selected on the task's own validation rows, and re-scoring them there would re-use the data that
 selected them. The interval of the gain is then over seed-and-fold pairs. This module decides *what* to
-run and *what it means*; ``confirm_stage.py`` runs it inside the workers, ``report.py`` reads it
+run and *what it means*; ``confirm/stage.py`` runs it inside the workers, ``report/summary.py`` reads it
 (read-only) for ``summary``/``recommend``.
 
 Storage. Each confirmation run is a trial of a second Optuna study in the same storage,
@@ -22,7 +22,7 @@ The plan (:func:`plan_stage`), a deterministic function of the finalists and the
 so that every worker (and ``summary``) computes the same one:
 
 1. **Finalists**: the top ``top`` (default 3) complete trials of the search by the recommendation rule
-   of ``report.py`` (late-epoch mean), the baseline trial excluded: it is the reference arm.
+   of ``report/summary.py`` (late-epoch mean), the baseline trial excluded: it is the reference arm.
 2. **Seeds**: ``seeds`` (default 5) seeds from :data:`FIRST_SEED` = 8,000,000 upwards, skipping any seed
    a search trial used; disjoint from ``verify``'s (7,000,000 upwards, at most a few hundred).
 3. **Racing**: round one runs the baseline and every finalist on the first ``min(seeds, 2)`` seeds. After
@@ -53,12 +53,12 @@ small ``n``. Identical differences on every seed (sd = 0) give a zero-width inte
 
 from __future__ import annotations
 
-import functools
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from adamtune.core.stats import MIN_SEEDS, Gain, paired_gain, projected_low
 
 #: Suffix of the study holding a study's confirmation runs.
 CONFIRM_SUFFIX = ".confirm"
@@ -82,10 +82,6 @@ START_SEEDS = 2
 SEED_STEP = 2
 #: Fewest seeds a recommendation is confirmed on (when ``seeds`` allows as many).
 MIN_CONFIRM_SEEDS = 3
-#: Fewest seeds: an interval needs two paired differences.
-MIN_SEEDS = 2
-#: Confidence level of the gain's interval.
-CONFIDENCE = 0.95
 #: The stage trains at most this share of the epochs the search trials trained (``stage_budget``).
 BUDGET_SHARE = 0.4
 #: A run (arm, seed) that failed with an error this many times stops the stage (the task is broken).
@@ -176,91 +172,6 @@ def seeds_avoiding(first: int, used: Iterable[Any], n: int) -> list[int]:
 def confirm_seeds(used: Iterable[Any], n: int) -> list[int]:
     """``n`` seeds from :data:`FIRST_SEED` upwards, none of them in ``used`` (the search trials' seeds)."""
     return seeds_avoiding(FIRST_SEED, used, n)
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def t_central_mass(t: float, df: int) -> float:
-    """``P(|T| < t)`` for Student's t with ``df`` >= 1 (an integer) degrees of freedom, ``t`` >= 0.
-
-    The closed forms of Abramowitz & Stegun 26.7.3-4 (a finite series in ``cos(atan(t / sqrt(df)))``),
-    exact to rounding for every integer ``df``, in pure Python: scipy.stats costs about a second of
-    import in every process that decides a confirmation.
-    """
-    theta = math.atan(t / math.sqrt(df))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    # Odd df: (2/pi) (theta + sin (cos + 2/3 cos^3 + ... + (2*4..(df-3))/(1*3..(df-2)) cos^(df-2)));
-    # even df: sin (1 + 1/2 cos^2 + ... + (1*3..(df-3))/(2*4..(df-2)) cos^(df-2)). Each term is the one
-    # before times cos^2 (k-1)/k, k being the new term's power of cos.
-    term = math.cos(theta) if df % 2 else 1.0
-    total = term
-    for power in range(3 if df % 2 else 2, df - 1, 2):
-        term *= cos2 * (power - 1) / power
-        total += term
-    if df % 2 == 0:
-        return sin * total
-    return 2 / math.pi * (theta + (sin * total if df > 1 else 0.0))
-
-
-@functools.lru_cache(maxsize=256)
-def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
-    """The two-sided Student-t critical value ``t`` with ``P(|T| < t) = confidence`` for ``df`` >= 1.
-
-    Found by bisection on :func:`t_central_mass` (to ~1e-12 relative); equals scipy's
-    ``stats.t.ppf(0.5 + confidence / 2, df)``.
-
-    Raises:
-        ValueError: ``df`` < 1 or ``confidence`` outside (0, 1).
-    """
-    if df < 1 or not 0.0 < confidence < 1.0:
-        raise ValueError(f"need df >= 1 and 0 < confidence < 1, got df={df}, confidence={confidence}")
-    low, high = 0.0, 1.0
-    while t_central_mass(high, df) < confidence:
-        low, high = high, high * 2
-    while high - low > 1e-13 * high:
-        middle = (low + high) / 2
-        if t_central_mass(middle, df) < confidence:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
-
-
-@dataclass(frozen=True)
-class Gain:
-    """Paired differences (positive = better than the baseline) and their interval."""
-
-    differences: tuple[float, ...]
-    mean: float
-    low: float
-    high: float
-
-    @property
-    def n(self) -> int:
-        return len(self.differences)
-
-
-def paired_gain(values: Sequence[float], baseline: Sequence[float], direction: str) -> Gain:
-    """The gain of ``values`` over ``baseline`` (same seeds, same order) with its paired-t interval.
-
-    Raises:
-        ValueError: fewer than :data:`MIN_SEEDS` pairs or unequal lengths.
-    """
-    if len(values) != len(baseline) or len(values) < MIN_SEEDS:
-        raise ValueError(f"need at least {MIN_SEEDS} pairs of equal length, got {len(values)} and {len(baseline)}")
-    sign = 1.0 if direction == "minimize" else -1.0
-    differences = tuple(sign * (b - v) for v, b in zip(values, baseline, strict=True))
-    mean = statistics.fmean(differences)
-    sd = statistics.stdev(differences)
-    half = t_quantile(len(differences) - 1) * sd / math.sqrt(len(differences)) if sd > 0 else 0.0
-    return Gain(differences, mean, mean - half, mean + half)
-
-
-def projected_low(gain: Gain, seeds: int) -> float:
-    """The lower bound ``gain`` would have on ``seeds`` seeds with its current mean and spread."""
-    sd = statistics.stdev(gain.differences)
-    return gain.mean - (t_quantile(seeds - 1) * sd / math.sqrt(seeds) if sd > 0 else 0.0)
 
 
 # --------------------------------------------------------------------------- the plan

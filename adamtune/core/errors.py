@@ -2,7 +2,7 @@
 
 Every failure a user can cause or fix (bad input, a missing dataset, an unreachable database) is raised
 as an :class:`AdamtuneError`. The message is the whole user-facing text: it names the problem and the
-fix. ``cli.py`` turns these into ``Error: <message>`` on stderr and a non-zero exit code; nothing below
+fix. ``cli/main.py`` turns these into ``Error: <message>`` on stderr and a non-zero exit code; nothing below
 the CLI prints tracebacks for them. Each subclass carries the exit code the CLI uses for it.
 """
 

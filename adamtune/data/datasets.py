@@ -32,16 +32,14 @@ import numpy as np
 import torch
 
 from adamtune.core.errors import DataError
+from adamtune.data.archives import ensure_writable_dir, load_restricted_pickle, numpy_array_globals
 from adamtune.data.download import (
     Remote,
     atomic_write,
     dataset_lock,
-    ensure_writable_dir,
     fetch,
     fetch_and_extract,
-    load_restricted_pickle,
     new_dirs_removed_on_failure,
-    numpy_array_globals,
 )
 
 CIFAR10 = Remote(

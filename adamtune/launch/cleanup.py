@@ -5,7 +5,7 @@ nobody is running any more, or one left by old adamtune versions or other Optuna
 
 * every RUNNING trial that is stale — its heartbeat older than the grace period, or no heartbeat at all
   and a start older than the grace period (see ``study.StudyStorage``) — is failed and re-queued with the
-  same settings (a baseline stays the baseline; at most ``study.MAX_RETRIES`` retries);
+  same settings (a baseline stays the baseline; at most ``stale_trials.MAX_RETRIES`` retries);
 * RUNNING trials whose heartbeat is fresh are left alone (a live worker is training them);
 * with tracking on, the MLflow runs of the trials failed here are closed FAILED, and RUNNING runs of
   trials that are already finished (a worker killed between telling its trial and closing its run) are
@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from adamtune.storage.study import RUN_ID_ATTR, RetryStaleTrial, admission_lock, load_study, open_storage, with_db_retry
+from adamtune.storage.admission import admission_lock
+from adamtune.storage.attr_keys import RUN_ID_ATTR
+from adamtune.storage.backends import open_storage
+from adamtune.storage.db_errors import with_db_retry
+from adamtune.storage.stale_trials import RetryStaleTrial
+from adamtune.storage.study import load_study
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ from adamtune.data.download import default_data_dir
 from adamtune.launch.pool import WorkerFailed
 from adamtune.launch.worker_setup import make_worker, open_tracker
 from adamtune.search.worker import WorkerOptions
-from adamtune.storage.study import Counts, count_trials, create_or_resume, heartbeat_settings, open_storage, trial_state
+from adamtune.storage.backends import open_storage
+from adamtune.storage.outcomes import Counts, count_trials, trial_state
+from adamtune.storage.stale_trials import heartbeat_settings
+from adamtune.storage.study import create_or_resume
 from adamtune.tracking.parent_run import search_tracking
 
 if TYPE_CHECKING:
@@ -90,7 +93,7 @@ def run_search(
         on_progress: with several workers, called at every poll with the study's counts (all workers,
             all machines) and best value, e.g. to show how many trials are running.
         on_confirm_run: called with each confirmation run that finished (any worker), see
-            ``confirm_stage.py``. The stage runs in the workers once the trial target is reached, unless
+            ``confirm/stage.py``. The stage runs in the workers once the trial target is reached, unless
             ``spec.confirm`` turns it off.
         trainer: with one worker, a trainer process already preparing ``spec.task`` (``trainer.py``):
             the worker's runs train there, and this process never loads the task or its data. The
@@ -247,7 +250,7 @@ class FinishedTrialWatcher:
                     self.on_confirm_run(confirm_run_of(trial, self.study))
 
     def _target(self) -> int:
-        from adamtune.storage.study import SETTINGS_ATTR
+        from adamtune.storage.attr_keys import SETTINGS_ATTR
 
         return int((self.study.user_attrs.get(SETTINGS_ATTR) or {}).get("n_trials") or 0) or 1 << 62
 
@@ -265,7 +268,8 @@ def confirm_run_of(trial: FrozenTrial, study: optuna.Study) -> ConfirmRun:
     """A finished confirmation trial as the :class:`~adamtune.confirm.stage.ConfirmRun` progress lines show."""
     from adamtune.confirm.stage import ConfirmRun
     from adamtune.core.confirm_rule import ARM_ATTR
-    from adamtune.storage.study import DEVICE_ATTR, SEED_ATTR, STATE_ATTR, WORKER_ATTR, spec_from_study
+    from adamtune.storage.attr_keys import DEVICE_ATTR, SEED_ATTR, STATE_ATTR, WORKER_ATTR
+    from adamtune.storage.study import spec_from_study
     from adamtune.training.runner import split_metric
 
     value = trial.value if trial.state == TrialState.COMPLETE else None

@@ -16,7 +16,8 @@ import optuna
 
 from adamtune.core.config import StudySpec
 from adamtune.search.worker import Worker, WorkerOptions
-from adamtune.storage.study import load_study, open_storage, spec_from_study
+from adamtune.storage.backends import open_storage
+from adamtune.storage.study import load_study, spec_from_study
 from adamtune.training.devices import resolve_device
 from adamtune.training.trainer import Trainer
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from adamtune.confirm.ranking import LATE_EPOCHS, settings_dict
 from adamtune.core.errors import ConfigError
-from adamtune.report.summary import StudySummary, format_value
+from adamtune.report.render import format_value
+from adamtune.report.summary import StudySummary
 
 #: ``adamtune recommend --format`` values.
 FORMATS = ("table", "json", "toml", "torch", "keras")

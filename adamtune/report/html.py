@@ -16,16 +16,10 @@ from optuna.trial import TrialState
 
 from adamtune.confirm.ranking import CORE_SETTINGS, LATE_EPOCHS
 from adamtune.core.errors import ConfigError
-from adamtune.report.summary import (
-    StudySummary,
-    format_value,
-    range_text,
-    recommendation,
-    rule_text,
-    summarize,
-    verify_lines,
-)
-from adamtune.storage.study import SPEC_ATTR
+from adamtune.report.decision import rule_text
+from adamtune.report.render import format_value, range_text, verify_lines
+from adamtune.report.summary import StudySummary, recommendation, summarize
+from adamtune.storage.attr_keys import SPEC_ATTR
 
 
 @dataclass

@@ -6,7 +6,7 @@ search's summary) inside Optuna's ``try_import`` block, which defers a failed im
 evaluator is used. adamtune uses only PED-ANOVA (Optuna's default evaluator), which needs neither.
 
 Contract: :func:`optuna_importance` returns the ``optuna.importance`` module. In a process that ran
-:func:`for_commands` (every ``adamtune`` command does, from ``cli.py``) and had not imported
+:func:`for_commands` (every ``adamtune`` command does, from ``cli/main.py``) and had not imported
 scikit-learn nor ``optuna.importance`` yet, scikit-learn is hidden while Optuna's package loads, and
 visible again right after: in that process Optuna's fANOVA and mean-decrease-impurity evaluators then
 raise Optuna's "install scikit-learn" error, and nothing else changes. A program that imports adamtune

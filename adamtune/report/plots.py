@@ -1,6 +1,6 @@
 """Plots of a study, each written twice: interactive HTML (plotly) and a static PNG (matplotlib).
 
-Used for the artifacts of a search's MLflow parent run (``tracking.py``) and by ``adamtune report``.
+Used for the artifacts of a search's MLflow parent run (``tracking/tracker.py``) and by ``adamtune report``.
 Every plot function has the same contract::
 
     paths = optimization_history(study, out_dir)   # [out_dir/optimization_history.html, ….png]
@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.storage.study import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR, trial_state
+from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, SPEC_ATTR
+from adamtune.storage.outcomes import trial_state
 
 if TYPE_CHECKING:
     import optuna
@@ -161,17 +162,17 @@ def optimization_history(study: optuna.Study, out_dir: Path, *, plotlyjs: Plotly
 def importance(study: optuna.Study, out_dir: Path, *, plotlyjs: PlotlyJs = True) -> list[Path]:
     """The PED-ANOVA importance of each sampled parameter: the numbers ``adamtune summary`` reports.
 
-    Same evaluator and settings as :func:`adamtune.report.summary.param_importance` (Optuna's default
+    Same evaluator and settings as :func:`adamtune.report.importance.param_importance` (Optuna's default
     evaluator), evaluated once for both files.
 
     Raises:
         PlotUnavailable: fewer complete trials than the summary needs for importance
-            (:data:`~adamtune.report.summary.MIN_IMPORTANCE_TRIALS`), or no sampled parameter.
+            (:data:`~adamtune.report.importance.MIN_IMPORTANCE_TRIALS`), or no sampled parameter.
     """
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
 
-    from adamtune.report.summary import MIN_IMPORTANCE_TRIALS, importance_evaluator
+    from adamtune.report.importance import MIN_IMPORTANCE_TRIALS, importance_evaluator
 
     complete = _complete(study)
     if len(complete) < MIN_IMPORTANCE_TRIALS:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from adamtune.storage.study import Counts, trial_state
+from adamtune.storage.outcomes import Counts, trial_state
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from adamtune.storage.db_errors import db_error_text, is_transient_db_error, with_db_retry
 from adamtune.storage.heartbeat import Heartbeat
-from adamtune.storage.study import db_error_text, is_transient_db_error, requeue_trial, with_db_retry
-from adamtune.training.context import StopTrial, TrialContext
+from adamtune.storage.stale_trials import requeue_trial
+from adamtune.training.context import TrialContext
+from adamtune.training.stops import StopTrial
 
 if TYPE_CHECKING:
     from adamtune.core.signals import Interrupts

@@ -6,7 +6,7 @@ against it (the user's ``fit`` for a loop task, the built-in trainer otherwise).
 calls back here: the epoch's metrics go to MLflow (step = epoch), the objective metric to Optuna
 (``trial.report``), and the pruner may stop the trial.
 
-What each outcome becomes (see ``study.py`` for the bookkeeping):
+What each outcome becomes (see ``outcomes.py`` for the bookkeeping):
 
 * complete: the value is the objective metric (e.g. ``val_loss``, ``val_accuracy``, ``val_mae``) of the
   last reported epoch.
@@ -28,14 +28,8 @@ What each outcome becomes (see ``study.py`` for the bookkeeping):
 The baseline trial (enqueued first in a new study) trains with exactly Adam's defaults and is never
 pruned, so every result can be compared with a full-length baseline curve.
 
-Retries and checkpoints: a retry (``study.requeue_trial``) belongs to the *lineage* of the trial it
-retries (``failed_trial``, the original number). It trains with the lineage's seed (the one recorded on
-the original trial, else derived from the original number), and resumes from the lineage's latest
-checkpoint (``checkpoint.py``): the restored epochs are re-reported to Optuna (so the pruner sees the
-whole curve) and logged to the retry's new MLflow run, which is tagged ``adamtune.resumed_from_epoch``
-and ``adamtune.resumed_from_run`` (the earlier run's id): the retry's run holds the whole curve, the
-earlier, failed run links nowhere and keeps its part. The lineage's checkpoints are removed when the
-trial ends in any way other than an interruption (which is re-queued and resumes).
+Retries and checkpoints: a retry trains with its lineage's seed and resumes from the lineage's latest
+checkpoint (``lineage.py``). The trial's MLflow run is started, fed and closed by ``mlflow_run.py``.
 """
 
 from __future__ import annotations
@@ -59,37 +53,36 @@ from adamtune.core.config import StudySpec
 from adamtune.core.errors import TaskError
 from adamtune.core.metrics import bare_name
 from adamtune.core.space import AdamParams, baseline_for, suggest
-from adamtune.storage.rdb import StudyStorage
-from adamtune.storage.reporting import TrialWriter
-from adamtune.storage.study import (
+from adamtune.search.lineage import (
+    earlier_trials,
+    is_requeued_error,
+    lineage_checkpoints,
+    lineage_seed,
+    resume_tags,
+    system_attrs,
+)
+from adamtune.search.mlflow_run import finish_run, log_epoch, start_run
+from adamtune.storage.attr_keys import (
     BASELINE_ATTR,
     CURVES_ATTR,
     DEVICE_ATTR,
     DIVERGED_EPOCH_ATTR,
     HOST_ATTR,
     PARAMS_ATTR,
-    RUN_ID_ATTR,
     SEED_ATTR,
     STATE_ATTR,
     WORKER_ATTR,
-    with_db_retry,
 )
+from adamtune.storage.db_errors import with_db_retry
+from adamtune.storage.reporting import TrialWriter
 from adamtune.tasks.loop import LoopTask
-from adamtune.training.checkpoint import (
-    BEST_ATTR,
-    CHECKPOINT_ATTR,
-    RESUMED_ATTR,
-    TrialCheckpoints,
-    lineage_numbers,
-    lineage_of,
-)
+from adamtune.training.checkpoint import BEST_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_of
 from adamtune.training.context import TrialContext
 from adamtune.training.trainer import InlineTrainer, Trainer, describe_failure
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from adamtune.core.curves import Curves
     from adamtune.tracking.tracker import Tracker
     from adamtune.tracking.trial_run import TrialRun
 
@@ -97,15 +90,6 @@ if TYPE_CHECKING:
 ERROR_ATTR = "adamtune.error"
 #: How much of a traceback is kept (the end of it, where the error is): MLflow tags hold 8000 characters.
 TRACEBACK_CHARS = 5000
-
-
-def trial_seed(base_seed: int | None, trial_number: int) -> int:
-    """The training seed of a trial: derived from ``--seed`` when given, else from fresh entropy."""
-    if base_seed is None:
-        import secrets
-
-        return secrets.randbelow(2**31)
-    return (base_seed * 1_000_003 + trial_number) % 2**31
 
 
 @dataclass
@@ -163,7 +147,7 @@ class Objective:
         except Exception as exc:
             if started.context.state == "running":  # the task's own error, not adamtune stopping it
                 self.fail(started, exc)
-                if not _is_requeued_error(exc) and started.checkpoints is not None:
+                if not is_requeued_error(exc) and started.checkpoints is not None:
                     started.checkpoints.remove_all()
                 raise
         except BaseException as exc:  # an interruption: the worker re-queues the trial, which resumes
@@ -176,7 +160,7 @@ class Objective:
 
         :meth:`__call__` is ``begin`` → train against ``context`` → :meth:`conclude` (or :meth:`fail`);
         the batched worker (``batch_worker.py``) calls the three steps itself for K trials at once. A retry
-        (see ``study.requeue_trial``) trains with its lineage's seed and, through its checkpoints, resumes.
+        (see ``stale_trials.requeue_trial``) trains with its lineage's seed and, through its checkpoints, resumes.
         The settings and attributes are written to the study here, or with ``flush=False`` by the caller
         (``started.writer.flush()``), e.g. once the trainer has them.
         """
@@ -194,13 +178,10 @@ class Objective:
             params = suggest(trial, spec.space)
         if is_baseline:
             params = baseline_for(spec.space)
-        system_attrs = _system_attrs(trial)
-        lineage = lineage_of(trial.number, system_attrs)
-        earlier = self._earlier_trials(trial, system_attrs)
-        seed = next(
-            (int(t.user_attrs[SEED_ATTR]) for t in earlier if isinstance(t.user_attrs.get(SEED_ATTR), int)),
-            trial_seed(self.base_seed, lineage),
-        )
+        attrs = system_attrs(trial)
+        lineage = lineage_of(trial.number, attrs)
+        earlier = earlier_trials(trial, attrs)
+        seed = lineage_seed(self.base_seed, lineage, earlier)
         host = socket.gethostname()
         writer.set_attrs(
             {
@@ -213,13 +194,13 @@ class Objective:
         )
         if flush:
             writer.flush()
-        run = self._start_run(trial, params, seed, is_baseline, host)
+        run = start_run(
+            self.tracker, spec, trial, params, seed, is_baseline, device=self.device, host=host, worker=self.worker
+        )
         objective = spec.objective
 
         def on_epoch(epoch: int, metrics: Mapping[str, float], diverged: bool) -> bool:
-            if run is not None:
-                run.log_epoch(epoch, metrics)
-                _note_run_id(writer, run)
+            log_epoch(run, writer, epoch, metrics)
             value = metrics.get(objective, float("nan"))
             if diverged:  # its point is kept (when finite) so Optuna's curve shows where it blew up
                 if math.isfinite(value):
@@ -256,7 +237,7 @@ class Objective:
             on_resume=on_resume,
         )
         context.prune_epochs = frozenset() if is_baseline else writer.decision_epochs()
-        resumed = self._resume_tags(context, earlier)
+        resumed = resume_tags(context, earlier)
         return StartedTrial(trial, context, run, writer, time.perf_counter(), checkpoints, resumed)
 
     def fail(self, started: StartedTrial, exc: BaseException) -> None:
@@ -290,13 +271,13 @@ class Objective:
         writer.set_attrs({CURVES_ATTR: curves.history()})
         if context.state == "pruned":
             writer.set_attrs({STATE_ATTR: "pruned"})
-            self._finish(run, "pruned", curves, trial, writer, extra_tags=resumed())
+            finish_run(run, "pruned", curves, trial, writer, extra_tags=resumed())
             writer.flush_at_end()
             raise optuna.TrialPruned(f"pruned at epoch {context.history[-1][0]}")
         if context.state == "diverged":
             value, _ = context.result()
             writer.set_attrs({STATE_ATTR: "diverged", DIVERGED_EPOCH_ATTR: context.diverged_epoch})
-            self._finish(run, "diverged", curves, trial, writer, value=value, extra_tags=resumed())
+            finish_run(run, "diverged", curves, trial, writer, value=value, extra_tags=resumed())
             writer.flush_at_end()
             return value
         try:
@@ -308,7 +289,7 @@ class Objective:
         writer.set_attrs({STATE_ATTR: "complete"})
         if self.keep_best_checkpoint and checkpoints is not None:
             self._keep_if_best(trial, context, checkpoints, value, writer)
-        self._finish(run, "complete", curves, trial, writer, value=value, extra_tags=resumed())
+        finish_run(run, "complete", curves, trial, writer, value=value, extra_tags=resumed())
         writer.flush_at_end()
         return value
 
@@ -338,15 +319,6 @@ class Objective:
         if pointer is not None:
             writer.set_attrs({BEST_ATTR: pointer})
 
-    def _earlier_trials(self, trial: optuna.Trial, system_attrs: Mapping[str, Any]) -> list[optuna.trial.FrozenTrial]:
-        """The lineage's earlier trials (oldest first); none for a trial that is no retry."""
-        numbers = lineage_numbers(trial.number, system_attrs)
-        if not numbers:
-            return []
-        wanted = set(numbers)
-        found = [t for t in trial.study.get_trials(deepcopy=False) if t.number in wanted]
-        return sorted(found, key=lambda t: t.number)
-
     def _checkpoints(
         self,
         trial: optuna.Trial,
@@ -356,46 +328,22 @@ class Objective:
         seed: int,
         writer: TrialWriter,
     ) -> TrialCheckpoints | None:
+        """The checkpoints of ``trial``'s lineage (:func:`~adamtune.search.lineage.lineage_checkpoints`); None: off."""
         if self.checkpoint_store is None or (self.checkpoint_every == 0 and not self.keep_best_checkpoint):
             return None
         store, prefix = self.checkpoint_store
-        fingerprint = {
-            "task": self.spec.task,
-            "params": params.as_dict(),
-            "seed": seed,
-            "epochs": self.spec.epochs,
-            "batch_size": self.spec.batch_size,
-        }
-
-        def set_pointer(pointer: dict[str, Any]) -> None:  # durable at once, with the curve so far
-            writer.set_attrs({CHECKPOINT_ATTR: pointer})
-            with_db_retry(writer.flush, f"recording trial {trial.number}'s checkpoint")
-
-        return TrialCheckpoints(
+        return lineage_checkpoints(
+            trial,
+            lineage,
+            earlier,
             store=store,
             prefix=prefix,
-            study_name=self.spec.study_name,
-            lineage=lineage,
-            fingerprint=json_safe(fingerprint),
-            set_pointer=set_pointer,
-            pointers=[t.user_attrs[CHECKPOINT_ATTR] for t in earlier if CHECKPOINT_ATTR in t.user_attrs],
             location=self.checkpoint_location,
+            spec=self.spec,
+            params=params,
+            seed=seed,
+            writer=writer,
         )
-
-    @staticmethod
-    def _resume_tags(context: TrialContext, earlier: list[optuna.trial.FrozenTrial]) -> Any:
-        """A function giving the MLflow tags of a resumed trial (empty until it resumed)."""
-
-        def tags() -> dict[str, object]:
-            if context.resumed_from_epoch is None:
-                return {}
-            found: dict[str, object] = {RESUMED_ATTR: context.resumed_from_epoch}
-            runs = [t.user_attrs[RUN_ID_ATTR] for t in earlier if RUN_ID_ATTR in t.user_attrs]
-            if runs:
-                found["adamtune.resumed_from_run"] = runs[-1]
-            return found
-
-        return tags
 
     def _checkpoint_dir(self, number: int) -> Path:
         root = self.checkpoint_root or Path(tempfile.gettempdir()) / "adamtune-checkpoints"
@@ -418,121 +366,6 @@ class Objective:
             writer.set_attrs({ERROR_ATTR: text})
         curves = context.curves()
         curves.seconds = time.perf_counter() - started
-        self._finish(run, "failed", curves, trial, writer, error=exc, error_text=text, extra_tags=extra_tags)
+        finish_run(run, "failed", curves, trial, writer, error=exc, error_text=text, extra_tags=extra_tags)
         with contextlib.suppress(Exception):  # the storage is down: the worker reports the failure anyway
             writer.flush()
-
-    def _start_run(
-        self, trial: optuna.Trial, params: AdamParams, seed: int, is_baseline: bool, host: str
-    ) -> TrialRun | None:
-        if self.tracker is None:
-            return None
-        logged = {k: v for k, v in params.as_dict().items() if k in _logged_param_names(self.spec)}
-        return self.tracker.start_trial(
-            run_name="baseline" if is_baseline else f"trial-{trial.number}",
-            params={**logged, "seed": seed, "epochs": self.spec.epochs, "batch_size": self.spec.batch_size},
-            tags={
-                "adamtune.study": self.spec.study_name,
-                "adamtune.task": self.spec.task,
-                "adamtune.trial_number": trial.number,
-                "adamtune.baseline": str(is_baseline).lower(),
-                "adamtune.device": self.device,
-                "adamtune.host": host,
-                "adamtune.worker": self.worker,
-                "adamtune.state": "running",
-            },
-        )
-
-    def _finish(
-        self,
-        run: TrialRun | None,
-        state: str,
-        curves: Curves | None,
-        trial: optuna.Trial,
-        writer: TrialWriter,
-        *,
-        value: float | None = None,
-        error: BaseException | None = None,
-        error_text: str | None = None,
-        extra_tags: Mapping[str, object] | None = None,
-    ) -> None:
-        """Close the trial's MLflow run as ``state``; its run id, when already known, goes with the trial's
-        last write (not waited for: a short trial often ends before the run is made, see ``tracking_trial.py``)."""
-        if run is None:
-            return
-        _note_run_id(writer, run, flush=False)
-        if not run.noted:  # the run is made after the trial ends: its id is stored then
-            link_run_late(run, trial)
-        last = curves.last if curves is not None else None
-        final = last.as_dict() if last is not None else {}
-        tags: dict[str, object] = {"adamtune.trial_number": trial.number, **(extra_tags or {})}
-        if curves is not None:
-            tags["adamtune.stopped_epoch"] = curves.diverged_epoch or (last.epoch if last is not None else 0)
-            if curves.diverged:
-                tags["adamtune.diverged_epoch"] = curves.diverged_epoch
-            if curves.seconds:
-                final["seconds"] = curves.seconds
-        if error is not None:
-            tags["adamtune.error"] = f"{describe_failure(error)[0]}: {error}"[:500]
-            if error_text and isinstance(error, Exception):
-                tags["adamtune.traceback"] = error_text
-        run.finish(state, final, tags, study=getattr(trial, "study", None), trial_number=trial.number, value=value)
-
-
-def _note_run_id(writer: TrialWriter, run: TrialRun, *, flush: bool = True) -> None:
-    """Store the MLflow run id on the trial the first time it is known (the tracking writer creates runs).
-
-    During training it is written at once (``flush``): the stale-trial check closes a dead worker's run
-    by this id."""
-    run_id = run.take_new_run_id()
-    if run_id is not None:
-        writer.set_attrs({RUN_ID_ATTR: run_id})
-        if flush:
-            writer.flush()
-
-
-def link_run_late(run: TrialRun, trial: optuna.Trial) -> None:
-    """Store ``run``'s id on ``trial`` once the tracker has created it, even after the trial was told (a short
-    trial often ends before its run is made); best effort: the run also names its trial in its tags."""
-    backend = getattr(getattr(getattr(trial, "study", None), "_storage", None), "_backend", None)
-    if not isinstance(backend, StudyStorage):
-        return
-
-    def link(run_id: str) -> None:
-        try:
-            backend.link_trial(trial._trial_id, RUN_ID_ATTR, run_id)
-        except Exception as exc:  # the database is away: the link is lost, the run keeps its tags
-            log.debug("trial %d: could not store its MLflow run id: %s", trial.number, exc)
-
-    run.when_created(link)
-
-
-def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
-    """The trial's Optuna system attributes (``failed_trial``/``retry_history`` of a retry); {} for a FixedTrial."""
-    study = getattr(trial, "study", None)
-    if study is None:
-        return {}
-    cached = getattr(trial, "_cached_frozen_trial", None)  # read when the trial was asked for: no query
-    if cached is not None:
-        return dict(cached.system_attrs)
-    return with_db_retry(
-        lambda: study._storage.get_trial_system_attrs(trial._trial_id), f"reading trial {trial.number}"
-    )
-
-
-def _is_requeued_error(exc: BaseException) -> bool:
-    """The worker re-queues a trial that failed because the study database went away: keep its checkpoint."""
-    from adamtune.storage.study import is_transient_db_error
-
-    return is_transient_db_error(exc)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists), so fingerprints compare equal."""
-    import json
-
-    return json.loads(json.dumps(value))
-
-
-def _logged_param_names(spec: StudySpec) -> set[str]:
-    return {"lr", "beta1", "beta2", "epsilon", "decay", *spec.space.extra_dimensions()}

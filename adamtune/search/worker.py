@@ -4,19 +4,14 @@ A worker is one process on one device. It joins a study by name, so any number o
 of machines can share one study database. ``n_trials`` (stored on the study by the latest ``search``, and
 re-read before every trial) is a study-wide total of *finished* trials (complete + pruned + diverged).
 
-Exact counts. Before each trial a worker takes the study's admission lock (``study.admission_lock``:
-a file lock for SQLite, an advisory lock for PostgreSQL), fails stale trials of dead workers (it looks
-at most once per heartbeat interval, ``heartbeat.StaleCheck``), counts finished and running trials, and
-creates its trial with ``study.ask()`` only while
-``finished + running < n_trials``; the new trial is RUNNING (and has a heartbeat) before the lock is
-released, so the next worker counts it. Hence the study never holds more than ``n_trials`` finished
-trials. When ``finished < n_trials <= finished + running`` the worker does not exit but waits: if one of
-the running trials fails (an error, or its worker dies and the heartbeat marks it stale and re-queues
-it), a place opens and a live worker takes it, so the study still reaches its count.
+Exact counts: before each trial a worker takes the study's admission lock, counts finished and running
+trials and creates its trial only in a free place (``admission.py``); while the remaining places are
+taken by other workers' running trials it waits (``waiting.py``), in case one of them fails and must be
+replaced, so the study never holds more than ``n_trials`` finished trials and still reaches its count.
 
 Why not ``study.optimize``: it asks for a trial without such a lock, and its heartbeat thread dies on the
 first database error. This module runs the same ask → objective → tell steps itself, with a heartbeat
-thread that survives database outages and bounded retries (``study.with_db_retry``) around every storage
+thread that survives database outages and bounded retries (``db_errors.with_db_retry``) around every storage
 call outside the objective.
 
 Interruptions: SIGTERM (and SIGINT, where the worker owns the terminal) become ``KeyboardInterrupt``,
@@ -28,8 +23,9 @@ A second signal while stopping is ignored. A SIGKILL leaves the trial RUNNING un
 ``GRACE_SECONDS`` old; then the next worker to start a trial fails it, re-queues it and closes its run.
 
 Where a trial trains is its objective's trainer's business (``trainer.py``: this process, or a trainer
-process beside it). Signals are handled by ``signals.Interrupts``, heartbeats by ``heartbeat.Heartbeat``,
-devices by ``devices.py``; a worker is assembled by ``worker_setup.py``; several local worker processes
+process beside it). Trials that fail with errors are logged and counted by ``failures.py`` (too many in a
+row stop the worker). Signals are handled by ``signals.Interrupts``, heartbeats by ``heartbeat.Heartbeat``,
+devices by ``devices.py``; a worker is assembled by ``launch/worker_setup.py``; several local worker processes
 are run by ``pool.run_pool``.
 """
 
@@ -40,9 +36,7 @@ import math
 import signal
 import socket
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,59 +44,23 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.core.errors import AdamtuneError
-from adamtune.storage.rdb import StudyStorage
-from adamtune.storage.rdb_rows import NoFreePlace
-from adamtune.storage.study import (
-    RUN_ID_ATTR,
-    SETTINGS_ATTR,
-    RetryStaleTrial,
-    admission_lock,
-    count_trials,
-    is_transient_db_error,
-    requeue_trial,
-    with_db_retry,
-)
+from adamtune.core.signals import Interrupts
+from adamtune.search.admission import Admission, admit
+from adamtune.search.failures import FailureStreak, log_failure
+from adamtune.search.waiting import WAIT_POLL_SECONDS, WaitPauses
+from adamtune.storage.admission import admission_lock
+from adamtune.storage.attr_keys import RUN_ID_ATTR, SETTINGS_ATTR
+from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
+from adamtune.storage.heartbeat import Heartbeat, StaleCheck
+from adamtune.storage.outcomes import count_trials
+from adamtune.storage.stale_trials import RetryStaleTrial, requeue_trial
 
 if TYPE_CHECKING:
     from adamtune.confirm.stage import ConfirmRun
     from adamtune.search.objective import Objective
-    from adamtune.storage.study import Counts
-from adamtune.core.signals import Interrupts
-from adamtune.storage.heartbeat import Heartbeat, StaleCheck
-from adamtune.training.trainer import describe_failure
+    from adamtune.storage.outcomes import Counts
 
 log = logging.getLogger(__name__)
-
-
-MAX_CONSECUTIVE_FAILURES = 3
-
-#: Pauses between two looks at the study while waiting for other workers' last trials: the first, and the
-#: longest. The first pause is kept for ``WAIT_FAST_SECONDS`` of waiting (a worker waiting for the last
-#: short trial of another exits within a quarter second of it), then grows by half while nothing changes,
-#: so that many idle workers of long trials load the database little.
-WAIT_FIRST_POLL_SECONDS = 0.25
-WAIT_FAST_SECONDS = 10.0
-WAIT_POLL_SECONDS = 5.0
-
-
-class WaitPauses:
-    """The pauses of one wait: ``WAIT_FIRST_POLL_SECONDS`` for ``WAIT_FAST_SECONDS``, then growing to ``longest``."""
-
-    def __init__(self, longest: float) -> None:
-        self.longest = longest
-        self.reset()
-
-    def reset(self) -> None:
-        """Something changed (or the wait ended): start again from the short pauses."""
-        self._since = time.monotonic()
-        self._pause = WAIT_FIRST_POLL_SECONDS
-
-    def next(self) -> float:
-        """The next pause, in seconds."""
-        if time.monotonic() - self._since >= WAIT_FAST_SECONDS:
-            self._pause = min(self.longest, self._pause * 1.5)
-        return self._pause
 
 
 #: Exit code of a worker process stopped by SIGTERM/SIGINT (as the CLI's Ctrl-C).
@@ -132,25 +90,6 @@ class WorkerOptions:
     index: int = 0
     system_metrics: bool = False
     checkpoint_store: str | None = None  # None: $ADAMTUNE_CHECKPOINT_STORE, else next to the study database
-
-
-class TooManyFailures(AdamtuneError):
-    """Every recent trial failed with an exception: the task or its data is broken, not the settings."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What the admission step decided: a trial to run, or wait (``trial`` None), or stop (``done``)."""
-
-    counts: Counts
-    target: int
-    trial: optuna.Trial | None = None
-    done: bool = False
-    more: tuple[optuna.Trial, ...] = ()  # further trials admitted with ``trial`` (batched workers)
-
-    @property
-    def trials(self) -> list[optuna.Trial]:
-        return [] if self.trial is None else [self.trial, *self.more]
 
 
 @dataclass
@@ -198,7 +137,7 @@ class Worker:
             The number of trials this worker ran.
 
         Raises:
-            TooManyFailures: ``MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions (database
+            TooManyFailures: ``failures.MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions (database
                 outages excluded).
             StorageError: the database stayed unreachable for longer than the retry budget.
             KeyboardInterrupt: SIGTERM (or Ctrl-C), after the running trial was recorded as FAIL.
@@ -217,7 +156,7 @@ class Worker:
 
     def _loop(self, interrupts: Interrupts, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None) -> int:
         """The body of :meth:`run`: admit, run, tell, until the target; then the confirmation stage."""
-        ran, consecutive_failures = 0, 0
+        ran, failures = 0, FailureStreak()
         waiting_since: int | None = None
         longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
         pauses = WaitPauses(longest)
@@ -254,15 +193,7 @@ class Worker:
                 ran += 1
                 if on_trial is not None:
                     on_trial(self.study, trial)
-                if trial.state != TrialState.FAIL or error is None or is_transient_db_error(error):
-                    consecutive_failures = 0
-                    continue
-                consecutive_failures += 1
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    raise TooManyFailures(
-                        f"{consecutive_failures} trials in a row failed with errors (see the log above); "
-                        f"check task {self.objective.spec.task!r} and its data"
-                    )
+                failures.note(trial, error, self.objective.spec.task)
 
     def _run_admitted(self, admission: Admission, interrupts: Interrupts) -> list[tuple[FrozenTrial, Exception | None]]:
         """Run the admitted trial(s): one as usual, several as one batch (``batch_worker.run_batch``)."""
@@ -296,93 +227,16 @@ class Worker:
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places.
-
-        Stale trials are looked for at most once per heartbeat interval (``heartbeat.StaleCheck``): a trial is
-        stale only after the longer grace period, so a dead worker's trial is found at most one interval later.
-        Each new trial gets its first heartbeat in the transaction that creates it (``rdb.first_heartbeats``;
-        otherwise right after, still under the lock), and its settings are drawn by the sampler here
-        (:meth:`_draw_settings`), from the trials this admission read.
-        """
-        storage = self.study._storage
-        backend = getattr(storage, "_backend", storage)
-        ours = isinstance(backend, StudyStorage)
-        # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
-        # under the lock: one database read serves those that no write separates (rdb.shared_reads).
-        shared = backend.shared_reads() if ours else nullcontext()
-        beats = backend.first_heartbeats() if ours else nullcontext(set[int]())
-        with interrupts.critical(), admission_lock(storage, self.study.study_name), shared, beats as beaten:
-            self._stale_check.run(self.study)
-            trials = self.study.get_trials(deepcopy=False)
-            target = self._target()  # read with the trials, in the same transaction (rdb_shared.shared_reads)
-            counts = count_trials(trials)
-            if counts.finished >= target:
-                return Admission(counts, target, done=True)
-            if counts.finished + counts.running >= target:
-                return Admission(counts, target)
-            running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
-            asked: list[optuna.Trial] = []
-            # The storage checks the target again in each creating transaction: a lost lock (its connection
-            # cut) or a stale read above can then cost a wait, never a trial beyond the target.
-            capped = backend.admission_cap(target) if ours else nullcontext()
-            try:
-                try:
-                    with warnings.catch_warnings(), capped:
-                        # Optuna warns about asking outside Study.optimize on a storage with heartbeats; this
-                        # worker records the heartbeats itself (see Heartbeat): the warning does not apply.
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                        # Never more than the free places: each asked trial is RUNNING before the lock is released.
-                        for _ in range(max(1, min(self.batch_trials, target - counts.finished - counts.running))):
-                            asked.append(self.study.ask())
-                except NoFreePlace:
-                    if not asked:
-                        return Admission(counts, target)  # full after all: wait, as for a place taken
-                for trial in asked:
-                    self._draw_settings(trial)
-            except Exception as exc:
-                if is_transient_db_error(exc):
-                    with_db_retry(lambda: self._hand_back(running_before), "handing back a half-created trial")
-                raise
-            self._held[:] = asked
-            for trial in asked:  # retried on its own: repeating the whole admission would create more trials
-                if trial._trial_id not in beaten:
-                    with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
-            return Admission(counts, target, asked[0], more=tuple(asked[1:]))
-
-    def _draw_settings(self, trial: optuna.Trial) -> None:
-        """Let the sampler draw ``trial``'s settings jointly now (Optuna's ``Trial.relative_params``, which it
-        otherwise draws at the trial's first ``suggest``), under the admission lock.
-
-        It reads the study's trials: here those of this admission (``rdb.shared_reads``, plus the trials
-        just created), where at the first ``suggest`` it would read them again milliseconds later. What it
-        records beside them (TPE's relative params, for other workers' constant liar) waits for the
-        trial's first write, with its settings (``rdb.defer_params``). ``suggest`` then takes the drawn
-        values; a one-worker search draws exactly what it drew before. A draw that fails for any reason
-        but the database is left to the first ``suggest``, which draws again and fails the trial as before.
-        """
-        backend = getattr(self.study._storage, "_backend", None)
-        if isinstance(backend, StudyStorage):
-            backend.defer_params(trial._trial_id)
-        try:
-            trial.relative_params  # noqa: B018  (a property that draws and keeps the values)
-        except Exception as exc:
-            if is_transient_db_error(exc):
-                raise
-            log.debug("trial %d: the sampler's draw is left to its first suggest", trial.number, exc_info=True)
-
-    def _hand_back(self, running_before: set[int]) -> None:
-        """Return to the queue (WAITING) trials that a failed ``ask`` made RUNNING before it broke.
-
-        ``ask`` creates (or pops) the trial, then lets the sampler read the study; if the database fails
-        in between, the trial would stay RUNNING with no heartbeat and nobody to finish it. Under the
-        admission lock no other worker starts trials, so the RUNNING trials that were not running before
-        are ours. WAITING is the state of a queued trial: the next ``ask`` picks it up again, with its
-        fixed params if it had any (a re-queued baseline stays the baseline).
-        """
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial._trial_id not in running_before:
-                self.study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-                log.warning("trial %d: handed back to the queue after a database error while creating it", trial.number)
+        """The admission step (:func:`~adamtune.search.admission.admit`): under the study's admission lock, create
+        up to ``batch_trials`` trials in free places (held until told), or say wait or stop."""
+        return admit(
+            self.study,
+            interrupts,
+            read_target=self._target,
+            batch_trials=self.batch_trials,
+            stale_check=self._stale_check,
+            held=self._held,
+        )
 
     def _run_trial(self, trial: optuna.Trial, interrupts: Interrupts) -> tuple[FrozenTrial, Exception | None]:
         """Run the objective on ``trial`` under a heartbeat and tell the outcome (FAIL on any error)."""
@@ -465,18 +319,12 @@ class Worker:
                 end_stale_trial(tracker, trial.number, trial.user_attrs.get(RUN_ID_ATTR), study=self.study)
 
 
-def log_failure(what: str, exc: BaseException) -> None:
-    """``<what>: <type>: <message>`` and the traceback of training code (once), wherever it ran."""
-    kind, text = describe_failure(exc)
-    log.warning("%s: %s: %s%s", what, kind, exc, f"\n{text.rstrip()}" if text else "")
-
-
 def worker_label(trial: FrozenTrial) -> str:
     """``[w1 cuda:0]``-style prefix for a trial's log line, from its worker and device attributes.
 
     The local host name is left out of the worker's name; workers on other machines keep theirs.
     """
-    from adamtune.storage.study import DEVICE_ATTR, WORKER_ATTR
+    from adamtune.storage.attr_keys import DEVICE_ATTR, WORKER_ATTR
 
     worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
     device = str(trial.user_attrs.get(DEVICE_ATTR, ""))

@@ -1,7 +1,7 @@
 """Heartbeats: one thread per worker process records every running trial's heartbeat, surviving DB errors.
 
 A trial whose heartbeat is older than the grace period is failed and re-queued by the next worker (see
-``study.py``); this thread keeps beating through database outages so live trials are never caught.
+``stale_trials.py``); this thread keeps beating through database outages so live trials are never caught.
 :class:`StaleCheck` is how often a worker looks for such trials.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from adamtune.storage.study import db_error_text
+from adamtune.storage.db_errors import db_error_text
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class StaleCheck:
     boundary would, in the waiting loop too (which comes back here every pause). The first call always looks
     (a worker that joins a study to finish it fails the dead trials at once), and so does a call after a
     ``clock`` jump backwards. ``fail_stale_trials`` runs the storage's stale-trial callback
-    (``study.RetryStaleTrial``) as before.
+    (``stale_trials.RetryStaleTrial``) as before.
     """
 
     def __init__(self, clock: Any = time.monotonic) -> None:

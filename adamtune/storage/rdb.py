@@ -1,8 +1,8 @@
 """adamtune's Optuna ``RDBStorage``: stale trials that never beat, fewer transactions, batched trial writes.
 
-:class:`StudyStorage` is what ``study.open_storage`` opens. It stores exactly the rows Optuna's own
+:class:`StudyStorage` is what ``backends.open_storage`` opens. It stores exactly the rows Optuna's own
 ``RDBStorage`` stores, so any Optuna tool reads an adamtune study; what it changes is how many
-transactions, statements and reads a trial costs (row-level reads and writes are in ``rdb_rows.py``):
+transactions, statements and reads a trial costs (row reads in ``rdb_rows.py``, writes in ``rdb_writes.py``):
 
 * **waiting writes** (``rdb_waiting.py``): a running trial's settings, the sampler's records beside them
   and its concluding values wait for the trial's next write, at the latest its state change, which
@@ -39,7 +39,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from adamtune.storage import rdb_rows
+from adamtune.storage import rdb_rows, rdb_writes
 from adamtune.storage.rdb_shared import SharedReads
 
 log = logging.getLogger(__name__)
@@ -151,13 +151,13 @@ class StudyStorage(SharedReads):
             with _create_scoped_session(self.scoped_session) as session:
                 cap = self._cap() if state == TrialState.RUNNING else None
                 if cap is not None:  # taking a queued trial within an admission: only into a free place
-                    rdb_rows.lock_study_places(session, rdb_rows.study_of(session, trial_id), cap)
+                    rdb_writes.lock_study_places(session, rdb_rows.study_of(session, trial_id), cap)
                 row = rdb_rows.trial_row(session, trial_id, for_update=True)
                 self.check_trial_is_updatable(trial_id, row.state)
                 if taken:
-                    rdb_rows.write_pending(session, trial_id, taken)
+                    rdb_writes.write_pending(session, trial_id, taken)
                 for objective, value in enumerate(values or ()):
-                    rdb_rows.upsert_value(session, trial_id, objective, value)
+                    rdb_writes.upsert_value(session, trial_id, objective, value)
                 if state == TrialState.RUNNING and row.state != TrialState.WAITING:
                     return False  # the writes above are committed, as Optuna commits the values
                 changes: dict[str, Any] = {"state": state}
@@ -165,10 +165,10 @@ class StudyStorage(SharedReads):
                     changes["datetime_start"] = datetime.now()
                 if state.is_finished():
                     changes["datetime_complete"] = datetime.now()
-                rdb_rows.set_trial_row(session, trial_id, **changes)
+                rdb_writes.set_trial_row(session, trial_id, **changes)
                 if state == TrialState.RUNNING and beaten is not None:
-                    rdb_rows.upsert_heartbeat(session, trial_id)
-                if state.is_finished() and rdb_rows.exact_datetimes(self.engine.dialect.name):
+                    rdb_writes.upsert_heartbeat(session, trial_id)
+                if state.is_finished() and rdb_writes.exact_datetimes(self.engine.dialect.name):
                     now = {**row._asdict(), **changes}
                     told = rdb_rows.frozen_trials(self, session, [SimpleNamespace(**now)])[0]
         except IntegrityError:
@@ -197,7 +197,7 @@ class StudyStorage(SharedReads):
         """Set a user attribute of a trial in any state, finished ones included (Optuna refuses those).
 
         For a *link* found after the trial ended, never a result: adamtune stores here the MLflow run id of
-        a trial whose run the tracker created after the trial was told (``objective.link_run_late``). This
+        a trial whose run the tracker created after the trial was told (``mlflow_run.link_run_late``). This
         process's cached copy of a finished trial does not show it; a new read does.
         """
         from optuna.storages._rdb import models
@@ -205,7 +205,7 @@ class StudyStorage(SharedReads):
 
         with _create_scoped_session(self.scoped_session, True) as session:
             rdb_rows.trial_row(session, trial_id)  # KeyError for a missing trial, as Optuna's setters
-            rdb_rows.upsert_attrs(session, models.TrialUserAttributeModel, trial_id, {key: value})
+            rdb_writes.upsert_attrs(session, models.TrialUserAttributeModel, trial_id, {key: value})
 
     def _remember_told(self, trial: FrozenTrial) -> None:
         state = self._st()
@@ -216,7 +216,7 @@ class StudyStorage(SharedReads):
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Optuna's trial creation; a trial without a template (``ask``'s) in fewer statements
-        (``rdb_rows.create_trial_row``), with its first heartbeat within ``first_heartbeats()``, and
+        (``rdb_writes.create_trial_row``), with its first heartbeat within ``first_heartbeats()``, and
         answered to the first ``get_trial`` of it (Optuna's ``ask`` reads it back at once)."""
         before = self._write_count()
         beaten = self._beaten()
@@ -250,7 +250,7 @@ class StudyStorage(SharedReads):
         for attempt in range(1, 6):
             try:
                 with _create_scoped_session(self.scoped_session) as session:
-                    return rdb_rows.create_trial_row(session, study_id, heartbeat=heartbeat, cap=cap)
+                    return rdb_writes.create_trial_row(session, study_id, heartbeat=heartbeat, cap=cap)
             except optuna.exceptions.StorageInternalError:
                 if attempt == 5:
                     raise
@@ -262,7 +262,7 @@ class StudyStorage(SharedReads):
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with _create_scoped_session(self.scoped_session, True) as session:
-            rdb_rows.upsert_heartbeat(session, trial_id)
+            rdb_writes.upsert_heartbeat(session, trial_id)
 
     @contextlib.contextmanager
     def first_heartbeats(self) -> Iterator[set[int]]:
@@ -279,8 +279,8 @@ class StudyStorage(SharedReads):
     @contextlib.contextmanager
     def admission_cap(self, target: int) -> Iterator[None]:
         """Within: a trial this thread creates, or takes from the queue, only goes into a free place of the
-        study's ``target`` (checked in the creating transaction, ``rdb_rows.lock_study_places``); otherwise
-        ``ask`` raises :class:`~adamtune.storage.rdb_rows.NoFreePlace` and nothing was created."""
+        study's ``target`` (checked in the creating transaction, ``rdb_writes.lock_study_places``); otherwise
+        ``ask`` raises :class:`~adamtune.storage.rdb_writes.NoFreePlace` and nothing was created."""
         outer = getattr(_caps, "scope", None)
         _caps.scope = (self, target)
         try:

@@ -167,9 +167,14 @@ class WaitingWrites(RDBStorage):
     def _set_trial_param(
         self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any, previous: Any = None
     ) -> None:
-        if previous is not None:
-            distributions.check_distribution_compatibility(previous, distribution)
-        if self._defer(trial_id, lambda p: p.params.append((param_name, param_value_internal, distribution))):
+        def add(pending: Pending) -> None:
+            # a deferring trial runs in this process (its state is RUNNING): the distribution is checked now,
+            # as Optuna checks it (a trial's state first, which Optuna's own write below does itself)
+            if previous is not None:
+                distributions.check_distribution_compatibility(previous, distribution)
+            pending.params.append((param_name, param_value_internal, distribution))
+
+        if self._defer(trial_id, add):
             return
         self._write_waiting(trial_id, Pending())
         super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous)
@@ -215,7 +220,7 @@ class WaitingWrites(RDBStorage):
         """Write the trial's waiting writes and ``incoming`` in one transaction (nothing to write: no transaction)."""
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        from adamtune.storage import rdb_rows
+        from adamtune.storage import rdb_rows, rdb_writes
 
         taken = self._take(trial_id, incoming)
         if not taken:
@@ -224,7 +229,7 @@ class WaitingWrites(RDBStorage):
         try:
             with _create_scoped_session(self.scoped_session, True) as session:
                 self.check_trial_is_updatable(trial_id, rdb_rows.trial_row(session, trial_id).state)
-                rdb_rows.write_pending(session, trial_id, taken)
+                rdb_writes.write_pending(session, trial_id, taken)
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
             raise  # a finished or missing trial takes no writes: they are dropped
         except BaseException:

@@ -32,7 +32,7 @@ The trial's final study state is the same as with a write per epoch: every epoch
 and every attribute is written by the time the trial is told. The last of them are written *with* the
 tell (``TrialWriter.flush_at_end``: in the transaction that changes the trial's state, see
 ``rdb.StudyStorage``), so a trial's end is one transaction; a tell that fails (the database away,
-retried by ``study.with_db_retry``) keeps them for its retry. Only a worker that dies mid-trial (or
+retried by ``db_errors.with_db_retry``) keeps them for its retry. Only a worker that dies mid-trial (or
 between a trial's end and its tell) loses what it had not written yet; its retry re-reports the
 restored curve when it resumes from a checkpoint.
 """

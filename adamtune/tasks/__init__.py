@@ -1,4 +1,9 @@
-"""Task registry: built-in task names and user tasks given as ``module:name``.
+"""Tasks: the ``Task``/``LoopTask`` contracts, the built-in tasks, and the registry of their names.
+
+May import: ``core``, ``data`` (and, for type annotations only, ``training``'s ``TrialContext``). Never
+Optuna, MLflow or the study database.
+
+The registry: built-in task names and user tasks given as ``module:name``.
 
 A user task ``module:name`` names a :class:`~adamtune.tasks.loop.LoopTask` (or built-in-style
 :class:`~adamtune.tasks.base.Task`) object in ``module``, or a function of no arguments that returns one.

@@ -1,6 +1,6 @@
 """The study's parent run in MLflow: finding or creating it, its progress metrics, its end.
 
-Part of the MLflow boundary (the layout is in ``tracking.py``'s docstring). The functions here run on
+Part of the MLflow boundary (the layout is in ``tracking/tracker.py``'s docstring). The functions here run on
 the tracking writer's thread (called from the :class:`~adamtune.tracking.tracker.Tracker`'s queued calls),
 except :func:`queue_artifacts` (the caller's thread), :class:`PlotDrawing` (its own thread) and
 :func:`search_tracking`, the context a search runs in. Heavy imports (mlflow) happen inside them.
@@ -80,7 +80,7 @@ def study_progress(
     Trial ``number`` itself counts as ``state``/``value`` (its end may not be stored yet); running and
     waiting trials are not counted.
     """
-    from adamtune.storage.study import trial_state
+    from adamtune.storage.outcomes import trial_state
 
     outcomes: list[tuple[str, float | None]] = [
         (trial_state(t), t.value) for t in trials if t.number < number and trial_state(t) in COUNTED_STATES
@@ -126,7 +126,7 @@ def _existing_parent(tracker: Tracker, study: optuna.Study) -> str | None:
 def _create_parent(tracker: Tracker, study: optuna.Study, spec: StudySpec, storage_url: str | None) -> str:
     tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": tracker.host}
     if storage_url:
-        from adamtune.storage.study import redact_url
+        from adamtune.storage.backends import redact_url
 
         tags["adamtune.storage"] = redact_url(storage_url)
     run = tracker.client.create_run(tracker.experiment_id, run_name=study.study_name, tags=tags)

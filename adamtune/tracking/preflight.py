@@ -45,7 +45,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 #: Tables every MLflow SQL store has (MLflow's own schema; ``alembic_version`` records its migration).
 MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs"})
 #: Seconds to wait for a tracking server's ``/health`` answer (MLflow's own client waits this long too,
-#: see ``tracking.HTTP_DEFAULTS``); ``MLFLOW_HTTP_REQUEST_TIMEOUT`` overrides it.
+#: see ``store.HTTP_DEFAULTS``); ``MLFLOW_HTTP_REQUEST_TIMEOUT`` overrides it.
 HEALTH_TIMEOUT_SECONDS = 10.0
 
 

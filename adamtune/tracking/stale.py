@@ -2,10 +2,10 @@
 
 Part of the MLflow boundary. Contract: each function only *queues* its calls on the tracker's writer
 (except :func:`runs_of_trial`, which reads synchronously), so it never blocks a worker on the store.
-Callers: a worker that failed another worker's trial as stale (``worker.py``, ``confirm_stage.py``),
+Callers: a worker that failed another worker's trial as stale (``worker.py``, ``confirm/stage.py``),
 ``adamtune cleanup`` (``cleanup.py``), and :meth:`Tracker.end_search <adamtune.tracking.Tracker.end_search>`
 for orphans. Runs are found by their tags (``adamtune.study``, ``adamtune.trial_number``, see
-``tracking.py``), so a run whose id never reached its trial is still closed.
+``tracking/tracker.py``), so a run whose id never reached its trial is still closed.
 
 Heavy imports (mlflow) happen inside the functions that need them.
 """
@@ -57,7 +57,7 @@ def close_orphan_runs(tracker: Tracker, study: optuna.Study) -> None:
     of this study (tag ``adamtune.study``) is closed with the status of its trial's final state and
     tagged ``adamtune.orphan=true``; runs of trials still RUNNING are left alone.
     """
-    from adamtune.storage.study import trial_state
+    from adamtune.storage.outcomes import trial_state
 
     finished = {t.number: trial_state(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     study_name = tracker.study_name

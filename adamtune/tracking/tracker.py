@@ -5,7 +5,7 @@ trials and threads share no hidden state.
 
 Layout in MLflow
 ----------------
-* Experiment ``adamtune/<study>`` (tag ``adamtune.study``).
+* Experiment ``adamtune/<study>`` (tag ``adamtune.study``), opened by ``store.py``.
 * A **parent run** per study (tag ``adamtune.role=study``), created by the first ``search`` or worker
   that tracks the study and reused by every later one: its id is stored on the Optuna study as the
   user attribute ``mlflow.parent_run_id``, which is how workers that join later find it. If that run
@@ -21,65 +21,56 @@ Layout in MLflow
   Adam params, ``seed``, ``epochs``, ``batch_size``; per-epoch metrics (step = epoch, from 1);
   ``final_<metric>`` and ``objective_value`` when it ends; tags ``adamtune.study``,
   ``adamtune.trial_number``, ``adamtune.state`` (complete/pruned/diverged/failed),
-  ``adamtune.stopped_epoch``, device, host and worker. The run id is stored on the Optuna trial as
-  ``mlflow.run_id`` whenever it is known before the trial ends (see "Failure").
+  ``adamtune.stopped_epoch``, device, host and worker; with ``system_metrics``, ``system/*`` metrics
+  (``system_metrics.py``). The run id is stored on the Optuna trial as ``mlflow.run_id`` whenever it is
+  known before the trial ends (see "Failure").
 
 The parent run's own calls (finding or creating it, its progress metrics, its plots and
-``recommendation.json``, the context a search runs in) are in ``tracking_study.py``.
+``recommendation.json``, the context a search runs in) are in ``parent_run.py``.
 
 Cost
 ----
 The training loop never waits on MLflow: every call goes to one background writer thread per
-:class:`Tracker` (``tracking_writer.py``). A trial costs three calls whatever its epochs (see
-``tracking_trial.py``). The parent run's progress metrics are coalesced: one call per
-``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured cost: ``bench/tracking.py``.
+:class:`Tracker` (``writer.py``). A trial costs three calls whatever its epochs (see
+``trial_run.py``). The parent run's progress metrics are coalesced (``progress.py``): one
+call per ``PROGRESS_SECONDS`` for all trials that ended meanwhile. Measured cost: ``bench/tracking.py``.
 
-Where MLflow runs: on the tracker's writer thread, through ``MlflowClient`` (``tracking_client.py``).
+Where MLflow runs: on the tracker's writer thread, through ``MlflowClient`` (``client.py``).
 A one-worker search trains in its trainer process, so MLflow never shares the training interpreter.
 
 Failure
 -------
 A tracking store that is unreachable *during* a search never kills a trial: the writer
-(``tracking_writer.py``) queues the calls and retries them, telling the user once when the store goes
+(``writer.py``) queues the calls and retries them, telling the user once when the store goes
 and once when it is back. :meth:`Tracker.close` waits up to a timeout for the queue to drain and then
 reports how many calls were dropped; the Optuna study stays the source of truth either way.
 
 A trial that starts while the store is down gets its run id late, or after the trial ended; its run is
-then found by its tags (``tracking_trial.py``). Runs that dead workers left RUNNING are closed by
-``tracking_stale.py``.
+then found by its tags (``trial_run.py``). Runs that dead workers left RUNNING are closed by
+``stale.py``.
 
 A store that is unusable when a search *starts* is an error (:class:`TrackingError`, before anything
 is written). By default the experiment and the parent run are made synchronously. A ``search`` that
 trains in its own process (one worker) passes ``defer_open=True``: the store is checked without MLflow
-(``tracking_preflight.py``: the SQLite file, the directory, the server's ``/health``), and MLflow's
+(``preflight.py``: the SQLite file, the directory, the server's ``/health``), and MLflow's
 import, the store's creation and the parent run are the writer's first calls, made while trial 0
 already trains (the calls queued meanwhile wait behind them, in order). A store that fails there
 anyway is retried if it is a server or a locked file (as during a search); otherwise tracking is given
 up with one notice and the search goes on (:attr:`Tracker.disabled`): the study holds every trial.
 
-HTTP stores: MLflow itself retries each HTTP request up to 7 times over minutes and waits 120 s for an
-answer. Since the writer retries on its own, a :class:`Tracker` for an ``http(s)://`` URI lowers those
-defaults (1 retry, 10 s timeout) unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
-``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set, so that an
-unreachable server is noticed in seconds; it also sets ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``
-(unless set), or MLflow would print two "View run" lines per trial.
+HTTP stores: a :class:`Tracker` for an ``http(s)://`` URI lowers MLflow's own HTTP retries and timeout
+(``store.HTTP_DEFAULTS``), so that an unreachable server is noticed in seconds.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
-import math
-import os
 import socket
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adamtune.core.errors import TrackingError
-from adamtune.tracking.client import LocalClient
 from adamtune.tracking.parent_run import (
     PARENT_TAG,
     PlotDrawing,
@@ -89,8 +80,11 @@ from adamtune.tracking.parent_run import (
     param_text,
     queue_artifacts,
 )
-from adamtune.tracking.preflight import check_store, create_local_store, deferrable_uri
+from adamtune.tracking.preflight import check_store, deferrable_uri
+from adamtune.tracking.progress import ProgressBuffer
 from adamtune.tracking.stale import close_orphan_runs
+from adamtune.tracking.store import open_store, use_http_defaults
+from adamtune.tracking.system_metrics import start_monitor, stop_monitor
 from adamtune.tracking.trial_run import TrialRun
 from adamtune.tracking.writer import RunHandle, Writer, _first_line, _now_ms, _Op, describe_error, is_retryable
 
@@ -100,34 +94,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_PREFIX = "adamtune/"
-#: MLflow HTTP client defaults for a Tracker on an http(s) URI (env var name -> value), see module doc.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    # set_terminated would print two "View run/experiment at" lines per trial and fetch the run for them
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
 #: How long closing a tracker (end of a search or worker, or interpreter exit) waits for queued calls.
 CLOSE_TIMEOUT_SECONDS = 30.0
-#: The parent run's progress metrics are sent at most this often (seconds), and at the end.
-PROGRESS_SECONDS = 10.0
-#: Sampling interval of system metrics (seconds); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
-SYSTEM_METRICS_INTERVAL = 2.0
-
-
-def experiment_name(study_name: str) -> str:
-    """The MLflow experiment that holds a study's runs."""
-    return EXPERIMENT_PREFIX + study_name
-
-
-def _quiet_mlflow_logs() -> None:
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # The system-metrics monitor logs a warning per failed sample when the store is down; the writer
-    # already tells the user once.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
 
 
 class Tracker:
@@ -161,9 +129,7 @@ class Tracker:
         max_queue: int = 10_000,
         defer_open: bool = False,
     ) -> None:
-        if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-            for name, value in HTTP_DEFAULTS.items():
-                os.environ.setdefault(name, value)
+        use_http_defaults(tracking_uri)
         self.study_name = study_name
         self.flush_seconds = flush_seconds
         self.notify = notify or (lambda message: log.warning("%s", message))
@@ -173,9 +139,7 @@ class Tracker:
         #: The study's parent run: resolved by :meth:`attach` (on the writer thread when deferred).
         self.parent = RunHandle("parent")
         self._attached = False
-        self._progress: list[tuple[Any, int, str, float | None]] = []
-        self._progress_lock = threading.Lock()
-        self._progress_sent = -math.inf
+        self._progress = ProgressBuffer()
         self._drawing: PlotDrawing | None = None  # the plots drawn once the trial target was reached
         #: What :meth:`end_search` uploads (the plots, ``recommendation.json``); set by the search
         #: (``adamtune.report.artifacts.ReportArtifacts``). None: the parent run gets no artifacts.
@@ -213,13 +177,8 @@ class Tracker:
         return self.parent.run_id
 
     def _open(self, tracking_uri: str | None) -> None:
-        """Open (create) the store and find or make the study's experiment."""
-        import mlflow  # noqa: F401
-
-        _quiet_mlflow_logs()  # after the import: importing MLflow sets its loggers' levels
-        create_local_store(tracking_uri)
-        client = LocalClient(tracking_uri)
-        self.experiment_id = self._experiment_id(client)
+        """Open (create) the store and find or make the study's experiment (``store.open_store``)."""
+        client, self.experiment_id = open_store(tracking_uri, self.study_name)
         self.tracking_uri = str(client.tracking_uri)
         self.client = client
 
@@ -261,21 +220,6 @@ class Tracker:
         self.notify(notice)
         self.parent.resolve(None)
         self.writer.disable()
-
-    def _experiment_id(self, client: Any) -> str:
-        name = experiment_name(self.study_name)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            if experiment.lifecycle_stage == "deleted":
-                raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it or use another --study")
-            return str(experiment.experiment_id)
-        try:
-            return str(client.create_experiment(name, tags={"adamtune.study": self.study_name}))
-        except Exception:  # another worker created it first
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-            return str(experiment.experiment_id)
 
     # -- queue -----------------------------------------------------------------------------------
 
@@ -326,32 +270,25 @@ class Tracker:
     def record_trial(self, study: optuna.Study, number: int, state: str, value: float | None) -> None:
         """Note trial ``number`` ending as ``state`` with ``value``, for the parent run's progress metrics.
 
-        Updates are coalesced to save tracking calls on short trials: one queued call, at most every
-        ``PROGRESS_SECONDS``, reads the study once and logs the metrics of every trial noted since (each
-        at its own step); :meth:`flush_progress` (run by :meth:`end_search` and :meth:`close`) sends the
+        Updates are coalesced to save tracking calls on short trials (``progress.py``): one queued call, at
+        most every ``PROGRESS_SECONDS``, reads the study once and logs the metrics of every trial noted since
+        (each at its own step); :meth:`flush_progress` (run by :meth:`end_search` and :meth:`close`) sends the
         rest. The writer reads the study off the training thread; an Optuna storage error there drops
         those updates only.
         """
         if not self._attached:
             return
-        with self._progress_lock:
-            self._progress.append((study, number, state, value))
-            due = time.monotonic() - self._progress_sent >= PROGRESS_SECONDS
-        if due:
+        if self._progress.note(study, number, state, value):
             self.flush_progress()
 
     def flush_progress(self) -> None:
         """Queue one call that logs the parent run's metrics for every trial noted and not yet logged."""
-        with self._progress_lock:
-            if not self._attached or not self._progress:
-                return
-            self._progress_sent = time.monotonic()
+        if not self._attached or not self._progress.start_sending():
+            return
         direction, objective = self.direction, self.objective
 
         def update(client: Any, parent: str | None) -> None:
-            with self._progress_lock:
-                noted, self._progress = self._progress, []
-            log_progress(client, parent, noted, direction, objective)
+            log_progress(client, parent, self._progress.take(), direction, objective)
 
         self.submit("log the study's progress", update, self.parent)
 
@@ -412,33 +349,14 @@ class Tracker:
 
     def _start_system_metrics(self, handle: RunHandle) -> None:
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(
-                handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, tracking_uri=self.tracking_uri
-            )
-            monitor.start()
-            handle.monitor = monitor
+            start_monitor(handle, self.tracking_uri)
         except Exception as exc:  # psutil missing, or the monitor cannot start: training goes on
             self.system_metrics = False
             self.notify(f"MLflow: system metrics are off: {_first_line(exc)[:200]}")
 
     def stop_system_metrics(self, handle: RunHandle) -> None:
-        """Stop the run's system-metrics monitor (if any) and send its last samples.
-
-        MLflow's monitor logs only after a full sampling interval; for a shorter trial, the samples it
-        took are logged here (step 0), so every trial has its ``system/*`` metrics.
-        """
-        monitor, handle.monitor = handle.monitor, None
-        if monitor is None:
-            return
-        with contextlib.suppress(Exception):
-            monitor.finish()
-            if getattr(monitor, "_logging_step", 1) == 0:  # a trial shorter than one sampling interval
-                metrics = monitor.aggregate_metrics()  # what was sampled so far, logged at step 0
-                if metrics:
-                    monitor.publish_metrics(metrics)
-                    monitor.mlflow_logger.flush()
+        """Stop the run's system-metrics monitor (if any) and send its last samples (``system_metrics.py``)."""
+        stop_monitor(handle)
 
     # -- shutdown --------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Part of the MLflow boundary. Contract: a :class:`TrialRun` is made by :meth:`Tracker.start_trial
 <adamtune.tracking.Tracker.start_trial>`, and none of its methods blocks on the store or raises; they
-hand calls to the tracker's writer (``tracking_writer.py``).
+hand calls to the tracker's writer (``tracking/writer.py``).
 
 Cost. Per-epoch metrics are buffered in memory. A trial costs three calls whatever its epochs:
 ``create_run`` (with its tags, queued by the tracker), one ``log_batch`` with its params, metrics,
@@ -13,13 +13,13 @@ the UI shows live curves, params from the first), and ``set_terminated``. Measur
 The run id. ``create_run`` needs the store, so a trial that starts while the store is down (or a short
 trial that ends before the store is open) gets its run only when the writer gets through. If that
 happens after the trial ended, :meth:`TrialRun.when_created` lets the objective store the
-``mlflow.run_id`` attribute then (``objective.link_run_late``); the run also carries ``adamtune.study``
+``mlflow.run_id`` attribute then (``mlflow_run.link_run_late``); the run also carries ``adamtune.study``
 and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 ``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
 
 MLflow is never imported here: the training thread keeps metrics, params and tags as plain tuples
 ``(key, value, timestamp, step)`` / ``(key, value)``; the call that sends them wraps them in the light
-entities of ``tracking_client.py``, which the tracker's client turns into MLflow's on its writer thread.
+entities of ``tracking/client.py``, which the tracker's client turns into MLflow's on its writer thread.
 So trial 0 trains while MLflow is still being imported.
 """
 

@@ -3,7 +3,7 @@
 Part of the MLflow boundary. Contract: nothing here writes to a tracking store. :func:`ui_plan` says
 what ``adamtune ui`` should exec (``mlflow ui`` on a local store) or print (a server's own address);
 :func:`study_ui_url` is the address ``search`` prints at its end. The study's experiment is found by
-its name (``adamtune/<study>``, see ``tracking.py``); a store that cannot be read only loses that
+its name (``adamtune/<study>``, see ``tracking/tracker.py``); a store that cannot be read only loses that
 shortcut, never the command. Errors are :class:`~adamtune.core.errors.TrackingError`.
 
 Heavy imports (mlflow, sqlalchemy) happen inside the functions that need them.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adamtune.core.errors import TrackingError
-from adamtune.tracking.tracker import EXPERIMENT_PREFIX, _quiet_mlflow_logs
+from adamtune.tracking.store import EXPERIMENT_PREFIX, quiet_mlflow_logs
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _study_experiments(tracking_uri: str) -> dict[str, str]:
     else:
         from mlflow import MlflowClient
 
-        _quiet_mlflow_logs()
+        quiet_mlflow_logs()
         client = MlflowClient(tracking_uri=tracking_uri)
         experiments = client.search_experiments(max_results=1000, filter_string=filter_string)
         found = [(e.name, e.experiment_id) for e in experiments]

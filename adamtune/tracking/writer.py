@@ -1,6 +1,6 @@
 """The tracking writer: one background thread that sends MLflow calls in order, retrying while the store is down.
 
-Part of the MLflow boundary (``tracking.py`` decides *what* to log; this module only gets it there).
+Part of the MLflow boundary (``tracking/tracker.py`` decides *what* to log; this module only gets it there).
 Contract: :meth:`Writer.submit` never blocks and never raises, so the training loop never waits on
 MLflow. A call is an :class:`_Op`, ``action(client, run_id)``, run on the writer thread; an op bound to
 a :class:`RunHandle` whose run was never created is dropped.
@@ -17,7 +17,7 @@ to drain and then reports how many calls were dropped; a dropped call's ``on_dro
 held (a temporary directory, a run handle that waits for its id).
 
 The client may be set after the writer starts (``Writer(None, ...)``, then ``writer.client = ...`` by
-the first call): a tracker that opens MLflow off the training thread does so (``tracking.py``).
+the first call): a tracker that opens MLflow off the training thread does so (``tracking/tracker.py``).
 
 Heavy imports (mlflow) happen inside the functions that need them.
 """

@@ -8,7 +8,7 @@ state (and every CUDA device's, when CUDA is present), Python's and numpy's RNG 
 untrained model's metrics and the curve so far, and a fingerprint of the trial's settings (params, seed,
 epochs, batch size, task).
 
-Keyed by lineage. A trial and its retries (``study.requeue_trial``: ``failed_trial`` in the retry's
+Keyed by lineage. A trial and its retries (``stale_trials.requeue_trial``: ``failed_trial`` in the retry's
 system attributes is the original trial's number) share a lineage, and its checkpoints are the artifacts
 ``<study>.lineage-<original number>.a`` and ``….b``. Atomicity without a rename (object stores have
 none): a save writes the slot the latest checkpoint is *not* in, and only then records the pointer

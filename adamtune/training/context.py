@@ -45,26 +45,16 @@ trial scores its objective as the untrained model's (``report_initial``) when gi
 finite value it reported, else the worst possible (±inf): training that blew up is worth no more than
 no training.
 
-Checkpoints and resuming (see ``checkpoint.py`` for where and how they are stored):
-``trial.checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, ...)`` registers the objects
-that make the loop resumable: anything with ``state_dict()``/``load_state_dict()``, and
-``torch.Generator`` objects (``get_state()``/``set_state()``). Call it once, before ``trial.epochs()``;
-without it a loop is not checkpointed. In a search trial that has a checkpoint store, every
-``checkpoint_every`` epochs (after the epoch's report; never after the last epoch) the context saves
-their states, the global RNG states (torch, CUDA, ``random``, numpy) and the curve so far. When a trial
-is a retry of one whose worker died, ``trial.epochs()`` first loads the lineage's latest checkpoint
-into the registered objects and the RNGs, restores the curve (re-reported through ``on_resume``) and
-yields the epochs after the saved one only. A checkpoint that cannot be used is reported in one warning
-line and the trial trains from epoch 1. ``checkpoint_every=None`` is automatic: after the first epoch,
-every epoch when ``n_epochs`` times that epoch's time is at least :data:`adamtune.training.checkpoint.AUTO_SECONDS`
-(60 s), else never; and when a save takes more than :data:`adamtune.training.checkpoint.AUTO_SHARE` (1%) of an
-epoch's training time, every ``ceil(save time / (1% of an epoch))`` epochs instead, so saves stay
-under about 1% of the trial's time. ``0`` is never.
+Checkpoints and resuming: ``trial.checkpoint(model=model, optimizer=optimizer, ...)``, before
+``trial.epochs()``, makes a loop resumable; ``context_checkpoints.py`` says what is saved, when, and how a
+retried trial resumes.
+
+The context's parts: the exceptions it raises (``stops.py``), its checkpoints (``context_checkpoints.py``)
+and its side of a run trained in a trainer process (``context_relay.py``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -72,7 +62,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamtune.core.metrics import SPLITS, bare_name, check_metric_name
-from adamtune.training.checkpoint import AUTO_SECONDS, AUTO_SHARE, CheckpointUnusable
+from adamtune.training.context_checkpoints import CheckpointMixin
+from adamtune.training.context_relay import RelayMixin
+from adamtune.training.stops import StopTrial, TrialDiverged, TrialPruned
 
 if TYPE_CHECKING:
     from adamtune.core.curves import Curves
@@ -90,22 +82,8 @@ EpochHook = Callable[[int, Mapping[str, float], bool], bool]
 #: (``(epoch, metrics)`` pairs) for adamtune's side to re-report (Optuna, MLflow).
 ResumeHook = Callable[[int, list[tuple[int, dict[str, float]]]], None]
 
-log = logging.getLogger(__name__)
 
-
-class StopTrial(Exception):
-    """Raised by :meth:`TrialContext.report` when adamtune ends the trial. Let it propagate out of ``fit``."""
-
-
-class TrialPruned(StopTrial):
-    """The pruner stopped the trial: its curve so far is not promising."""
-
-
-class TrialDiverged(StopTrial):
-    """A reported metric was non-finite or the loss blew up (see the module docstring)."""
-
-
-class TrialContext:
+class TrialContext(CheckpointMixin, RelayMixin):
     """One training run's settings and its reports. See the module docstring for the contract."""
 
     def __init__(
@@ -166,7 +144,7 @@ class TrialContext:
         self.checkpoint_bytes = 0  # size of the last checkpoint written
         self.checkpoints_saved = 0
         #: The epochs at which adamtune's side may prune (its ``on_epoch`` answer matters); None: any epoch.
-        #: A trainer in another process waits for an answer only at these (``trainer_process.py``).
+        #: A trainer in another process waits for an answer only at these (``trainer_server.py``).
         self.prune_epochs: frozenset[int] | None = None
 
     # ---- the user's side -------------------------------------------------------------------------------
@@ -193,31 +171,10 @@ class TrialContext:
 
         return make_optimizer(model_or_parameters, self.params)
 
-    def checkpoint(self, **objects: Any) -> None:
-        """Register ``objects`` (by name) to save in this trial's checkpoints and restore when it resumes.
-
-        Each is a ``torch.Generator`` or has ``state_dict()`` and ``load_state_dict()`` (a model, an
-        optimizer, a scheduler, a ``GradScaler``...). Call before ``trial.epochs()``.
-
-        Raises:
-            RuntimeError: called after ``trial.epochs()`` started.
-            TypeError: an object that has no state to save.
-        """
-        if self._epochs_started:
-            raise RuntimeError("call trial.checkpoint(...) before trial.epochs(): it restores what it registers")
-        for name, obj in objects.items():
-            stateful = hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")
-            if not stateful and not (hasattr(obj, "get_state") and hasattr(obj, "set_state")):
-                raise TypeError(
-                    f"trial.checkpoint({name}=...) needs an object with state_dict()/load_state_dict() "
-                    f"or a torch.Generator, got {type(obj).__name__}"
-                )
-        self._registered.update(objects)
-
     def epochs(self) -> Iterator[int]:
         """Yield the epochs to train, 1..``n_epochs``; stop early once the trial was pruned or diverged.
 
-        A resumed trial (see the module docstring) restores its checkpoint first and starts after it.
+        A resumed trial (see ``context_checkpoints.py``) restores its checkpoint first and starts after it.
 
         Raises:
             RuntimeError: iterated a second time in one trial.
@@ -240,78 +197,6 @@ class TrialContext:
                     self._maybe_save(epoch)
         finally:
             self._current = None
-
-    def _resume(self) -> None:
-        """Load the lineage's latest checkpoint into the registered objects, the RNGs and the curve."""
-        if self._checkpoints is None or not self._registered or self._history:
-            return
-        from adamtune.training.checkpoint import restore, restore_rng
-
-        try:
-            state = self._checkpoints.load()
-            if state is None:
-                return
-            restore(self._registered, state)
-            history = [(int(e), {str(k): float(v) for k, v in metrics.items()}) for e, metrics in state["history"]]
-        except CheckpointUnusable as exc:
-            log.warning("trial %s: %s; training from epoch 1", self.number, exc)
-            return
-        except Exception as exc:  # a malformed curve inside a readable checkpoint
-            log.warning("trial %s: checkpoint unusable (%s); training from epoch 1", self.number, exc)
-            return
-        restore_rng(state)
-        epoch = int(state["epoch"])
-        self._history, self._last_epoch, self._first_epoch = history, epoch, epoch + 1
-        if state.get("initial") is not None:
-            self._initial = {str(k): float(v) for k, v in state["initial"].items()}
-        self.resumed_from_epoch = epoch
-        if self._on_resume is not None:
-            self._on_resume(epoch, list(history))
-
-    def _interval(self, epoch: int) -> int:
-        """Epochs between saves; automatic (see the module docstring) unless ``checkpoint_every`` was given."""
-        if not self._auto:
-            return self.checkpoint_every or 0
-        assert self._clock is not None
-        training = time.perf_counter() - self._clock - self.checkpoint_seconds
-        per_epoch = max(training, 1e-9) / (epoch - self._first_epoch + 1)
-        if self.checkpoint_every is None:  # decided after this run's first epoch
-            self.checkpoint_every = 1 if per_epoch * self.n_epochs >= AUTO_SECONDS else 0
-        elif self.checkpoint_every > 0 and self._last_save_seconds > 0:  # keep saves under AUTO_SHARE
-            self.checkpoint_every = max(1, math.ceil(self._last_save_seconds / (AUTO_SHARE * per_epoch)))
-        return self.checkpoint_every
-
-    def capture_state(self) -> dict[str, Any] | None:
-        """What a checkpoint of this trial holds now, or None when nothing was registered (imports torch)."""
-        if not self._registered:
-            return None
-        from adamtune.training.checkpoint import capture
-
-        state = capture(self._registered)
-        state["history"] = [[e, dict(m)] for e, m in self._history]
-        state["initial"] = dict(self._initial) if self._initial is not None else None
-        return state
-
-    def _maybe_save(self, epoch: int) -> None:
-        if self._checkpoints is None or not self._registered:
-            return
-        every = self._interval(epoch)
-        if every <= 0 or epoch % every:
-            return
-        started = time.perf_counter()
-        try:
-            state = self.capture_state()
-            assert state is not None
-            self.checkpoint_bytes = self._checkpoints.save(epoch, state)
-            self.checkpoints_saved += 1
-            self._last_save_seconds = time.perf_counter() - started
-        except Exception as exc:  # the store is full or away: training goes on, the next save tries again
-            if not self._save_failed:
-                name = type(exc).__name__
-                log.warning("trial %s: could not save a checkpoint (%s: %s); training goes on", self.number, name, exc)
-            self._save_failed = True
-        finally:
-            self.checkpoint_seconds += time.perf_counter() - started
 
     def report(self, **metrics: Any) -> None:
         """Record this epoch's metrics on ``trial.split``; may stop the trial (see the module docstring).
@@ -390,63 +275,9 @@ class TrialContext:
         """:meth:`report` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning)."""
         self._report(epoch, metrics)
 
-    # ---- a trainer in another process (``trainer_client.py``): its context's calls, played here ----------
-
-    @property
-    def checkpoints(self) -> Any:
-        """The run's ``checkpoint.TrialCheckpoints`` (None: no checkpoints)."""
-        return self._checkpoints
-
-    @property
-    def checkpoint_dir_setting(self) -> Path | None:
-        """The scratch directory given to this context (None: a temporary one on first use)."""
-        return self._checkpoint_dir
-
-    def forward_report(self, epoch: int, record: Mapping[str, float], diverged: bool) -> bool:
-        """A report of this run's context in the trainer process (already checked there): kept in the
-        curve and given to adamtune's hook; returns the hook's prune answer."""
-        self._history.append((epoch, dict(record)))
-        self._last_epoch = epoch
-        if self._on_epoch is None:
-            return False
-        return bool(self._on_epoch(epoch, record, diverged)) and not diverged
-
-    def forward_resume(self, epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
-        """The trainer process restored a checkpoint of ``epoch`` with this curve."""
-        self._history, self._last_epoch, self.resumed_from_epoch = list(history), epoch, epoch
-        if self._on_resume is not None:
-            self._on_resume(epoch, list(history))
-
     def prune(self, epoch: int) -> None:
         """Stop the trial as pruned at ``epoch`` (adamtune's side decided after the report); raises TrialPruned."""
         self._stop_as(TrialPruned(f"pruned at epoch {epoch}"), "pruned", None)
-
-    def snapshot(self) -> dict[str, Any]:
-        """This run's outcome as plain data (what :meth:`adopt` takes): state, curve, untrained metrics,
-        resume and checkpoint counts. Holds no data, hook, model or store, so it pickles."""
-        return {
-            "state": self.state,
-            "diverged_epoch": self.diverged_epoch,
-            "history": self._history,
-            "initial": self._initial,
-            "last_epoch": self._last_epoch,
-            "stop": self._stop,
-            "resumed_from_epoch": self.resumed_from_epoch,
-            "checkpoint_every": self.checkpoint_every,
-            "checkpoint_seconds": self.checkpoint_seconds,
-            "checkpoint_bytes": self.checkpoint_bytes,
-            "checkpoints_saved": self.checkpoints_saved,
-        }
-
-    def adopt(self, snapshot: Mapping[str, Any]) -> None:
-        """Take over the outcome of the same run trained elsewhere (:meth:`snapshot` of its context there)."""
-        self.state, self.diverged_epoch = snapshot["state"], snapshot["diverged_epoch"]
-        self._history = [(int(e), dict(m)) for e, m in snapshot["history"]]
-        self._initial = dict(snapshot["initial"]) if snapshot["initial"] is not None else None
-        self._last_epoch, self._stop = snapshot["last_epoch"], snapshot["stop"]
-        self.resumed_from_epoch, self.checkpoint_every = snapshot["resumed_from_epoch"], snapshot["checkpoint_every"]
-        self.checkpoint_seconds, self.checkpoint_bytes = snapshot["checkpoint_seconds"], snapshot["checkpoint_bytes"]
-        self.checkpoints_saved = snapshot["checkpoints_saved"]
 
     def mark_diverged(self, epoch: int, reason: str) -> None:
         """Stop the trial as diverged at ``epoch`` (a trainer that detected it itself); raises TrialDiverged."""

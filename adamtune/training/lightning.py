@@ -45,7 +45,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "adamtune.lightning needs PyTorch Lightning: pip install 'adamtune[lightning]' (or pip install lightning)"
     ) from exc
 
-from adamtune.training.context import StopTrial, TrialContext
+from adamtune.training.context import TrialContext
+from adamtune.training.stops import StopTrial
 
 #: Prefixes of the metrics a LightningModule logs in its validation loop.
 VALIDATION_PREFIXES = ("val_", "val/")

@@ -31,7 +31,8 @@ from adamtune.core.folds import Fold
 from adamtune.core.metrics import SPLITS, on_split
 from adamtune.core.space import AdamParams
 from adamtune.tasks.loop import LoopTask
-from adamtune.training.context import TrialContext, TrialDiverged
+from adamtune.training.context import TrialContext
+from adamtune.training.stops import TrialDiverged
 
 __all__ = ["SPLITS", "RunOutcome", "run_in_context", "seed_all", "split_metric", "train_once"]
 
@@ -66,7 +67,7 @@ def seed_all(seed: int) -> None:
 
 class LateDecisions(Protocol):
     """Pruning answers that may arrive after the report they answer (a trainer process, see
-    ``trainer_process.py``). The built-in trainer keeps training meanwhile and applies them at once."""
+    ``trainer_server.py``). The built-in trainer keeps training meanwhile and applies them at once."""
 
     def check(self) -> None:
         """Between optimizer steps: apply an answer that has arrived (raises ``TrialPruned`` to stop)."""

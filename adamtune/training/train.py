@@ -143,7 +143,7 @@ def train(
         resume: a trial context to checkpoint to and resume from (see the module docstring); its
             ``n_epochs`` must equal ``epochs``.
         on_step: called after every optimizer step; may raise to stop training at once (a pruning
-            decision that arrived after its epoch's report, see ``trainer_process.py``).
+            decision that arrived after its epoch's report, see ``trainer_server.py``).
 
     Returns:
         The curves. ``diverged_epoch`` is set (and training stopped) when a loss became non-finite.

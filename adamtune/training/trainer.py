@@ -5,15 +5,15 @@ MLflow's bookkeeping -- and hands each training run to a *trainer*, which holds 
 device and the training code. Two trainers answer the same calls:
 
 * :class:`InlineTrainer`: the training runs in the worker's process (its thread calls the task).
-* :class:`~adamtune.training.trainer_client.ProcessTrainer`: a *trainer process* (``trainer_process.py``) holds the
+* :class:`~adamtune.training.trainer_client.ProcessTrainer`: a *trainer process* (``trainer_server.py``) holds the
   task and the data and trains; the worker's process keeps the study. The trial loop's Python then runs
   on another core than the training's, instead of taking turns with it for the interpreter's lock (a
   small model's loop is Python-bound: this was most of the bookkeeping's cost), and the worker's
   process never imports torch: its start-up overlaps the trainer's.
 
-Which one a search uses: :func:`~adamtune.training.trainer_client.trainer_kind`. The calls (``run``,
-``train_once``, ``save_best``) and what they raise are the same for both, so the objective, the
-confirmation stage and their tests do not know which trainer they have.
+Which one a search uses: :func:`trainer_kind`. The calls (``run``, ``train_once``, ``save_best``) and
+what they raise are the same for both, so the objective, the confirmation stage and their tests do not
+know which trainer they have.
 
 Errors raised by training code in a trainer process reach this side as :class:`TrainingError`, with the
 original type name and traceback; :func:`describe_failure` gives both for any exception, so a failed
@@ -24,6 +24,7 @@ This module imports neither torch, optuna nor mlflow.
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,9 +36,26 @@ if TYPE_CHECKING:
     from adamtune.training.context import TrialContext
     from adamtune.training.runner import RunOutcome
 
-#: ``inline`` or ``process``: overrides :func:`~adamtune.training.trainer_client.trainer_kind` (diagnostics,
-#: same-minute benchmarks).
+#: ``inline`` or ``process``: overrides :func:`trainer_kind` (diagnostics, same-minute benchmarks).
 TRAINER_ENV = "ADAMTUNE_TRAINER"
+
+
+def trainer_kind(workers: int, batch_trials: int = 1) -> str:
+    """``process`` or ``inline``: where a search's one worker trains.
+
+    A trainer process pays when the machine has a core to spare for the trial loop beside the training:
+    a search with one worker on two or more cores. Several local workers already keep every core
+    busy with training, and a batched worker (``batch_trials`` > 1) trains in its own process.
+    ``TRAINER_ENV`` chooses for a one-worker search that does not batch.
+    """
+    if workers != 1 or batch_trials > 1:
+        return "inline"
+    chosen = os.environ.get(TRAINER_ENV, "").strip().lower()
+    if chosen in ("inline", "process"):
+        return chosen
+    from adamtune.training.devices import cpu_cores
+
+    return "process" if cpu_cores() >= 2 else "inline"
 
 
 @dataclass(frozen=True)

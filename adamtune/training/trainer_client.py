@@ -1,5 +1,5 @@
 """The worker's side of a trainer process: :class:`ProcessTrainer` (see ``trainer.py`` for why, and
-``trainer_process.py`` for the protocol).
+``trainer_protocol.py`` for the messages), and :func:`start_trainer`, which starts one where it pays.
 
 Contract: a :class:`ProcessTrainer` answers :class:`~adamtune.training.trainer.Trainer`'s calls as an
 ``InlineTrainer`` would, with the same outcomes on the worker's ``TrialContext``: its reports reach the
@@ -31,14 +31,20 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from adamtune.core import errors
 from adamtune.core.signals import exit_status
-from adamtune.training.trainer import TRAINER_ENV, TaskInfo, TrainerLost, TrainingError
-from adamtune.training.trainer_server import CheckpointSpec, OnceSpec, RunSpec
+from adamtune.training.trainer import TaskInfo, TrainerLost, trainer_kind
+from adamtune.training.trainer_protocol import (
+    SERVER_MODULE,
+    OnceSpec,
+    RunSpec,
+    checkpoint_spec,
+    decode_failure,
+    open_connection,
+    raise_outcome,
+)
 
 if TYPE_CHECKING:
     from adamtune.core.folds import Fold
@@ -76,7 +82,7 @@ class ProcessTrainer:
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "adamtune.training.trainer_server", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", SERVER_MODULE, str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -86,7 +92,7 @@ class ProcessTrainer:
         )
         theirs.close()
         self._socket = ours
-        self._connection = Connection(os.dup(ours.fileno()))
+        self._connection = open_connection(os.dup(ours.fileno()))
         self._copiers = [
             _copy_lines(self._process.stdout, lambda: sys.stdout),
             _copy_lines(self._process.stderr, lambda: sys.stderr),
@@ -162,21 +168,7 @@ class ProcessTrainer:
         if self._process is None:
             self._restart()
         checkpoints = context.checkpoints
-        spec = RunSpec(
-            params=context.params,
-            n_epochs=context.n_epochs,
-            batch_size=context.batch_size,
-            seed=context.seed,
-            objective=context.objective,
-            direction=context.direction,
-            split=context.split,
-            number=context.number,
-            checkpoint_dir=context.checkpoint_dir_setting,
-            checkpoint_every=context.checkpoint_every,
-            prune_epochs=context.prune_epochs,
-            checkpoints=None if checkpoints is None else checkpoint_spec(checkpoints),
-        )
-        ident = self._request("run", spec)
+        ident = self._request("run", RunSpec.of(context))
         failure: Exception | None = None
         try:
             if meanwhile is not None:
@@ -215,7 +207,7 @@ class ProcessTrainer:
         context.adopt(snapshot)
         if failure is not None:
             raise failure
-        _raise_outcome(outcome, context)
+        raise_outcome(outcome, context)
 
     def train_once(
         self,
@@ -249,7 +241,7 @@ class ProcessTrainer:
             raise
         if status == "ok":
             return value
-        _raise_outcome(value, None)
+        raise_outcome(value, None)
         raise AssertionError("unreachable")
 
     def save_best(self, context: TrialContext, checkpoints: Any, epoch: int) -> dict[str, Any] | None:
@@ -294,11 +286,7 @@ class ProcessTrainer:
         _, _, status, value = self._replies.pop(ident)
         if status == "ok":
             return value
-        kind, text, trace = value
-        error_class = getattr(errors, kind, None)
-        if isinstance(error_class, type) and issubclass(error_class, errors.AdamtuneError):
-            raise error_class(text)
-        raise TrainingError(kind, text, trace)
+        raise decode_failure(value)
 
     def _interrupt(self, ident: int, final: str, number: int | None) -> tuple[Any, Any]:
         """Stop the run ``ident`` (SIGINT there) and take its last message: ``(snapshot or None, outcome)``."""
@@ -336,15 +324,6 @@ class ProcessTrainer:
         self.close()
 
 
-def checkpoint_spec(checkpoints: Any) -> CheckpointSpec:
-    """What a trainer process needs to open a lineage's checkpoints itself."""
-    if checkpoints.location is None:
-        raise ValueError("a trainer process needs the checkpoint store's location (TrialCheckpoints.location)")
-    return CheckpointSpec(
-        checkpoints.location, checkpoints.study_name, checkpoints.lineage, checkpoints.fingerprint, checkpoints.pointers
-    )
-
-
 def _set_pointer(checkpoints: Any, pointer: dict[str, Any]) -> str | None:
     """Record a checkpoint's pointer on the trial; the error's text when that failed (None: done)."""
     try:
@@ -352,22 +331,6 @@ def _set_pointer(checkpoints: Any, pointer: dict[str, Any]) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def _raise_outcome(outcome: tuple[Any, ...] | None, context: TrialContext | None) -> None:
-    """Raise what ended a run in the trainer process (nothing for a run that returned)."""
-    if outcome is None:
-        return
-    kind = outcome[0]
-    if kind == "stop":
-        assert context is not None and context.stop_reason is not None
-        raise context.stop_reason
-    if kind == "interrupted":
-        raise KeyboardInterrupt("the trainer process was interrupted")
-    if kind == "aborted":
-        raise TrainingError("Aborted", "the run was stopped by the worker", "")
-    _, name, text, trace = outcome
-    raise TrainingError(name, text, trace)
 
 
 def _copy_lines(stream: IO[bytes] | None, target: Callable[[], IO[str]]) -> threading.Thread:
@@ -388,30 +351,12 @@ def _copy_lines(stream: IO[bytes] | None, target: Callable[[], IO[str]]) -> thre
     return thread
 
 
-def trainer_kind(workers: int, batch_trials: int = 1) -> str:
-    """``process`` or ``inline``: where a search's one worker trains.
-
-    A trainer process pays when the machine has a core to spare for the trial loop beside the training:
-    a search with one worker on two or more cores. Several local workers already keep every core
-    busy with training, and a batched worker (``batch_trials`` > 1) trains in its own process.
-    ``TRAINER_ENV`` chooses for a one-worker search that does not batch.
-    """
-    if workers != 1 or batch_trials > 1:
-        return "inline"
-    chosen = os.environ.get(TRAINER_ENV, "").strip().lower()
-    if chosen in ("inline", "process"):
-        return chosen
-    from adamtune.training.devices import cpu_cores
-
-    return "process" if cpu_cores() >= 2 else "inline"
-
-
 def start_trainer(
     task: str, data_dir: Any, devices: str, workers: int = 1, batch_trials: int = 1, threads: int | None = None
 ) -> contextlib.AbstractContextManager[Any]:
     """A context holding a :class:`~adamtune.training.trainer_client.ProcessTrainer` that prepares ``task`` (closed
-    on exit) when :func:`trainer_kind` says ``process``, else None. Started first thing by a command, so
-    that the trainer's imports overlap the command's own."""
+    on exit) when :func:`~adamtune.training.trainer.trainer_kind` says ``process``, else None. Started first
+    thing by a command, so that the trainer's imports overlap the command's own."""
     if trainer_kind(workers, batch_trials) != "process":
         return contextlib.nullcontext(None)
     return _process_trainer(task, data_dir, devices, threads)

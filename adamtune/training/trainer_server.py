@@ -1,38 +1,11 @@
 """The trainer process: holds a worker's task and data, and trains its runs.
 
-Started as ``python -m adamtune.training.trainer_server FD``.
-
-Started by :class:`~adamtune.training.trainer_client.ProcessTrainer` (see ``trainer.py`` for why), it answers
-requests on a socket pair, one at a time, in order. Every message is a tuple ``(kind, id, *payload)``;
-``id`` is the request's (a run's messages carry their run's id).
-
-Requests and what this process sends back:
-
-* ``("task", id, name)``: import and build the task (``tasks.resolve_task``) -> ``("reply", id, "ok",
-  TaskInfo)``;
-* ``("device", id, devices)``: resolve ``auto``/``cpu``/``cuda:N`` on this machine -> the device name;
-* ``("data", id, data_dir, devices, threads)``: load the task's data once, move it to the device, set
-  torch's threads (and the current CUDA device) -> the split sizes;
-* ``("warm", id)``: one Adam step on a tiny model, so that the first trial does not pay torch's
-  first-use imports (``torch.optim`` imports ``torch._dynamo``, ~0.7 s) -> None;
-* ``("run", id, RunSpec)``: train one trial against a :class:`~adamtune.training.context.TrialContext` built
-  here (``runner.run_in_context``). Its hooks talk to the worker while it trains:
-  ``("epoch", id, epoch, metrics, diverged, asks)`` for every report (``asks``: the worker answers
-  ``("decision", id, epoch, prune)``; ``prune`` None means "stop, my side failed"),
-  ``("resume", id, epoch, history)`` when a checkpoint was restored, and ``("pointer", id, pointer)``
-  after a checkpoint was written (answered ``("pointer_reply", id, error or None)``: the pointer is on
-  the trial before training goes on). It ends with ``("ran", id, snapshot, outcome)``: the context's
-  :meth:`~adamtune.training.context.TrialContext.snapshot` and ``None`` (returned), ``("stop",)`` (pruned or
-  diverged), ``("aborted",)`` (the worker said stop), ``("interrupted",)`` or ``("error", type name,
-  message, traceback)``;
-* ``("once", id, OnceSpec)``: ``runner.train_once`` (confirmation runs), sending ``("tick", id, epoch,
-  metrics)`` per epoch -> ``("once", id, "ok", RunOutcome)`` or ``("once", id, "err", outcome)``;
-* ``("save_best", id, CheckpointSpec, epoch)``: write the last run's final state as the study's best
-  checkpoint -> its pointer, or None when the run registered nothing.
-
-A request that fails is answered ``("reply", id, "err", (type name, message, traceback))``; an
-:class:`~adamtune.core.errors.AdamtuneError` (unknown task, missing data, absent device) keeps its class
-name, so the worker raises the same error and the user reads the same one line.
+Started as ``python -m adamtune.training.trainer_server FD PARENT_PID`` by
+:class:`~adamtune.training.trainer_client.ProcessTrainer` (see ``trainer.py`` for why), it answers the
+worker's requests on the socket pair ``FD``, one at a time, in order; ``trainer_protocol.py`` lists the
+messages. This module owns this side of them: preparing the task, its data and the device, building each
+run's :class:`~adamtune.training.context.TrialContext` with hooks that talk to the worker, and when a
+run's answers and interruptions take effect.
 
 Decisions that come late. For the built-in trainer the worker's answer to a report need not be awaited:
 training goes on, each step checks whether it arrived, and the next report waits for it
@@ -53,60 +26,23 @@ import contextlib
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from adamtune.core.errors import AdamtuneError
-from adamtune.core.folds import Fold
 from adamtune.core.space import AdamParams
-from adamtune.training.context import StopTrial, TrialContext
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """A lineage's checkpoints (``checkpoint.TrialCheckpoints`` without its store and pointer hook)."""
-
-    location: str
-    study_name: str
-    lineage: int
-    fingerprint: dict[str, Any]
-    pointers: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One trial's run: the arguments of its :class:`TrialContext` on this side."""
-
-    params: AdamParams
-    n_epochs: int
-    batch_size: int
-    seed: int
-    objective: str
-    direction: str
-    split: str
-    number: int | None
-    checkpoint_dir: Path | None
-    checkpoint_every: int | None
-    prune_epochs: frozenset[int] | None
-    checkpoints: CheckpointSpec | None
-
-
-@dataclass(frozen=True)
-class OnceSpec:
-    """One ``runner.train_once`` run (``progress``: send a tick per epoch)."""
-
-    params: AdamParams
-    epochs: int
-    batch_size: int
-    seed: int
-    split: str
-    objective: str | None
-    progress: bool
-    fold: Fold | None = None
+from adamtune.training.context import TrialContext
+from adamtune.training.stops import StopTrial
+from adamtune.training.trainer_protocol import (
+    ANSWERS,
+    CheckpointSpec,
+    OnceSpec,
+    RunSpec,
+    encode_failure,
+    open_connection,
+)
 
 
 class Aborted(Exception):
@@ -181,7 +117,7 @@ class Channel:
         while True:
             with self.signals.io():
                 message = self.connection.recv()
-            if message[0] not in ("decision", "pointer_reply"):
+            if message[0] not in ANSWERS:
                 return message
 
 
@@ -258,7 +194,7 @@ class TrainerServer:
                     value = getattr(self, f"do_{kind}")(*args)
                     answer: tuple[Any, ...] = ("reply", ident, "ok", value)
                 except Exception as exc:
-                    answer = ("reply", ident, "err", _failure(exc))
+                    answer = ("reply", ident, "err", encode_failure(exc))
                 self.channel.send(answer)
 
     # -- preparation -----------------------------------------------------------------------------
@@ -347,7 +283,7 @@ class TrainerServer:
         except KeyboardInterrupt:
             outcome = ("interrupted",)
         except Exception as exc:
-            outcome = ("error", *_failure(exc))
+            outcome = ("error", *encode_failure(exc))
         self.channel.send(("ran", ident, context.snapshot(), outcome))
 
     def once(self, ident: int, spec: OnceSpec) -> None:
@@ -375,7 +311,7 @@ class TrainerServer:
             self.channel.send(("once", ident, "err", ("interrupted",)))
             return
         except Exception as exc:
-            self.channel.send(("once", ident, "err", ("error", *_failure(exc))))
+            self.channel.send(("once", ident, "err", ("error", *encode_failure(exc))))
             return
         self.channel.send(("once", ident, "ok", outcome))
 
@@ -396,13 +332,6 @@ class TrainerServer:
         )
 
 
-def _failure(exc: BaseException) -> tuple[str, str, str]:
-    """``(type name, message, traceback)``; an AdamtuneError's message is its whole text (no traceback)."""
-    if isinstance(exc, AdamtuneError):
-        return type(exc).__name__, str(exc), ""
-    return type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
 def _die_with_parent() -> None:
     """On Linux, be killed when the worker's process dies (a SIGKILL leaves it no time to close us)."""
     if not sys.platform.startswith("linux"):
@@ -420,7 +349,7 @@ def main(argv: list[str]) -> None:
     _die_with_parent()
     if os.getppid() != int(argv[1]):  # the worker died before the line above took effect
         os._exit(0)
-    channel = Channel(Connection(int(argv[0])), signals)
+    channel = Channel(open_connection(int(argv[0])), signals)
     try:
         TrainerServer(channel).serve()
     finally:
@@ -429,7 +358,7 @@ def main(argv: list[str]) -> None:
         os._exit(0)  # no interpreter shutdown: it would keep the worker's output pipes open
 
 
-if __name__ == "__main__":  # run as this package's module, so that both sides pickle the same classes
+if __name__ == "__main__":  # run as this package's module, not as __main__: one copy of its classes
     from adamtune.training.trainer_server import main as serve
 
     serve(sys.argv[1:])
