@@ -64,3 +64,32 @@ def test_import_linter_keeps_every_contract() -> None:
     assert done.returncode == 0, done.stdout[-3000:]
     kept = re.search(r"Contracts: (\d+) kept, (\d+) broken", done.stdout)
     assert kept is not None and int(kept.group(2)) == 0 and int(kept.group(1)) >= 5
+
+
+#: The one adapter module per library where its non-public names may be used (each listed there).
+ADAPTERS = {"storage/optuna_adapter.py", "tracking/mlflow_adapter.py"}
+#: Private names of Optuna's and MLflow's objects that adamtune has needed (the adapters say why).
+PRIVATE_NAMES = (
+    "_storage|_backend|_trial_id|_study_id|_cached_frozen_trial|_n_warmup_steps|_interval_steps|_pruners|"
+    "_get_bracket_id|_try_initialization|_min_resource|_reduction_factor|_min_early_stopping_rate|"
+    "_build_frozen_trial_from_trial_model|_get_stale_trial_ids|_create_new_trial|_set_trial_param|_get_trials|"
+    "_create_scoped_session|_logging_step|_get_latest_schema_revision|_CachedStorage|_rdb"
+)
+PRIVATE = re.compile(
+    r"\b(?:optuna|mlflow)(?:\.\w+)*\.(_(?!_)\w+)"  # a private module or name of either library
+    rf"|\.({PRIVATE_NAMES})\b"  # an attribute known to be private to them
+    rf"|[\"']({PRIVATE_NAMES})[\"']"  # the same, reached by getattr
+)
+
+
+def test_no_private_optuna_or_mlflow_name_outside_the_two_adapters() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if str(path.relative_to(PACKAGE)) not in ADAPTERS
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if PRIVATE.search(line)
+    ]
+    assert found == []
+    for adapter in ADAPTERS:  # and each adapter names the versions it was checked on
+        assert re.search(r"Checked on|checked on", (PACKAGE / adapter).read_text())

@@ -16,7 +16,8 @@ import pytest
 
 from adamtune.storage.algorithms import PRUNERS
 from adamtune.storage.backends import open_storage
-from adamtune.storage.reporting import TrialWriter, decision_epochs, write_trial
+from adamtune.storage.optuna_adapter import decision_epochs
+from adamtune.storage.reporting import TrialWriter, write_trial
 
 EPOCHS = 20
 TRIALS = 30

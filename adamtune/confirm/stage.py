@@ -66,6 +66,7 @@ from adamtune.storage.attr_keys import (
     WORKER_ATTR,
 )
 from adamtune.storage.db_errors import with_db_retry
+from adamtune.storage.optuna_adapter import backend_of, storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class _Step:
 
 def open_confirm_study(study: optuna.Study) -> optuna.Study:
     """Create (or load) the confirmation study of ``study`` in the same storage."""
-    backend = getattr(study._storage, "_backend", study._storage)
+    backend = backend_of(storage_of(study))
     confirm = optuna.create_study(
         storage=backend,
         study_name=confirm_study_name(study.study_name),
@@ -131,7 +132,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
     if not study_settings(worker.study).enabled:
         return True
     confirm = with_db_retry(lambda: open_confirm_study(worker.study), "opening the confirmation study")
-    pauses = WaitPauses(float(worker.study._storage.get_heartbeat_interval() or 5))
+    pauses = WaitPauses(float(storage_of(worker.study).get_heartbeat_interval() or 5))
     announced = False
     held: list[optuna.Trial] = []  # the run admitted and not yet ended: failed here if interrupted before _run
     try:
@@ -170,7 +171,7 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts, held: 
     from adamtune.search.failures import TooManyFailures
 
     study = worker.study
-    with interrupts.critical(), admission_lock(confirm._storage, confirm.study_name):
+    with interrupts.critical(), admission_lock(storage_of(confirm), confirm.study_name):
         optuna.storages.fail_stale_trials(confirm)
         target = int((study.user_attrs.get(SETTINGS_ATTR) or {}).get("n_trials") or worker.n_trials)
         if count_trials(study.get_trials(deepcopy=False)).finished < target:
@@ -197,7 +198,7 @@ def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts, held: 
         held[:] = [trial]
         # The heartbeat first: should the next writes fail (and the step be retried), this trial carries no
         # arm, is ignored by the plan, and is failed as stale after the grace period.
-        with_db_retry(lambda: confirm._storage.record_heartbeat(trial._trial_id), "recording a heartbeat")
+        with_db_retry(lambda: storage_of(confirm).record_heartbeat(trial_id_of(trial)), "recording a heartbeat")
         objective = worker.objective
         _set_attrs(
             trial,
@@ -257,9 +258,9 @@ def _run(worker: Worker, confirm: optuna.Study, step: _Step, interrupts: Interru
                 with contextlib.suppress(Exception):  # best effort: it is stored again when the run ends
                     trial.set_user_attr(RUN_ID_ATTR, run_id)
 
-    interval = confirm._storage.get_heartbeat_interval() or 10
+    interval = storage_of(confirm).get_heartbeat_interval() or 10
     started = time.monotonic()
-    with Heartbeat(confirm._storage, trial._trial_id, interval):
+    with Heartbeat(storage_of(confirm), trial_id_of(trial), interval):
         try:
             interrupts.raise_pending()
             outcome = objective.training().train_once(
@@ -357,7 +358,7 @@ def _close_stale_runs(worker: Worker, confirm: optuna.Study) -> None:
     from adamtune.storage.stale_trials import RetryStaleTrial
     from adamtune.tracking.stale import end_stale_trial
 
-    callback = confirm._storage.get_heartbeat_stale_trial_callback()
+    callback = storage_of(confirm).get_heartbeat_stale_trial_callback()
     if not isinstance(callback, RetryStaleTrial):
         return
     tracker = worker.objective.tracker

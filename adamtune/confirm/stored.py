@@ -29,6 +29,7 @@ from adamtune.core.confirm_rule import (
     stage_budget,
 )
 from adamtune.core.stats import CONFIDENCE
+from adamtune.storage.optuna_adapter import storage_of
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def load_confirm_study(study: Any) -> Any | None:
     import optuna
 
     try:
-        return optuna.load_study(study_name=confirm_study_name(study.study_name), storage=study._storage)
+        return optuna.load_study(study_name=confirm_study_name(study.study_name), storage=storage_of(study))
     except KeyError:
         return None
 

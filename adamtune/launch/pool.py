@@ -26,6 +26,7 @@ from adamtune.core.errors import AdamtuneError
 from adamtune.core.signals import Interrupts
 from adamtune.launch.worker_setup import join_study
 from adamtune.search.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
+from adamtune.storage.optuna_adapter import RDB_MODELS_MODULE
 from adamtune.training.devices import cpu_cores
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ PRELOAD = [
     "alembic.config",
     "alembic.migration",
     "alembic.script",
-    "optuna.storages._rdb.models",
+    RDB_MODELS_MODULE,
     "mlflow",
     "adamtune.launch.pool",
     "adamtune.search.objective",

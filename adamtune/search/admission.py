@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from adamtune.storage.admission import admission_lock
 from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
+from adamtune.storage.optuna_adapter import backend_of, storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 from adamtune.storage.rdb import StudyStorage
 from adamtune.storage.rdb_writes import NoFreePlace
@@ -76,8 +77,8 @@ def admit(
     right after, still under the lock), and its settings are drawn by the sampler here
     (:func:`_draw_settings`), from the trials this admission read.
     """
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)
+    storage = storage_of(study)
+    backend = backend_of(storage)
     ours = isinstance(backend, StudyStorage)
     # The count below, ask's look for queued trials and the sampler read the trials within milliseconds
     # under the lock: one database read serves those that no write separates (rdb.shared_reads).
@@ -92,7 +93,7 @@ def admit(
             return Admission(counts, target, done=True)
         if counts.finished + counts.running >= target:
             return Admission(counts, target)
-        running_before = {t._trial_id for t in trials if t.state == TrialState.RUNNING}
+        running_before = {trial_id_of(t) for t in trials if t.state == TrialState.RUNNING}
         asked: list[optuna.Trial] = []
         # The storage checks the target again in each creating transaction: a lost lock (its connection
         # cut) or a stale read above can then cost a wait, never a trial beyond the target.
@@ -117,8 +118,8 @@ def admit(
             raise
         held[:] = asked
         for trial in asked:  # retried on its own: repeating the whole admission would create more trials
-            if trial._trial_id not in beaten:
-                with_db_retry(lambda t=trial: storage.record_heartbeat(t._trial_id), "recording a heartbeat")
+            if trial_id_of(trial) not in beaten:
+                with_db_retry(lambda t=trial: storage.record_heartbeat(trial_id_of(t)), "recording a heartbeat")
         return Admission(counts, target, asked[0], more=tuple(asked[1:]))
 
 
@@ -133,9 +134,9 @@ def _draw_settings(study: optuna.Study, trial: optuna.Trial) -> None:
     values; a one-worker search draws exactly what it drew before. A draw that fails for any reason
     but the database is left to the first ``suggest``, which draws again and fails the trial as before.
     """
-    backend = getattr(study._storage, "_backend", None)
+    backend = backend_of(storage_of(study))
     if isinstance(backend, StudyStorage):
-        backend.defer_params(trial._trial_id)
+        backend.defer_params(trial_id_of(trial))
     try:
         trial.relative_params  # noqa: B018  (a property that draws and keeps the values)
     except Exception as exc:
@@ -154,6 +155,6 @@ def _hand_back(study: optuna.Study, running_before: set[int]) -> None:
     fixed params if it had any (a re-queued baseline stays the baseline).
     """
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial._trial_id not in running_before:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        if trial_id_of(trial) not in running_before:
+            storage_of(study).set_trial_state_values(trial_id_of(trial), TrialState.WAITING)
             log.warning("trial %d: handed back to the queue after a database error while creating it", trial.number)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.storage.db_errors import db_error_text, is_transient_db_error, with_db_retry
 from adamtune.storage.heartbeat import Heartbeat
+from adamtune.storage.optuna_adapter import storage_of, trial_id_of
 from adamtune.storage.stale_trials import requeue_trial
 from adamtune.training.context import TrialContext
 from adamtune.training.stops import StopTrial
@@ -113,11 +114,11 @@ def run_batch(
 ) -> list[tuple[FrozenTrial, Exception | None]]:
     """Run ``trials`` (admitted by ``worker``) as one batch and tell each outcome; see the module docstring."""
     objective = worker.objective
-    storage = worker.study._storage
+    storage = storage_of(worker.study)
     interval = storage.get_heartbeat_interval() or 10
     started: list[StartedTrial] = []
     results: list[tuple[FrozenTrial, Exception | None]] = []
-    with Heartbeats(storage, [t._trial_id for t in trials], interval):
+    with Heartbeats(storage, [trial_id_of(t) for t in trials], interval):
         try:
             interrupts.raise_pending()
             for trial in trials:

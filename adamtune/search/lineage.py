@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adamtune.storage.attr_keys import RUN_ID_ATTR, SEED_ATTR
 from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
+from adamtune.storage.optuna_adapter import asked_frozen_trial, storage_of, trial_id_of
 from adamtune.training.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_numbers
 
 if TYPE_CHECKING:
@@ -53,11 +54,11 @@ def system_attrs(trial: optuna.Trial) -> dict[str, Any]:
     study = getattr(trial, "study", None)
     if study is None:
         return {}
-    cached = getattr(trial, "_cached_frozen_trial", None)  # read when the trial was asked for: no query
+    cached = asked_frozen_trial(trial)  # read when the trial was asked for: no query
     if cached is not None:
         return dict(cached.system_attrs)
     return with_db_retry(
-        lambda: study._storage.get_trial_system_attrs(trial._trial_id), f"reading trial {trial.number}"
+        lambda: storage_of(study).get_trial_system_attrs(trial_id_of(trial)), f"reading trial {trial.number}"
     )
 
 

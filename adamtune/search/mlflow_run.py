@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from adamtune.storage.attr_keys import RUN_ID_ATTR
+from adamtune.storage.optuna_adapter import backend_of, storage_of, trial_id_of
 from adamtune.storage.rdb import StudyStorage
 from adamtune.training.trainer import describe_failure
 
@@ -122,13 +123,13 @@ def _note_run_id(writer: TrialWriter, run: TrialRun, *, flush: bool = True) -> N
 def link_run_late(run: TrialRun, trial: optuna.Trial) -> None:
     """Store ``run``'s id on ``trial`` once the tracker has created it, even after the trial was told (a short
     trial often ends before its run is made); best effort: the run also names its trial in its tags."""
-    backend = getattr(getattr(getattr(trial, "study", None), "_storage", None), "_backend", None)
+    backend = backend_of(storage_of(trial.study)) if hasattr(trial, "study") else None
     if not isinstance(backend, StudyStorage):
         return
 
     def link(run_id: str) -> None:
         try:
-            backend.link_trial(trial._trial_id, RUN_ID_ATTR, run_id)
+            backend.link_trial(trial_id_of(trial), RUN_ID_ATTR, run_id)
         except Exception as exc:  # the database is away: the link is lost, the run keeps its tags
             log.debug("trial %d: could not store its MLflow run id: %s", trial.number, exc)
 

@@ -52,6 +52,7 @@ from adamtune.storage.admission import admission_lock
 from adamtune.storage.attr_keys import RUN_ID_ATTR, SETTINGS_ATTR
 from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
 from adamtune.storage.heartbeat import Heartbeat, StaleCheck
+from adamtune.storage.optuna_adapter import storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 from adamtune.storage.stale_trials import RetryStaleTrial, requeue_trial
 
@@ -158,7 +159,9 @@ class Worker:
         """The body of :meth:`run`: admit, run, tell, until the target; then the confirmation stage."""
         ran, failures = 0, FailureStreak()
         waiting_since: int | None = None
-        longest = min(self.wait_poll_seconds, float(self.study._storage.get_heartbeat_interval() or WAIT_POLL_SECONDS))
+        longest = min(
+            self.wait_poll_seconds, float(storage_of(self.study).get_heartbeat_interval() or WAIT_POLL_SECONDS)
+        )
         pauses = WaitPauses(longest)
         while True:
             interrupts.raise_pending()
@@ -240,9 +243,9 @@ class Worker:
 
     def _run_trial(self, trial: optuna.Trial, interrupts: Interrupts) -> tuple[FrozenTrial, Exception | None]:
         """Run the objective on ``trial`` under a heartbeat and tell the outcome (FAIL on any error)."""
-        interval = self.study._storage.get_heartbeat_interval() or 10
+        interval = storage_of(self.study).get_heartbeat_interval() or 10
         state, value, error = TrialState.FAIL, None, None
-        with Heartbeat(self.study._storage, trial._trial_id, interval):
+        with Heartbeat(storage_of(self.study), trial_id_of(trial), interval):
             try:
                 interrupts.raise_pending()
                 value = self.objective(trial)
@@ -289,7 +292,7 @@ class Worker:
         error neither tells twice nor queues a second retry. Returns the told trial and whether a retry
         is queued; a trial another worker already finished (failed as stale) is not retried here.
         """
-        with admission_lock(self.study._storage, self.study.study_name):
+        with admission_lock(storage_of(self.study), self.study.study_name):
             frozen = self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             if frozen.state != TrialState.FAIL:
                 return frozen, False
@@ -308,7 +311,7 @@ class Worker:
 
     def _close_stale_runs(self) -> None:
         """Close the MLflow runs of trials this worker just failed as stale (their workers died)."""
-        callback = self.study._storage.get_heartbeat_stale_trial_callback()
+        callback = storage_of(self.study).get_heartbeat_stale_trial_callback()
         if not isinstance(callback, RetryStaleTrial):
             return
         from adamtune.tracking.stale import end_stale_trial

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from adamtune.storage.db_errors import is_transient_db_error
+from adamtune.storage.optuna_adapter import backend_of
 
 
 @contextlib.contextmanager
@@ -28,14 +29,14 @@ def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
     * PostgreSQL: a transaction-level advisory lock keyed by the study name, on its own connection.
     * Other servers: no lock; counts are then exact only up to one trial per concurrently starting worker.
 
-    ``storage`` is an ``RDBStorage`` or the cache Optuna wraps around it (``study._storage``).
+    ``storage`` is an ``RDBStorage`` or the cache Optuna wraps around it (``storage_of(study)``).
 
     Raises:
         sqlalchemy.exc.OperationalError: the lock's database connection failed (transient; retry it).
     """
     from sqlalchemy import text
 
-    storage = getattr(storage, "_backend", storage)  # optuna.Study wraps RDBStorage in a _CachedStorage
+    storage = backend_of(storage)  # optuna.Study wraps RDBStorage in a _CachedStorage
     dialect = storage.engine.dialect.name
     if dialect == "sqlite":
         database = storage.engine.url.database

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from adamtune.storage.db_errors import db_error_text
+from adamtune.storage.optuna_adapter import storage_of
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class StaleCheck:
         Raises:
             Whatever the storage raises; the look then counts as not done (the next call looks again).
         """
-        interval = study._storage.get_heartbeat_interval()
+        interval = storage_of(study).get_heartbeat_interval()
         now = self._clock()
         if interval and self._last is not None and 0 <= now - self._last < interval:
             return False

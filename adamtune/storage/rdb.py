@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.storage import rdb_rows, rdb_writes
+from adamtune.storage.optuna_adapter import rdb_models, session_scope, trial_id_of
 from adamtune.storage.rdb_shared import SharedReads
 
 log = logging.getLogger(__name__)
@@ -102,20 +103,20 @@ class StudyStorage(SharedReads):
         self._wrote()
         super().delete_study(study_id)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's rule (a heartbeat older than the grace period, by the database's clock) plus trials that
         never beat and started longer ago than the grace period, from one read of the running trials."""
         from datetime import timedelta
 
         import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+
+        models = rdb_models()
         from sqlalchemy import orm
 
         assert self.heartbeat_interval is not None
         grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
         stale = []
-        with _create_scoped_session(self.scoped_session, True) as session:
+        with session_scope(self.scoped_session, True) as session:
             database_now = session.execute(sqlalchemy.func.now()).scalar()
             assert database_now is not None
             database_now = database_now.replace(tzinfo=None)  # naive, as Optuna compares them
@@ -141,14 +142,13 @@ class StudyStorage(SharedReads):
         """Optuna's ``set_trial_state_values`` (same checks, rows and answers), with the trial's waiting writes
         first in the same transaction. A finished trial is read back inside it (answered to the next
         ``get_trial`` of it); a trial taken from the queue within ``first_heartbeats()`` gets its heartbeat."""
-        from optuna.storages._rdb.storage import _create_scoped_session
         from sqlalchemy.exc import IntegrityError
 
         taken = self._take(trial_id)
         beaten = self._beaten()
         told = None
         try:
-            with _create_scoped_session(self.scoped_session) as session:
+            with session_scope(self.scoped_session) as session:
                 cap = self._cap() if state == TrialState.RUNNING else None
                 if cap is not None:  # taking a queued trial within an admission: only into a free place
                     rdb_writes.lock_study_places(session, rdb_rows.study_of(session, trial_id), cap)
@@ -200,21 +200,20 @@ class StudyStorage(SharedReads):
         a trial whose run the tracker created after the trial was told (``mlflow_run.link_run_late``). This
         process's cached copy of a finished trial does not show it; a new read does.
         """
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+        models = rdb_models()
 
-        with _create_scoped_session(self.scoped_session, True) as session:
+        with session_scope(self.scoped_session, True) as session:
             rdb_rows.trial_row(session, trial_id)  # KeyError for a missing trial, as Optuna's setters
             rdb_writes.upsert_attrs(session, models.TrialUserAttributeModel, trial_id, {key: value})
 
     def _remember_told(self, trial: FrozenTrial) -> None:
         state = self._st()
         with state.lock:
-            state.told[trial._trial_id] = trial
+            state.told[trial_id_of(trial)] = trial
             while len(state.told) > _TOLD:
                 del state.told[next(iter(state.told))]
 
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Optuna's trial creation; a trial without a template (``ask``'s) in fewer statements
         (``rdb_writes.create_trial_row``), with its first heartbeat within ``first_heartbeats()``, and
         answered to the first ``get_trial`` of it (Optuna's ``ask`` reads it back at once)."""
@@ -222,7 +221,7 @@ class StudyStorage(SharedReads):
         beaten = self._beaten()
         if template_trial is not None:
             try:
-                frozen = super()._create_new_trial(study_id, template_trial)
+                frozen = super().new_trial(study_id, template_trial)
             finally:
                 self._wrote()
             self._share_created(study_id, copy.deepcopy(frozen), before)
@@ -245,11 +244,9 @@ class StudyStorage(SharedReads):
         import random
         import time
 
-        from optuna.storages._rdb.storage import _create_scoped_session
-
         for attempt in range(1, 6):
             try:
-                with _create_scoped_session(self.scoped_session) as session:
+                with session_scope(self.scoped_session) as session:
                     return rdb_writes.create_trial_row(session, study_id, heartbeat=heartbeat, cap=cap)
             except optuna.exceptions.StorageInternalError:
                 if attempt == 5:
@@ -259,9 +256,8 @@ class StudyStorage(SharedReads):
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Optuna's ``record_heartbeat`` in one statement (an upsert) where the database has one."""
-        from optuna.storages._rdb.storage import _create_scoped_session
 
-        with _create_scoped_session(self.scoped_session, True) as session:
+        with session_scope(self.scoped_session, True) as session:
             rdb_writes.upsert_heartbeat(session, trial_id)
 
     @contextlib.contextmanager
@@ -305,14 +301,13 @@ class StudyStorage(SharedReads):
         super()._wrote()
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        from optuna.storages._rdb.storage import _create_scoped_session
 
         state = self._st()
         with state.lock:
             known = state.told.pop(trial_id, None) or state.fresh.pop(trial_id, None)
         if known is not None:
             return self._merged(known)
-        with _create_scoped_session(self.scoped_session) as session:
+        with session_scope(self.scoped_session) as session:
             frozen = rdb_rows.frozen_trials(self, session, [rdb_rows.trial_row(session, trial_id)])[0]
         return self._merged(frozen)
 

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 from optuna.trial import FrozenTrial, TrialState
 
+from adamtune.storage.optuna_adapter import build_frozen_trial, rdb_models
+
 #: The child tables of a trial, by the ``kind`` column of :func:`_children_query`, named as Optuna's
 #: ``TrialModel`` relationships that ``_build_frozen_trial_from_trial_model`` reads.
 _CHILDREN = ("values", "params", "user_attributes", "system_attributes", "intermediate_values")
@@ -52,7 +54,7 @@ def trial_row(session: Any, trial_id: int, *, for_update: bool = False) -> Trial
 
 def study_of(session: Any, trial_id: int) -> int:
     """The study id of trial ``trial_id`` (KeyError for a missing trial, as :func:`trial_row`)."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import select
 
     table = models.TrialModel.__table__
@@ -64,7 +66,7 @@ def study_of(session: Any, trial_id: int) -> int:
 
 def trial_rows(session: Any, conditions: list[Any]) -> list[TrialRow]:
     """The rows (as :func:`trial_row`) of the trials meeting ``conditions``, by trial id."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import select
 
     query = select(*_trial_columns()).where(*conditions).order_by(models.TrialModel.trial_id)
@@ -84,13 +86,13 @@ def as_trial_row(row: Any) -> TrialRow:
 def datetimes_in_utc() -> bool:
     """Whether Optuna keeps a trial's datetimes as naive UTC in the database, read as local time by its model's
     properties (Optuna >= 5), rather than as naive local time (before)."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     return hasattr(models.TrialModel, "_datetime_start_utc")
 
 
 def _trial_columns() -> tuple[Any, ...]:
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial = models.TrialModel
     if datetimes_in_utc():
@@ -100,7 +102,7 @@ def _trial_columns() -> tuple[Any, ...]:
 
 @functools.cache
 def _trial_row_query(for_update: bool) -> Any:
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import bindparam, select
 
     statement = select(*_trial_columns()).where(models.TrialModel.trial_id == bindparam("trial_id"))
@@ -122,7 +124,8 @@ def frozen_trials(storage: Any, session: Any, trials: list[Any], ids: Any = None
         for row in result:
             rows[row.trial_id][_CHILDREN[row.kind]].append(_child(row))
     return [
-        storage._build_frozen_trial_from_trial_model(
+        build_frozen_trial(
+            storage,
             SimpleNamespace(
                 trial_id=trial.trial_id,
                 number=trial.number,
@@ -130,7 +133,7 @@ def frozen_trials(storage: Any, session: Any, trials: list[Any], ids: Any = None
                 datetime_start=trial.datetime_start,
                 datetime_complete=trial.datetime_complete,
                 **rows[trial.trial_id],
-            )
+            ),
         )
         for trial in trials
     ]
@@ -151,7 +154,7 @@ def _children_query(trial_ids: Any) -> Any:
     ``kind`` indexes :data:`_CHILDREN`; ``n`` is the objective / param id / attribute id / step, ``x`` the
     number, ``a`` a name or an enum's name, ``b`` JSON text. Sorted by trial, kind and ``n``.
     """
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import Float, Integer, String, Text, cast, literal, null, select, union_all
 
     def branch(kind: int, table: Any, n: Any, x: Any, a: Any, b: Any) -> Any:
@@ -182,7 +185,7 @@ def _children_query(trial_ids: Any) -> Any:
 
 def _child(row: Any) -> SimpleNamespace:
     """One child row as the attributes Optuna's model of its table has (enum names back to enums)."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     if row.kind == 0:
         kind = models.TrialValueModel.TrialValueType[row.a]

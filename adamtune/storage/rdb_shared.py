@@ -25,6 +25,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.storage import rdb_rows
+from adamtune.storage.optuna_adapter import rdb_models, session_scope, trial_id_of
 from adamtune.storage.rdb_waiting import WaitingWrites
 
 _shared = threading.local()  # .storage, .writes, .answers, .attrs: the shared_reads() scope of this thread
@@ -100,11 +101,10 @@ class SharedReads(WaitingWrites):
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         """Optuna's answer, in one statement (the study is looked up only when it has no attributes), or none
         within ``shared_reads()`` after a read of the study's trials."""
-        from optuna.storages._rdb.storage import _create_scoped_session
 
         if self._sharing() and study_id in _shared.attrs:
             return copy.deepcopy(_shared.attrs[study_id])
-        with _create_scoped_session(self.scoped_session) as session:
+        with session_scope(self.scoped_session) as session:
             return _study_user_attrs(session, study_id, check=True)
 
     def _read_trials(
@@ -115,13 +115,13 @@ class SharedReads(WaitingWrites):
         trial_id_greater_than: int,
         study_attrs: dict[int, dict[str, Any]] | None = None,
     ) -> list[FrozenTrial]:
-        """Optuna's ``RDBStorage._get_trials`` (same arguments, same answer) in 2 statements instead of 7.
+        """Optuna's own trial read (same arguments, same answer) in 2 statements instead of 7.
 
         ``study_attrs``: also read the study's user attributes in the same transaction, into it.
         """
         import sqlalchemy
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+
+        models = rdb_models()
 
         wanted = {i for i in included_trial_ids if i <= trial_id_greater_than}
         trial_model = models.TrialModel
@@ -134,7 +134,7 @@ class SharedReads(WaitingWrites):
             )
         elif trial_id_greater_than > -1:
             conditions.append(trial_model.trial_id > trial_id_greater_than)
-        with _create_scoped_session(self.scoped_session) as session:
+        with session_scope(self.scoped_session) as session:
             try:
                 trials = rdb_rows.trial_rows(session, conditions)
                 if not trials:  # a study that has trials exists: only an empty answer needs the check
@@ -147,9 +147,9 @@ class SharedReads(WaitingWrites):
                 return found
             except sqlalchemy.exc.OperationalError:  # too many ids for one IN (Optuna's own fallback)
                 session.rollback()
-                return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+                return super().read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
 
-    def _get_trials(
+    def read_trials(
         self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int
     ) -> list[FrozenTrial]:
         shared = self._shared_trials(study_id, states, included_trial_ids, trial_id_greater_than)
@@ -166,7 +166,7 @@ class SharedReads(WaitingWrites):
             known, greater, trials = answer
             # It holds every trial above `greater` and those of `known`: enough if nothing else is wanted.
             if trial_id_greater_than >= greater and all(i in known or i > greater for i in wanted):
-                return [t for t in trials if t._trial_id in wanted or t._trial_id > trial_id_greater_than]
+                return [t for t in trials if trial_id_of(t) in wanted or trial_id_of(t) > trial_id_greater_than]
         trials = self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than, _shared.attrs)
         _shared.answers[(study_id, _states_key(states))] = (wanted, trial_id_greater_than, trials)
         return list(trials)
@@ -175,7 +175,8 @@ class SharedReads(WaitingWrites):
 def _study_user_attrs(session: Any, study_id: int, *, check: bool) -> dict[str, Any]:
     """A study's user attributes; ``check``: raise ``KeyError`` (Optuna's) for a missing study."""
     import sqlalchemy
-    from optuna.storages._rdb import models
+
+    models = rdb_models()
 
     attrs = models.StudyUserAttributeModel
     query = sqlalchemy.select(attrs.key, attrs.value_json).where(attrs.study_id == study_id)

@@ -32,8 +32,9 @@ from typing import Any
 
 import optuna
 from optuna import distributions
-from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+
+from adamtune.storage.optuna_adapter import RDBStorageHooks, session_scope, trial_id_of
 
 
 @dataclass
@@ -99,7 +100,7 @@ class _Waiting:
         self.trials: dict[int, Pending] = {}
 
 
-class WaitingWrites(RDBStorage):
+class WaitingWrites(RDBStorageHooks):
     """The waiting writes of :class:`adamtune.storage.rdb.StudyStorage` (see the module docstring)."""
 
     def _waiting(self) -> _Waiting:
@@ -164,7 +165,7 @@ class WaitingWrites(RDBStorage):
             add(pending)
             return True
 
-    def _set_trial_param(
+    def write_param(
         self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any, previous: Any = None
     ) -> None:
         def add(pending: Pending) -> None:
@@ -177,7 +178,7 @@ class WaitingWrites(RDBStorage):
         if self._defer(trial_id, add):
             return
         self._write_waiting(trial_id, Pending())
-        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous)
+        super().write_param(trial_id, param_name, param_value_internal, distribution, previous)
         self._wrote()
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -218,7 +219,6 @@ class WaitingWrites(RDBStorage):
 
     def _write_waiting(self, trial_id: int, incoming: Pending) -> None:
         """Write the trial's waiting writes and ``incoming`` in one transaction (nothing to write: no transaction)."""
-        from optuna.storages._rdb.storage import _create_scoped_session
 
         from adamtune.storage import rdb_rows, rdb_writes
 
@@ -227,7 +227,7 @@ class WaitingWrites(RDBStorage):
             self._give_back(trial_id, taken)  # a deferral with nothing deferred yet goes on
             return
         try:
-            with _create_scoped_session(self.scoped_session, True) as session:
+            with session_scope(self.scoped_session, True) as session:
                 self.check_trial_is_updatable(trial_id, rdb_rows.trial_row(session, trial_id).state)
                 rdb_writes.write_pending(session, trial_id, taken)
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
@@ -243,8 +243,8 @@ class WaitingWrites(RDBStorage):
         finished (failed as stale by another process, say) drops them: they can never be written."""
         waiting = self._waiting()
         with waiting.lock:
-            pending = waiting.trials.get(trial._trial_id)
+            pending = waiting.trials.get(trial_id_of(trial))
             if pending is not None and trial.state.is_finished():
-                del waiting.trials[trial._trial_id]
+                del waiting.trials[trial_id_of(trial)]
                 return trial
             return pending.merged(trial) if pending else trial

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from optuna import distributions
 from optuna.trial import TrialState
 
+from adamtune.storage.optuna_adapter import rdb_models
 from adamtune.storage.rdb_rows import TrialRow, as_trial_row, datetimes_in_utc
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 def set_trial_row(session: Any, trial_id: int, **columns: Any) -> None:
     """Update columns of trial ``trial_id``'s row: ``state``, and ``datetime_start``/``datetime_complete`` as
     local naive times (stored as Optuna's ``TrialModel`` stores them)."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import update
 
     utc = datetimes_in_utc()
@@ -63,7 +64,8 @@ def lock_study_places(session: Any, study_id: int, cap: int | None) -> None:
         KeyError: no such study (Optuna's error). NoFreePlace: the study is full.
     """
     import sqlalchemy
-    from optuna.storages._rdb import models
+
+    models = rdb_models()
 
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
     locked = sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update()
@@ -98,7 +100,8 @@ def create_trial_row(session: Any, study_id: int, *, heartbeat: bool, cap: int |
         KeyError: no such study (Optuna's error). NoFreePlace: the study is full (``cap``).
     """
     import sqlalchemy
-    from optuna.storages._rdb import models
+
+    models = rdb_models()
 
     trials = models.TrialModel.__table__
     lock_study_places(session, study_id, cap)
@@ -129,7 +132,7 @@ def write_pending(session: Any, trial_id: int, pending: Pending) -> None:
     per table with rows to write, each built once per database and run with the rows as its parameters
     (an ``executemany``).
     """
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     params = [
         {
@@ -163,7 +166,7 @@ def upsert_attrs(session: Any, model: Any, trial_id: int, attrs: dict[str, Any])
 
 def upsert_value(session: Any, trial_id: int, objective: int, value: float) -> None:
     """Set objective ``objective``'s value of a trial (Optuna's ``_set_trial_value_without_commit``, one statement)."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     number, kind = models.TrialValueModel.value_to_stored_repr(value)
     row = {"trial_id": trial_id, "objective": objective, "value": number, "value_type": kind}
@@ -173,7 +176,8 @@ def upsert_value(session: Any, trial_id: int, objective: int, value: float) -> N
 def upsert_heartbeat(session: Any, trial_id: int) -> None:
     """Record trial ``trial_id``'s heartbeat at the database's clock (Optuna's ``record_heartbeat``, one statement)."""
     import sqlalchemy
-    from optuna.storages._rdb import models
+
+    models = rdb_models()
 
     statement = _upsert_statement(session.get_bind().dialect.name, models.TrialHeartbeatModel)
     if statement is not None:
@@ -211,7 +215,7 @@ def _upsert(session: Any, model: Any, rows: list[dict[str, Any]]) -> None:
 @functools.cache
 def _param_insert(dialect: str) -> Any:
     """The insert of a trial's settings: with ``ON CONFLICT DO NOTHING`` where the database has it."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import insert
 
     table = models.TrialParamModel.__table__

@@ -47,6 +47,7 @@ from typing import Any
 
 import optuna
 
+from adamtune.storage.optuna_adapter import asked_frozen_trial, backend_of, decision_epochs, storage_of, trial_id_of
 from adamtune.storage.rdb import StudyStorage
 
 log = logging.getLogger(__name__)
@@ -61,52 +62,6 @@ def flush_seconds_setting() -> float:
     except ValueError:
         log.warning("ADAMTUNE_STUDY_FLUSH_SECONDS must be a number of seconds; using %s", FLUSH_SECONDS)
         return FLUSH_SECONDS
-
-
-def decision_epochs(pruner: Any, study: Any, trial_number: int, n_epochs: int) -> frozenset[int] | None:
-    """The epochs (1..``n_epochs``) at which ``pruner`` can stop trial ``trial_number``; None: any epoch.
-
-    None is the safe answer for a pruner this function does not know: the caller then asks it every epoch.
-    """
-    from optuna.pruners import HyperbandPruner, NopPruner, PercentilePruner, SuccessiveHalvingPruner
-
-    try:
-        if isinstance(pruner, NopPruner):
-            return frozenset()
-        if isinstance(pruner, PercentilePruner):  # MedianPruner is a PercentilePruner
-            warmup, interval = int(pruner._n_warmup_steps), int(pruner._interval_steps)
-            return frozenset(e for e in range(1, n_epochs + 1) if e >= warmup and (e - warmup) % interval == 0)
-        if isinstance(pruner, SuccessiveHalvingPruner):
-            return _rung_epochs(pruner, n_epochs)
-        if isinstance(pruner, HyperbandPruner):
-            if not pruner._pruners:
-                pruner._try_initialization(study)
-            if not pruner._pruners:  # max_resource="auto" before any trial completed
-                return None
-            bracket = pruner._get_bracket_id(study, _Numbered(trial_number))
-            return _rung_epochs(pruner._pruners[bracket], n_epochs)
-    except (AttributeError, TypeError, ValueError):  # Optuna's internals changed: ask every epoch
-        log.debug("cannot tell when %s acts; asking it every epoch", type(pruner).__name__, exc_info=True)
-    return None
-
-
-def _rung_epochs(pruner: Any, n_epochs: int) -> frozenset[int] | None:
-    minimum = pruner._min_resource
-    if not isinstance(minimum, int) or minimum < 1:  # "auto": estimated from the study later
-        return None
-    eta, rate = int(pruner._reduction_factor), int(pruner._min_early_stopping_rate)
-    steps, k = set(), 0
-    while (step := minimum * eta ** (rate + k)) <= n_epochs:
-        steps.add(step)
-        k += 1
-    return frozenset(steps)
-
-
-class _Numbered:
-    """The one attribute Hyperband's bracket choice reads from a trial."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
 
 
 class TrialWriter:
@@ -133,7 +88,7 @@ class TrialWriter:
         """The settings the trial samples next are written with its next flush (see ``rdb.defer_params``)."""
         backend = _study_storage(self.trial)
         if backend is not None:
-            backend.defer_params(self.trial._trial_id)
+            backend.defer_params(trial_id_of(self.trial))
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         self._attrs.update(attrs)
@@ -210,7 +165,7 @@ def write_trial(
     """
     user_attrs, intermediate = dict(user_attrs or {}), dict(intermediate or {})
     backend = _study_storage(trial)
-    cached = getattr(trial, "_cached_frozen_trial", None)
+    cached = asked_frozen_trial(trial)
     if backend is None or cached is None:
         for key, value in user_attrs.items():
             trial.set_user_attr(key, value)
@@ -218,13 +173,13 @@ def write_trial(
             trial.report(value, step)
         return
     write = backend.hold_trial_values if at_end else backend.write_trial_values
-    write(trial._trial_id, user_attrs=user_attrs, intermediate=intermediate)
+    write(trial_id_of(trial), user_attrs=user_attrs, intermediate=intermediate)
     cached.user_attrs.update(user_attrs)
     cached.intermediate_values.update(intermediate)
 
 
 def _study_storage(trial: Any) -> StudyStorage | None:
     """The adamtune storage under ``trial``'s study (Optuna wraps it in a cache); None for any other."""
-    storage = getattr(getattr(trial, "study", None), "_storage", None)
-    backend = getattr(storage, "_backend", storage)
+    study = getattr(trial, "study", None)  # a FixedTrial has none
+    backend = backend_of(storage_of(study)) if study is not None else None
     return backend if isinstance(backend, StudyStorage) else None

@@ -24,9 +24,9 @@ def start_monitor(handle: RunHandle, tracking_uri: str) -> None:
     Raises:
         Exception: psutil is missing, or the monitor cannot start.
     """
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from adamtune.tracking.mlflow_adapter import system_metrics_monitor
 
-    monitor = SystemMetricsMonitor(handle.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, tracking_uri=tracking_uri)
+    monitor = system_metrics_monitor(handle.run_id, SYSTEM_METRICS_INTERVAL, tracking_uri)
     monitor.start()
     handle.monitor = monitor
 
@@ -40,9 +40,11 @@ def stop_monitor(handle: RunHandle) -> None:
     monitor, handle.monitor = handle.monitor, None
     if monitor is None:
         return
+    from adamtune.tracking.mlflow_adapter import sampled_nothing_yet
+
     with contextlib.suppress(Exception):
         monitor.finish()
-        if getattr(monitor, "_logging_step", 1) == 0:  # a trial shorter than one sampling interval
+        if sampled_nothing_yet(monitor):  # a trial shorter than one sampling interval
             metrics = monitor.aggregate_metrics()  # what was sampled so far, logged at step 0
             if metrics:
                 monitor.publish_metrics(metrics)

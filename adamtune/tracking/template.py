@@ -95,14 +95,12 @@ def find() -> Template | None:
     revision or the template directory cannot be found. Imports MLflow."""
     try:
         import mlflow
-        import mlflow.store.tracking.dbmodels.models  # its tables, in Base (MLflow's store imports it too)
-        from mlflow.store.db.base_sql_model import Base
-        from mlflow.store.db.utils import _get_latest_schema_revision  # what MLflow's schema check expects
 
-        revision = _get_latest_schema_revision()
-        tables = frozenset(Base.metadata.tables)  # what MLflow's _all_tables_exist looks for
+        from adamtune.tracking.mlflow_adapter import store_schema
+
+        revision, tables = store_schema()  # what MLflow's schema check expects of a store
         folder = template_dir()
-    except Exception:  # private parts of MLflow: if they move, stores are created as before
+    except Exception:  # private parts of MLflow (mlflow_adapter): if they move, stores are created as before
         return None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", f"mlflow-{mlflow.__version__}-{revision}")
     return Template(folder / f"{name}.db", revision, tables)
