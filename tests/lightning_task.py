@@ -1,4 +1,4 @@
-"""A user's Lightning training as a loop task (imported by tests/test_lightning.py as ``tests.lightning_task:task``).
+"""A user's Lightning training as a loop task (``tests.lightning_task:task``, used by tests/training/test_lightning.py).
 
 This is what the README's Lightning section shows: an ordinary ``LightningModule`` plus the three
 adamtune additions (``configure_optimizers``, ``trainer_options``, ``AdamtuneCallback``).

@@ -1,7 +1,7 @@
 """Every use of Optuna's non-public names in adamtune, in one place.
 
 Nothing else in adamtune imports a private Optuna module or touches a private attribute of an Optuna
-object (``tests/test_architecture.py`` greps for it). Each use below says what it is for and why no
+object (``tests/project/test_architecture.py`` greps for it). Each use below says what it is for and why no
 public way exists. All were checked on Optuna **4.9.0** (the lowest version ``pyproject.toml`` allows,
 installed by CI's floor job from ``.ci/floor-constraints.txt``) and **5.1.0** (the newest, CI's main
 job), 2026-12-05; both jobs run the study storage through Optuna's own ``StorageTestCase``.

@@ -25,7 +25,7 @@ the epochs it skips, Optuna's pruners return "keep going" without reading or wri
 * ``NopPruner``: never.
 
 Any other pruner (or a future Optuna that changes these internals) is consulted every epoch, as before.
-``tests/test_reporting.py`` runs the same seeded studies both ways and checks that the same trials are
+``tests/storage/test_reporting.py`` runs the same seeded studies both ways and checks that the same trials are
 pruned at the same epochs with the same settings sampled.
 
 The trial's final study state is the same as with a write per epoch: every epoch's intermediate value

@@ -1,7 +1,7 @@
 """Every use of MLflow's non-public names in adamtune, in one place.
 
 Nothing else in adamtune imports a private MLflow module or touches a private attribute of an MLflow
-object (``tests/test_architecture.py`` greps for it). Each use says what it is for and why no public way
+object (``tests/project/test_architecture.py`` greps for it). Each use says what it is for and why no public way
 exists. Checked on MLflow **3.7.0** (the lowest version ``pyproject.toml`` allows, CI's floor job) and
 the newest installed by CI's main job (3.x), 2026-12-05. Every caller treats a failure here as "not
 available" and does without (a store created by MLflow's own migrations; metrics logged as MLflow logs

@@ -4,7 +4,7 @@ The K models are built exactly as :func:`adamtune.training.train.build_model` bu
 seed), stacked with ``torch.func.stack_module_state`` and run with ``vmap(functional_call)``: one
 forward and one backward pass per step for all K. :class:`BatchedAdam` is a hand-written Adam/AdamW step
 over the stacked parameters whose settings (lr, betas, epsilon, decay, warmup, weight decay, amsgrad)
-are per-trial tensors; it performs torch's own update for every trial (``tests/test_batched.py`` checks
+are per-trial tensors; it performs torch's own update for every trial (``tests/training/test_batched.py`` checks
 it against ``torch.optim.Adam``/``AdamW`` per trial).
 
 What each trial keeps, as in :func:`adamtune.training.train.train`:

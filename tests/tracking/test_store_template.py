@@ -27,7 +27,7 @@ from adamtune.tracking import template as tracking_template
 from adamtune.tracking.preflight import create_local_store
 from adamtune.tracking.template import TEMPLATE_DIR_ENV
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CREATING = "Creating initial MLflow database tables"
 
 

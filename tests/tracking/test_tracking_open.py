@@ -26,7 +26,7 @@ from adamtune.tracking.preflight import DEFAULT_URI, check_store, deferrable_uri
 from adamtune.tracking.tracker import Tracker
 from tests.conftest import listing
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _foreign_database(path: Path) -> None:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from adamtune.cli.main import cli
 from adamtune.core.config import build_spec
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def code_block(after_heading: str, language: str) -> str:

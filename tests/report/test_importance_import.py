@@ -16,7 +16,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys

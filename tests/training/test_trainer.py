@@ -30,7 +30,7 @@ from adamtune.training.trainer import TaskInfo, TrainingError, trainer_kind
 from adamtune.training.trainer_client import ProcessTrainer
 from tests.loop_tasks import write_task
 
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def search(workdir: Path, *args: str, trainer: str) -> optuna.Study:

@@ -432,7 +432,7 @@ def test_an_interrupted_stage_resumes_without_redoing_runs(workdir: Path) -> Non
 
 def test_two_workers_share_the_stage(workdir: Path) -> None:
     storage = f"sqlite:///{workdir}/a.db"
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "ADAMTUNE_HEARTBEAT_SECONDS": "1", "ADAMTUNE_GRACE_SECONDS": "5", "PYTHONPATH": root}
     # Runs of 40 epochs (~0.2 s each, a stage of several seconds): with ARGS' 3 the whole stage took
     # under a second, and one worker could run all of it before the other was scheduled on a busy VM.

@@ -19,7 +19,7 @@ from adamtune.report.plots import PLOT_NAMES
 from adamtune.storage.outcomes import trial_state
 from tests.conftest import trial_run_id
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_search_process_leaves_its_study_runs_curves_and_plots(tmp_path: Path) -> None:

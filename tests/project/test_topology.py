@@ -61,7 +61,7 @@ from tests.servers import START_SECONDS, MlflowServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.py"
 
