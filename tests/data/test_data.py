@@ -1,4 +1,4 @@
-"""adamtune.data and adamtune.datasets on small files in the real formats.
+"""adamtune.data (downloads, archives, dataset formats) on small files in the real formats.
 
 The internet cannot be reached from the tests: downloads are served by a local ``http.server`` on
 127.0.0.1 (:func:`dataset_files.serve_directory`), and only the URL/checksum constants are patched to
