@@ -66,7 +66,10 @@ def test_trainer_imports_neither_optuna_nor_mlflow() -> None:
     import subprocess
     import sys
 
-    code = "import sys, adamtune.training.train, adamtune.tasks.digits; print('optuna' in sys.modules, 'mlflow' in sys.modules)"
+    code = (
+        "import sys, adamtune.training.train, adamtune.tasks.digits; "
+        "print('optuna' in sys.modules, 'mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
