@@ -1,7 +1,8 @@
 """adamtune: hyperparameter tuning for the Adam optimizer, on Optuna and MLflow.
 
-Importing this package is cheap: it imports neither torch, optuna nor mlflow. The public API for
-tuning your own training loop is loaded on first use::
+Importing this package is cheap: it imports neither torch, optuna nor mlflow. The public API is loaded on
+first use: ``adamtune.search(...)`` and ``adamtune.load(...)`` run and read studies (a
+:class:`~adamtune.api.SearchResult`), and these tune your own training loop::
 
     import adamtune
 
@@ -16,7 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Fold", "LoopTask", "StopTrial", "Task", "TrialContext", "TrialDiverged", "TrialPruned", "__version__"]
+__all__ = [
+    "Fold",
+    "LoopTask",
+    "SearchResult",
+    "StopTrial",
+    "Task",
+    "TrialContext",
+    "TrialDiverged",
+    "TrialPruned",
+    "__version__",
+    "load",
+    "search",
+]
 
 #: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
 _LAZY = {
@@ -27,9 +40,13 @@ _LAZY = {
     "LoopTask": "adamtune.tasks.loop",
     "Task": "adamtune.tasks.base",
     "Fold": "adamtune.core.folds",
+    "search": "adamtune.api",
+    "load": "adamtune.api",
+    "SearchResult": "adamtune.api",
 }
 
 if TYPE_CHECKING:
+    from adamtune.api import SearchResult, load, search
     from adamtune.core.folds import Fold
     from adamtune.tasks.base import Task
     from adamtune.tasks.loop import LoopTask

@@ -100,7 +100,6 @@ def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool
     from adamtune.core.config import build_spec
     from adamtune.core.signals import Interrupts
     from adamtune.core.space import baseline_for, suggest
-    from adamtune.search.worker import Worker
     from adamtune.storage.attr_keys import (
         BASELINE_ATTR,
         CURVES_ATTR,
@@ -114,6 +113,7 @@ def run(url: str, n_trials: int, warmup: int, epochs: int, seed: int, show: bool
     from adamtune.storage.backends import open_storage
     from adamtune.storage.reporting import TrialWriter
     from adamtune.storage.study import create_or_resume
+    from adamtune.trials.worker import Worker
 
     spec = build_spec("digits", None, None, {"n_trials": n_trials, "epochs": epochs}).with_task_defaults(epochs, 32)
     storage = open_storage(url)

@@ -176,8 +176,8 @@ class Bookkeeping:
 def bookkeeping(backend: str, url: str, trials: int, epochs: int) -> Bookkeeping:
     """Run ``trials`` synthetic trials of ``epochs`` epochs (hyperband, the default pruner) through a real worker."""
     from adamtune.launch.worker_setup import make_worker
-    from adamtune.search.worker import WorkerOptions
     from adamtune.tasks.loop import LoopData, LoopTask
+    from adamtune.trials.worker import WorkerOptions
 
     name = f"bookkeeping-{backend}"
     spec = build_spec("digits", None, name, {"n_trials": trials, "epochs": epochs, "confirm": False})

@@ -40,14 +40,14 @@ import torch
 
 from adamtune.core.config import build_spec
 from adamtune.core.space import AdamParams
-from adamtune.search import mlflow_run
-from adamtune.search.objective import Objective
 from adamtune.storage.backends import open_storage
 from adamtune.storage.study import create_or_resume
 from adamtune.tasks import resolve_task
 from adamtune.tracking.tracker import Tracker
 from adamtune.tracking.trial_run import TrialRun
 from adamtune.tracking.writer import Writer, _Op
+from adamtune.trials import mlflow_run
+from adamtune.trials.objective import Objective
 
 #: Adam settings inside digits' search space, from tame to aggressive.
 CONFIGS = [

@@ -20,7 +20,7 @@ from adamtune.cli.options import (
     tracking_options,
 )
 from adamtune.cli.trial_lines import describe_confirm_run, describe_trial, outcome_lines
-from adamtune.core.config import PRUNER_NAMES, SAMPLER_NAMES, build_spec
+from adamtune.core.config import PRUNER_NAMES, SAMPLER_NAMES
 from adamtune.tasks import BUILTIN_TASKS, check_task_name
 
 
@@ -153,89 +153,76 @@ def search(
     """
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}", 2)
+    import adamtune.api
+    from adamtune.launch.search import best_value
+    from adamtune.report.progress import SearchProgress
+    from adamtune.storage.backends import redact_url
+    from adamtune.storage.outcomes import count_trials
+
     if task is not None:
         check_task_name(task)
-    overrides = {
-        "n_trials": n_trials,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "objective": objective,
-        "sampler": sampler,
-        "pruner": pruner,
-        "seed": seed,
-        "confirm": confirm,
-        "confirm_top": confirm_top,
-        "confirm_seeds": confirm_seeds,
-        "confirm_folds": confirm_folds,
-        "confirm_budget": confirm_budget,
-        "checkpoint_every": checkpoint_every,
-        "keep_best_checkpoint": keep_best_checkpoint,
-        "batch_trials": batch_trials,
-    }
-    spec = build_spec(task, config, study_name, overrides)
-    check_task_name(spec.task)
-    from adamtune.training.trainer_client import start_trainer
+    display: dict[str, SearchProgress] = {}
+    final: dict[str, Any] = {}
 
-    # One worker trains in a trainer process where a core is spare (trainer.py). It starts first, so that
-    # its imports (torch, the task, the data) overlap this process's (optuna, the study database).
-    with start_trainer(spec.task, data_dir, devices, workers, spec.batch_trials) as trainer:
-        from adamtune.launch.search import best_value, run_search
-        from adamtune.report.progress import SearchProgress
-        from adamtune.search.worker import WorkerOptions
-        from adamtune.storage.backends import redact_url
-        from adamtune.storage.outcomes import count_trials
+    def on_start(final_spec: Any, already: int) -> None:
+        final["spec"] = final_spec
+        click.echo(
+            f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
+            f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
+            f"{already} of {final_spec.n_trials} trials done",
+            err=True,
+        )
+        display["bar"] = SearchProgress(final_spec.study_name, final_spec.n_trials, final_spec.objective).__enter__()
 
-        options = WorkerOptions(
-            storage_url=storage,
-            study_name=spec.study_name,
+    def on_trial(study: Any, trial: Any) -> None:
+        display["bar"].log(describe_trial(trial))
+        if not display["bar"].add(trial, final["spec"].direction):
+            return  # counted without reading the study (it is read every few seconds)
+        try:
+            trials = study.get_trials(deepcopy=False)
+        except Exception:  # the database is away for a moment: the worker retries; the display waits
+            return
+        display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
+
+    try:
+        result = adamtune.api.search(
+            task,
+            config=config,
+            study=study_name,
+            n_trials=n_trials,
+            epochs=epochs,
+            batch_size=batch_size,
+            objective=objective,
+            sampler=sampler,
+            pruner=pruner,
+            seed=seed,
+            confirm=confirm,
+            confirm_top=confirm_top,
+            confirm_seeds=confirm_seeds,
+            confirm_folds=confirm_folds,
+            confirm_budget=confirm_budget,
+            checkpoint_every=checkpoint_every,
+            keep_best_checkpoint=keep_best_checkpoint,
+            batch_trials=batch_trials,
+            workers=workers,
+            devices=devices,
+            storage=storage,
             tracking=tracking,
             tracking_uri=tracking_uri,
             system_metrics=system_metrics,
             data_dir=data_dir,
-            seed=seed,
             checkpoint_store=checkpoint_store,
+            on_start=on_start,
+            on_trial=on_trial,
+            on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
+            on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
+            on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
         )
-        display: dict[str, SearchProgress] = {}
-        final: dict[str, Any] = {"spec": spec}
-
-        def on_start(final_spec: Any, already: int) -> None:
-            final["spec"] = final_spec
-            click.echo(
-                f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
-                f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
-                f"{already} of {final_spec.n_trials} trials done",
-                err=True,
-            )
-            display["bar"] = SearchProgress(
-                final_spec.study_name, final_spec.n_trials, final_spec.objective
-            ).__enter__()
-
-        def on_trial(study: Any, trial: Any) -> None:
-            display["bar"].log(describe_trial(trial))
-            if not display["bar"].add(trial, final["spec"].direction):
-                return  # counted without reading the study (it is read every few seconds)
-            try:
-                trials = study.get_trials(deepcopy=False)
-            except Exception:  # the database is away for a moment: the worker retries; the display waits
-                return
-            display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
-
-        try:
-            outcome = run_search(
-                spec,
-                options,
-                on_trial=on_trial,
-                on_start=on_start,
-                workers=workers,
-                devices=devices,
-                trainer=trainer,
-                on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
-                on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
-                on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
-            )
-        finally:
-            if "bar" in display:
-                display["bar"].__exit__(None, None, None)
+    finally:
+        if "bar" in display:
+            display["bar"].__exit__(None, None, None)
+    outcome = result.outcome
+    assert outcome is not None  # a search's result says what it did
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "
@@ -303,10 +290,10 @@ def worker(
     import socket
 
     from adamtune.launch.worker_setup import join_study
-    from adamtune.search.worker import WorkerOptions
     from adamtune.storage.backends import redact_url
     from adamtune.storage.outcomes import count_trials
     from adamtune.training.devices import resolve_devices
+    from adamtune.trials.worker import WorkerOptions
 
     resolved = resolve_devices(device, 1)[0]
     name = worker_name or f"{socket.gethostname()}-p{os.getpid()}"

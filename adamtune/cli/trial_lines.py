@@ -10,9 +10,9 @@ from typing import Any
 
 def describe_trial(trial: Any) -> str:
     """One log line for a finished trial: worker and device, number, outcome, value and settings."""
-    from adamtune.search.worker import worker_label
     from adamtune.storage.attr_keys import PARAMS_ATTR
     from adamtune.storage.outcomes import trial_state
+    from adamtune.trials.worker import worker_label
 
     state = trial_state(trial)
     params = trial.user_attrs.get(PARAMS_ATTR, {})

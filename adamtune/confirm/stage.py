@@ -18,7 +18,7 @@ Nothing is lost or repeated: a finished run is kept and never run again (resumin
 does only what is missing); an interrupted run is recorded FAIL and planned again (not re-queued: the
 plan re-creates whatever is missing); a run whose worker died is failed as stale by the next worker's
 step. A run that fails with an error :data:`~adamtune.core.confirm_rule.MAX_RUN_FAILURES` times stops the stage
-with :class:`~adamtune.search.failures.TooManyFailures`. If a later ``search`` raises the trial target while the
+with :class:`~adamtune.trials.failures.TooManyFailures`. If a later ``search`` raises the trial target while the
 stage runs, the step says so and the worker goes back to running trials; the stage is planned again
 for the finalists of the larger study.
 """
@@ -71,7 +71,7 @@ from adamtune.storage.outcomes import count_trials
 
 if TYPE_CHECKING:
     from adamtune.core.signals import Interrupts
-    from adamtune.search.worker import Worker
+    from adamtune.trials.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
         KeyboardInterrupt: SIGTERM/Ctrl-C, after the running confirmation run was recorded as failed.
     """
     from adamtune.confirm.stored import study_settings
-    from adamtune.search.waiting import WaitPauses
+    from adamtune.trials.waiting import WaitPauses
 
     if not study_settings(worker.study).enabled:
         return True
@@ -168,7 +168,7 @@ def run_stage(worker: Worker, interrupts: Interrupts, on_run: Callable[[ConfirmR
 
 def _admit(worker: Worker, confirm: optuna.Study, interrupts: Interrupts, held: list[optuna.Trial]) -> _Step:
     """Under the confirmation study's lock: fail stale runs, read the plan, start the next needed run."""
-    from adamtune.search.failures import TooManyFailures
+    from adamtune.trials.failures import TooManyFailures
 
     study = worker.study
     with interrupts.critical(), admission_lock(storage_of(confirm), confirm.study_name):
@@ -342,7 +342,7 @@ def _finish_mlflow(
 ) -> dict[str, Any]:
     """Queue the end of a confirmation run's MLflow run; the trial attribute of its id, when already known
     (else it is stored once the run is made: ``mlflow_run.link_run_late``)."""
-    from adamtune.search.mlflow_run import link_run_late
+    from adamtune.trials.mlflow_run import link_run_late
 
     if run is None:
         return {}

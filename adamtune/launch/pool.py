@@ -25,9 +25,9 @@ from typing import Any
 from adamtune.core.errors import AdamtuneError
 from adamtune.core.signals import Interrupts
 from adamtune.launch.worker_setup import join_study
-from adamtune.search.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
 from adamtune.storage.optuna_adapter import RDB_MODELS_MODULE
 from adamtune.training.devices import cpu_cores
+from adamtune.trials.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ PRELOAD = [
     RDB_MODELS_MODULE,
     "mlflow",
     "adamtune.launch.pool",
-    "adamtune.search.objective",
+    "adamtune.trials.objective",
     "adamtune.tracking.tracker",
 ]
 

@@ -23,12 +23,12 @@ from adamtune.core.config import StudySpec
 from adamtune.data.download import default_data_dir
 from adamtune.launch.pool import WorkerFailed
 from adamtune.launch.worker_setup import make_worker, open_tracker
-from adamtune.search.worker import WorkerOptions
 from adamtune.storage.backends import open_storage
 from adamtune.storage.outcomes import Counts, count_trials, trial_state
 from adamtune.storage.stale_trials import heartbeat_settings
 from adamtune.storage.study import create_or_resume
 from adamtune.tracking.parent_run import search_tracking
+from adamtune.trials.worker import WorkerOptions
 
 if TYPE_CHECKING:
     from adamtune.confirm.stage import ConfirmRun

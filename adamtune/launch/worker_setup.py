@@ -1,6 +1,6 @@
 """Assembling a worker: its MLflow tracker, its objective (checkpoints, where it trains) and its study.
 
-:func:`make_worker` puts together what :class:`~adamtune.search.worker.Worker` runs with, for ``search`` (which
+:func:`make_worker` puts together what :class:`~adamtune.trials.worker.Worker` runs with, for ``search`` (which
 has already checked the task, the device and the data, and made or resumed the study) and for
 :func:`join_study` (``adamtune worker`` and the local worker processes of ``pool.py``, which join a study
 by name). The trial loop itself is ``worker.py``'s.
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import optuna
 
 from adamtune.core.config import StudySpec
-from adamtune.search.worker import Worker, WorkerOptions
 from adamtune.storage.backends import open_storage
 from adamtune.storage.study import load_study, spec_from_study
 from adamtune.training.devices import resolve_device
 from adamtune.training.trainer import Trainer
+from adamtune.trials.worker import Worker, WorkerOptions
 
 if TYPE_CHECKING:
     from adamtune.tasks.base import Task, TaskData
@@ -59,7 +59,7 @@ def make_worker(
     """Assemble a worker. Training in this process (no ``trainer``): ``data`` moved to the device (made
     the current CUDA device), CPU threads set. With a ``trainer`` (a prepared trainer process, see
     ``trainer.py``), ``task`` and ``data`` are not needed: the trainer holds them."""
-    from adamtune.search.objective import Objective
+    from adamtune.trials.objective import Objective
 
     if trainer is None:
         import torch

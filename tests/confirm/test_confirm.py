@@ -402,7 +402,7 @@ def test_search_confirms_logs_to_mlflow_and_prints_the_cost(workdir: Path) -> No
 
 def test_an_interrupted_stage_resumes_without_redoing_runs(workdir: Path) -> None:
     from adamtune.launch.search import run_search
-    from adamtune.search.worker import WorkerOptions
+    from adamtune.trials.worker import WorkerOptions
 
     storage = f"sqlite:///{workdir}/a.db"
     spec = build_spec("synthetic", None, None, {"n_trials": 5, "epochs": 3, "pruner": "none", "seed": 2})

@@ -214,7 +214,7 @@ def test_a_built_in_task_is_confirmed_on_folds_and_an_interrupted_stage_resumes_
 ) -> None:
     from adamtune.core.config import build_spec
     from adamtune.launch.search import run_search
-    from adamtune.search.worker import WorkerOptions
+    from adamtune.trials.worker import WorkerOptions
 
     storage = f"sqlite:///{workdir}/a.db"
     spec = build_spec("synthetic", None, None, {"n_trials": 5, "epochs": 3, "pruner": "none", "seed": 2})

@@ -69,3 +69,14 @@ def test_study_file_example_is_valid(tmp_path: Path) -> None:
     assert spec.task == "digits" and spec.seed == 0
     assert spec.space["beta2"].value == 0.999 and spec.space["decay"].value == 0.0
     assert spec.space.extra_dimensions() == ["weight_decay", "amsgrad"]
+
+
+def test_python_example_runs_without_a_subprocess(workdir: Path) -> None:
+    """The Quick start's Python block, on a smaller budget (4 two-epoch trials, 2 verify seeds, no MLflow):
+    the only edits are to those numbers and to tracking."""
+    code = code_block("**From Python**", "python")
+    code = code.replace("n_trials=30)", "n_trials=4, epochs=2, tracking=False)").replace("seeds=5", "seeds=2")
+    assert "n_trials=4" in code and "seeds=2" in code
+    printed: list[str] = []
+    exec(compile(code, "README-python-example", "exec"), {"print": lambda *a: printed.append(" ".join(map(str, a)))})
+    assert len(printed) == 4 and "torch.optim" in printed[-1]

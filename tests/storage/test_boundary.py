@@ -20,9 +20,9 @@ import pytest
 from optuna.trial import TrialState
 
 from adamtune.core.signals import Interrupts
-from adamtune.search.worker import Worker
 from adamtune.storage.backends import open_storage
 from adamtune.storage.reporting import TrialWriter
+from adamtune.trials.worker import Worker
 
 TRIALS = 14  # TPE's joint draw starts after its 10 startup trials
 

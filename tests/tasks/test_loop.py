@@ -17,9 +17,9 @@ from click.testing import CliRunner, Result
 from mlflow import MlflowClient
 
 from adamtune.cli.main import cli
-from adamtune.search.objective import ERROR_ATTR
 from adamtune.storage.attr_keys import CURVES_ATTR, DIVERGED_EPOCH_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
+from adamtune.trials.objective import ERROR_ATTR
 from tests.conftest import listing, trial_run_id
 from tests.loop_tasks import write_task
 

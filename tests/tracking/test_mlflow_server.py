@@ -20,13 +20,13 @@ from mlflow import MlflowClient
 from adamtune.core.config import build_spec
 from adamtune.launch.search import run_search
 from adamtune.report.summary import summarize
-from adamtune.search.worker import WorkerOptions
 from adamtune.storage.attr_keys import RUN_ID_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
 from adamtune.tracking import tracker as tracking
 from adamtune.tracking import writer as tracking_writer
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
 from adamtune.tracking.store import experiment_name
+from adamtune.trials.worker import WorkerOptions
 from tests.servers import START_SECONDS, MlflowServer
 
 pytestmark = pytest.mark.slow

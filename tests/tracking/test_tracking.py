@@ -32,13 +32,13 @@ from adamtune.core.errors import TrackingError
 from adamtune.launch.search import run_search
 from adamtune.report.artifacts import ReportArtifacts
 from adamtune.report.summary import summarize
-from adamtune.search.worker import WorkerOptions
 from adamtune.storage.outcomes import trial_state
 from adamtune.tracking import ui as tracking_ui
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG, study_progress
 from adamtune.tracking.stale import end_stale_trial, runs_of_trial
 from adamtune.tracking.tracker import Tracker
 from adamtune.tracking.writer import Writer, _Op, describe_error, is_retryable
+from adamtune.trials.worker import WorkerOptions
 from tests.conftest import trial_run_id
 
 CONNECTION_REFUSED = (

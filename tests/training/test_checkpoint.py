@@ -230,7 +230,7 @@ def test_keep_best_checkpoint_leaves_only_the_best_complete_trial_s_final_state(
     import optuna
 
     from adamtune.training.checkpoint import BEST_ATTR
-    from tests.search.test_parallel import finish, start
+    from tests.trials.test_parallel import finish, start
 
     args = ("search", "--task", "synthetic", "--n-trials", "4", "--epochs", "3", "--pruner", "none", "--seed", "0")
     code, stderr = finish(

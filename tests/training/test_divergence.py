@@ -17,7 +17,7 @@ from adamtune.tasks import resolve_task
 from adamtune.training.context import TrialContext
 from adamtune.training.train import build_model, evaluate_metrics
 from tests.conftest import trial_run_id
-from tests.search.test_parallel import finish, start
+from tests.trials.test_parallel import finish, start
 
 WILD = """
 [study]

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from adamtune.cli.main import cli
 from adamtune.core.config import build_spec
 from adamtune.core.space import baseline_optuna_params
-from adamtune.search.objective import Objective
 from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
 from adamtune.tasks import resolve_task
+from adamtune.trials.objective import Objective
 from tests import lightning_task
 
 TASK = "tests.lightning_task:task"

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from adamtune.cli.main import cli
 from adamtune.core.errors import DataError, DeviceError, TaskError
 from adamtune.core.space import AdamParams
-from adamtune.search.objective import ERROR_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
 from adamtune.training.context import TrialContext
 from adamtune.training.stops import TrialPruned
 from adamtune.training.trainer import TaskInfo, TrainingError, trainer_kind
 from adamtune.training.trainer_client import ProcessTrainer
+from adamtune.trials.objective import ERROR_ATTR
 from tests.loop_tasks import write_task
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

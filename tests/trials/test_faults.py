@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from adamtune.cli.main import cli
 from adamtune.storage.attr_keys import BASELINE_ATTR
-from tests.search.test_parallel import ConnectionKiller, finish, start, trials, wait_for
+from tests.trials.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """A worker's batch of K trials: one context per trial, trained together by ``batched.train_batched``.
 
-:func:`run_batch` is what a :class:`~adamtune.search.worker.Worker` with ``batch_trials > 1`` does with the
+:func:`run_batch` is what a :class:`~adamtune.trials.worker.Worker` with ``batch_trials > 1`` does with the
 trials its admission step created (all RUNNING, at most the free places): for every trial
 :meth:`Objective.begin <adamtune.objective.Objective.begin>` (its settings, seed, MLflow run and
 :class:`~adamtune.training.context.TrialContext`), then :func:`fit_batched` trains the K models as one, reporting
@@ -31,8 +31,8 @@ from adamtune.training.stops import StopTrial
 
 if TYPE_CHECKING:
     from adamtune.core.signals import Interrupts
-    from adamtune.search.objective import StartedTrial
-    from adamtune.search.worker import Worker
+    from adamtune.trials.objective import StartedTrial
+    from adamtune.trials.worker import Worker
 
 log = logging.getLogger(__name__)
 

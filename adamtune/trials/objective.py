@@ -53,15 +53,6 @@ from adamtune.core.config import StudySpec
 from adamtune.core.errors import TaskError
 from adamtune.core.metrics import bare_name
 from adamtune.core.space import AdamParams, baseline_for, suggest
-from adamtune.search.lineage import (
-    earlier_trials,
-    is_requeued_error,
-    lineage_checkpoints,
-    lineage_seed,
-    resume_tags,
-    system_attrs,
-)
-from adamtune.search.mlflow_run import finish_run, log_epoch, start_run
 from adamtune.storage.attr_keys import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -79,6 +70,15 @@ from adamtune.tasks.loop import LoopTask
 from adamtune.training.checkpoint import BEST_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_of
 from adamtune.training.context import TrialContext
 from adamtune.training.trainer import InlineTrainer, Trainer, describe_failure
+from adamtune.trials.lineage import (
+    earlier_trials,
+    is_requeued_error,
+    lineage_checkpoints,
+    lineage_seed,
+    resume_tags,
+    system_attrs,
+)
+from adamtune.trials.mlflow_run import finish_run, log_epoch, start_run
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class Objective:
         seed: int,
         writer: TrialWriter,
     ) -> TrialCheckpoints | None:
-        """The checkpoints of ``trial``'s lineage (:func:`~adamtune.search.lineage.lineage_checkpoints`); None: off."""
+        """The checkpoints of ``trial``'s lineage (:func:`~adamtune.trials.lineage.lineage_checkpoints`); None: off."""
         if self.checkpoint_store is None or (self.checkpoint_every == 0 and not self.keep_best_checkpoint):
             return None
         store, prefix = self.checkpoint_store

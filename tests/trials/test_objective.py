@@ -6,10 +6,10 @@ import optuna
 
 from adamtune.core.config import build_spec
 from adamtune.core.space import BASELINE, baseline_optuna_params
-from adamtune.search.objective import Objective
 from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, PARAMS_ATTR, STATE_ATTR
 from adamtune.storage.outcomes import trial_state
 from adamtune.tasks import resolve_task
+from adamtune.trials.objective import Objective
 
 TASK = resolve_task("synthetic")
 DATA = TASK.load_data(None)

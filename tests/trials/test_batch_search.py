@@ -15,13 +15,13 @@ from mlflow import MlflowClient
 from adamtune.cli.main import cli
 from adamtune.core.space import BASELINE
 from adamtune.launch.worker_setup import join_study
-from adamtune.search.batch_worker import BATCH_ATTR
-from adamtune.search.lineage import trial_seed
-from adamtune.search.worker import WorkerOptions
 from adamtune.storage.attr_keys import BASELINE_ATTR, PARAMS_ATTR, SEED_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
 from adamtune.tasks import resolve_task
 from adamtune.training.train import train
+from adamtune.trials.batch_worker import BATCH_ATTR
+from adamtune.trials.lineage import trial_seed
+from adamtune.trials.worker import WorkerOptions
 from tests.conftest import trial_run_id
 
 EPOCHS = 3

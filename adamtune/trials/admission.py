@@ -12,7 +12,7 @@ it), a place opens and a live worker takes it, so the study still reaches its co
 
 The sampler draws each new trial's settings here, under the lock (:func:`_draw_settings`), and a trial
 that a failed ``ask`` left RUNNING goes back to the queue (:func:`_hand_back`). The loop around this step
-is :class:`~adamtune.search.worker.Worker`'s.
+is :class:`~adamtune.trials.worker.Worker`'s.
 """
 
 from __future__ import annotations

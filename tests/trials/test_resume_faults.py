@@ -26,7 +26,7 @@ from adamtune.storage.study import create_or_resume
 from adamtune.tasks import resolve_task
 from adamtune.training.checkpoint import CHECKPOINT_ATTR, RESUMED_ATTR
 from adamtune.training.train import train
-from tests.search.test_parallel import ConnectionKiller, finish, start, trials, wait_for
+from tests.trials.test_parallel import ConnectionKiller, finish, start, trials, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -45,9 +45,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.core.signals import Interrupts
-from adamtune.search.admission import Admission, admit
-from adamtune.search.failures import FailureStreak, log_failure
-from adamtune.search.waiting import WAIT_POLL_SECONDS, WaitPauses
 from adamtune.storage.admission import admission_lock
 from adamtune.storage.attr_keys import RUN_ID_ATTR, SETTINGS_ATTR
 from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
@@ -55,11 +52,14 @@ from adamtune.storage.heartbeat import Heartbeat, StaleCheck
 from adamtune.storage.optuna_adapter import storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 from adamtune.storage.stale_trials import RetryStaleTrial, requeue_trial
+from adamtune.trials.admission import Admission, admit
+from adamtune.trials.failures import FailureStreak, log_failure
+from adamtune.trials.waiting import WAIT_POLL_SECONDS, WaitPauses
 
 if TYPE_CHECKING:
     from adamtune.confirm.stage import ConfirmRun
-    from adamtune.search.objective import Objective
     from adamtune.storage.outcomes import Counts
+    from adamtune.trials.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class Worker:
             assert admission.trial is not None
             ran = [self._run_trial(admission.trial, interrupts)]
         else:
-            from adamtune.search.batch_worker import run_batch
+            from adamtune.trials.batch_worker import run_batch
 
             ran = run_batch(self, admission.trials, interrupts)
         self._held.clear()  # each is told (or failed and re-queued) by now
@@ -230,7 +230,7 @@ class Worker:
         return int(settings.get("n_trials") or self.n_trials)
 
     def _admit(self, interrupts: Interrupts) -> Admission:
-        """The admission step (:func:`~adamtune.search.admission.admit`): under the study's admission lock, create
+        """The admission step (:func:`~adamtune.trials.admission.admit`): under the study's admission lock, create
         up to ``batch_trials`` trials in free places (held until told), or say wait or stop."""
         return admit(
             self.study,

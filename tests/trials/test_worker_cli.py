@@ -22,14 +22,14 @@ from adamtune.core.errors import ConfigError, DeviceError, StorageError
 from adamtune.core.signals import Interrupts
 from adamtune.core.space import suggest
 from adamtune.launch.pool import plan_workers
-from adamtune.search.admission import Admission
-from adamtune.search.worker import Worker, WorkerOptions
 from adamtune.storage.attr_keys import BASELINE_ATTR, RUN_ID_ATTR
 from adamtune.storage.backends import open_storage
 from adamtune.storage.db_errors import with_db_retry
 from adamtune.storage.stale_trials import RetryStaleTrial, heartbeat_settings
 from adamtune.storage.study import create_or_resume, load_study
 from adamtune.training.devices import resolve_devices
+from adamtune.trials.admission import Admission
+from adamtune.trials.worker import Worker, WorkerOptions
 from tests.conftest import listing
 
 
