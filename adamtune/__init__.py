@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdamtuneCallback",
     "Fold",
     "LoopTask",
     "SearchResult",
@@ -27,8 +28,10 @@ __all__ = [
     "TrialDiverged",
     "TrialPruned",
     "__version__",
+    "configure_optimizers",
     "load",
     "search",
+    "trainer_options",
 ]
 
 #: Public name -> the module that defines it (imported on first access, see ``__getattr__``).
@@ -43,6 +46,9 @@ _LAZY = {
     "search": "adamtune.api",
     "load": "adamtune.api",
     "SearchResult": "adamtune.api",
+    "AdamtuneCallback": "adamtune.training.lightning",
+    "configure_optimizers": "adamtune.training.lightning",
+    "trainer_options": "adamtune.training.lightning",
 }
 
 if TYPE_CHECKING:
@@ -51,6 +57,7 @@ if TYPE_CHECKING:
     from adamtune.tasks.base import Task
     from adamtune.tasks.loop import LoopTask
     from adamtune.training.context import TrialContext
+    from adamtune.training.lightning import AdamtuneCallback, configure_optimizers, trainer_options
     from adamtune.training.stops import StopTrial, TrialDiverged, TrialPruned
 
 

@@ -71,3 +71,22 @@ def test_bad_input_raises_adamtune_errors_and_writes_nothing(workdir: Path) -> N
     with pytest.raises(StorageError):
         adamtune.load("synthetic", storage=storage)
     assert not (workdir / "api.db").exists()
+
+
+def test_the_public_names_are_exported_lazily_from_the_package() -> None:
+    """``import adamtune`` stays light; each public name resolves to its module's object on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, adamtune; light = not any(m in sys.modules for m in ('torch', 'mlflow', 'optuna')); "
+        "from adamtune.training import lightning; from adamtune import api; "
+        "assert adamtune.AdamtuneCallback is lightning.AdamtuneCallback; "
+        "assert adamtune.trainer_options is lightning.trainer_options; "
+        "assert adamtune.search is api.search and adamtune.load is api.load; "
+        "assert adamtune.SearchResult is api.SearchResult; "
+        "assert {'Task', 'LoopTask', 'TrialContext', 'Fold', 'search', 'load'} <= set(dir(adamtune)); print(light)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
