@@ -102,14 +102,17 @@ class _Step:
 
 def open_confirm_study(study: optuna.Study) -> optuna.Study:
     """Create (or load) the confirmation study of ``study`` in the same storage."""
+    from adamtune.storage.study import quiet_optuna
+
     backend = backend_of(storage_of(study))
-    confirm = optuna.create_study(
-        storage=backend,
-        study_name=confirm_study_name(study.study_name),
-        direction=study.direction.name.lower(),
-        sampler=optuna.samplers.RandomSampler(),
-        load_if_exists=True,
-    )
+    with quiet_optuna():
+        confirm = optuna.create_study(
+            storage=backend,
+            study_name=confirm_study_name(study.study_name),
+            direction=study.direction.name.lower(),
+            sampler=optuna.samplers.RandomSampler(),
+            load_if_exists=True,
+        )
     if CONFIRMS_ATTR not in confirm.user_attrs:
         confirm.set_user_attr(CONFIRMS_ATTR, study.study_name)
     return confirm

@@ -57,6 +57,14 @@ class SearchOutcome:
     experiment: tuple[str, str] | None = None
 
 
+def check_checkpoint_store(options: WorkerOptions) -> None:
+    """Raise ConfigError when the checkpoint store ``options`` names cannot be used (a file, ``s3://`` without
+    boto3); writes nothing (a directory store is created at the first save)."""
+    from adamtune.training.checkpoint import open_store, resolve_location
+
+    open_store(resolve_location(options.checkpoint_store, options.storage_url))
+
+
 def run_search(
     spec: StudySpec,
     options: WorkerOptions,
@@ -127,6 +135,7 @@ def run_search(
         spec = spec.with_task(task)  # epochs, batch size, objective and direction; ConfigError for a bad one
         device_list = resolve_devices(devices if devices is not None else options.device, workers)
     heartbeat_settings()
+    check_checkpoint_store(options)  # a store that cannot be used is refused before the study exists
     options = replace(options, device=device_list[0], study_name=spec.study_name, name=f"{socket.gethostname()}-w0")
     if trainer is not None:
         trainer.wait_data()  # a missing dataset is reported before anything is written

@@ -8,7 +8,9 @@ one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -37,14 +39,15 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
     """
     assert spec.epochs is not None, "fill task defaults before creating a study"
     try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=spec.study_name,
-            direction=spec.direction,
-            sampler=make_sampler(spec.sampler, seed),
-            pruner=make_pruner(spec.pruner, spec.epochs),
-            load_if_exists=True,
-        )
+        with quiet_optuna():
+            study = optuna.create_study(
+                storage=storage,
+                study_name=spec.study_name,
+                direction=spec.direction,
+                sampler=make_sampler(spec.sampler, seed),
+                pruner=make_pruner(spec.pruner, spec.epochs),
+                load_if_exists=True,
+            )
         stored = study.user_attrs.get(SPEC_ATTR)
         if stored is None:
             study.set_user_attr(SPEC_ATTR, spec.stored_form())
@@ -69,6 +72,18 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
     except Exception as exc:
         raise StorageError(f"study database error for {spec.study_name!r}: {first_line(exc)}") from None
     return study
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Within it, Optuna logs warnings and errors only: its INFO line ``A new study created in RDB`` is an
+    internal detail of a search, not for the user's terminal. Restores the caller's verbosity after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _check_same_definition(spec: StudySpec, stored: dict[str, Any]) -> None:

@@ -238,3 +238,26 @@ def test_help_is_light_and_module_entry_point_works() -> None:
     assert "HEAVY []" in out
     result = subprocess.run([sys.executable, "-m", "adamtune", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "search" in result.stdout
+
+
+def test_a_search_prints_adamtunes_lines_and_not_optunas(workdir: Path) -> None:
+    """Optuna's INFO line about creating the study (and the confirmation study) stays off the terminal."""
+    command = [sys.executable, "-m", "adamtune", "search", "--task", "synthetic", "--n-trials", "3", "--epochs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [*command, "--no-tracking"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "A new study created" not in done.stderr and "[I " not in done.stderr
+    assert "confirm baseline seed" in done.stderr  # the confirmation study was created too
+
+
+def test_an_unusable_checkpoint_store_is_refused_before_the_study_is_created(workdir: Path) -> None:
+    (workdir / "afile").write_text("not a directory")
+    result = CliRunner().invoke(
+        cli, ["search", "--task", "synthetic", "--n-trials", "2", "--checkpoint-store", str(workdir / "afile")]
+    )
+    assert result.exit_code == 2
+    assert "checkpoint store" in result.stderr and "is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "adamtune.db").exists()  # nothing written: no study database
