@@ -20,6 +20,7 @@ This module imports neither torch nor MLflow until a search or a verification ru
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,10 +217,12 @@ def search(
         devices: ``auto``, or a list such as ``cuda:0,cuda:1`` or ``cpu``.
         tracking, tracking_uri, system_metrics: MLflow tracking (each trial's curves).
         data_dir: The dataset cache.
-        progress: Show a live progress display on stderr (off by default: a notebook gets log lines).
+        progress: Show a live progress display on stderr, with a line per finished trial and confirmation
+            run above it, as ``adamtune search`` does (off by default: a notebook gets log lines).
         on_start: Called with the final study settings and the number of trials already done.
         on_trial: Called with the study and each trial this process finished.
-        on_log: Called with each line the search reports (default: the ``adamtune`` logger at INFO).
+        on_log: Called with each line the search reports (default: above the progress display, else the
+            ``adamtune`` logger at INFO).
         on_progress: Called with the study's counts and best value as they change.
         on_confirm_run: Called with each confirmation run this process finished.
 
@@ -341,32 +344,41 @@ class _Display:
 
     def start(self, spec: StudySpec, already: int) -> None:
         self.spec = spec
+        if self._on_start is not None:
+            self._on_start(spec, already)
         if self.wanted:
             from adamtune.report.progress import SearchProgress
 
             self.bar = SearchProgress(spec.study_name, spec.n_trials, spec.objective).__enter__()
-        if self._on_start is not None:
-            self._on_start(spec, already)
 
     def trial(self, study: Any, trial: Any) -> None:
-        if self.bar is not None and self.spec is not None and self.bar.add(trial, self.spec.direction):
-            from adamtune.launch.search import best_value
-            from adamtune.storage.outcomes import count_trials
+        if self.bar is not None and self.spec is not None:
+            from adamtune.report.trial_lines import describe_trial
 
-            try:
-                trials = study.get_trials(deepcopy=False)
-            except Exception:  # the database is away for a moment: the worker retries; the display waits
-                trials = None
-            if trials is not None:
-                self.bar.update(count_trials(trials), best_value(trials, self.spec.direction))
+            self.bar.log(describe_trial(trial))
+            if self.bar.add(trial, self.spec.direction):  # else counted without reading the study
+                self._update_from(study)
         if self._on_trial is not None:
             self._on_trial(study, trial)
+
+    def _update_from(self, study: Any) -> None:
+        from adamtune.launch.search import best_value
+        from adamtune.storage.outcomes import count_trials
+
+        try:
+            trials = study.get_trials(deepcopy=False)
+        except Exception:  # the database is away for a moment: the worker retries; the display waits
+            return
+        assert self.spec is not None
+        self.bar.update(count_trials(trials), best_value(trials, self.spec.direction))
 
     def log(self, line: str) -> None:
         if self._on_log is not None:
             self._on_log(line)
         elif self.bar is not None:
             self.bar.log(line)
+        elif self.wanted:  # a terminal display was asked for: its lines before it starts go to stderr
+            print(line, file=sys.stderr, flush=True)
         else:
             log.info(line)
 
@@ -377,6 +389,10 @@ class _Display:
             self._on_progress(counts, best)
 
     def confirm_run(self, run: ConfirmRun) -> None:
+        if self.wanted:
+            from adamtune.report.trial_lines import describe_confirm_run
+
+            self.log(describe_confirm_run(run))
         if self._on_confirm_run is not None:
             self._on_confirm_run(run)
 

@@ -19,8 +19,8 @@ from adamtune.cli.options import (
     storage_option,
     tracking_options,
 )
-from adamtune.cli.trial_lines import describe_confirm_run, describe_trial, outcome_lines
 from adamtune.core.config import PRUNER_NAMES, SAMPLER_NAMES
+from adamtune.report.trial_lines import describe_confirm_run, describe_trial, outcome_lines
 from adamtune.tasks import BUILTIN_TASKS, check_task_name
 
 
@@ -154,73 +154,52 @@ def search(
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}", 2)
     import adamtune.api
-    from adamtune.launch.search import best_value
-    from adamtune.report.progress import SearchProgress
     from adamtune.storage.backends import redact_url
-    from adamtune.storage.outcomes import count_trials
 
     if task is not None:
         check_task_name(task)
-    display: dict[str, SearchProgress] = {}
+
     final: dict[str, Any] = {}
 
     def on_start(final_spec: Any, already: int) -> None:
-        final["spec"] = final_spec
         click.echo(
             f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
             f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
             f"{already} of {final_spec.n_trials} trials done",
             err=True,
         )
-        display["bar"] = SearchProgress(final_spec.study_name, final_spec.n_trials, final_spec.objective).__enter__()
+        final["spec"] = final_spec
 
-    def on_trial(study: Any, trial: Any) -> None:
-        display["bar"].log(describe_trial(trial))
-        if not display["bar"].add(trial, final["spec"].direction):
-            return  # counted without reading the study (it is read every few seconds)
-        try:
-            trials = study.get_trials(deepcopy=False)
-        except Exception:  # the database is away for a moment: the worker retries; the display waits
-            return
-        display["bar"].update(count_trials(trials), best_value(trials, final["spec"].direction))
-
-    try:
-        result = adamtune.api.search(
-            task,
-            config=config,
-            study=study_name,
-            n_trials=n_trials,
-            epochs=epochs,
-            batch_size=batch_size,
-            objective=objective,
-            sampler=sampler,
-            pruner=pruner,
-            seed=seed,
-            confirm=confirm,
-            confirm_top=confirm_top,
-            confirm_seeds=confirm_seeds,
-            confirm_folds=confirm_folds,
-            confirm_budget=confirm_budget,
-            checkpoint_every=checkpoint_every,
-            keep_best_checkpoint=keep_best_checkpoint,
-            batch_trials=batch_trials,
-            workers=workers,
-            devices=devices,
-            storage=storage,
-            tracking=tracking,
-            tracking_uri=tracking_uri,
-            system_metrics=system_metrics,
-            data_dir=data_dir,
-            checkpoint_store=checkpoint_store,
-            on_start=on_start,
-            on_trial=on_trial,
-            on_log=lambda line: display["bar"].log(line) if "bar" in display else click.echo(line, err=True),
-            on_progress=lambda counts, best: display["bar"].update(counts, best) if "bar" in display else None,
-            on_confirm_run=lambda run: _log_line(display, describe_confirm_run(run)),
-        )
-    finally:
-        if "bar" in display:
-            display["bar"].__exit__(None, None, None)
+    result = adamtune.api.search(
+        task,
+        config=config,
+        study=study_name,
+        n_trials=n_trials,
+        epochs=epochs,
+        batch_size=batch_size,
+        objective=objective,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        confirm=confirm,
+        confirm_top=confirm_top,
+        confirm_seeds=confirm_seeds,
+        confirm_folds=confirm_folds,
+        confirm_budget=confirm_budget,
+        checkpoint_every=checkpoint_every,
+        keep_best_checkpoint=keep_best_checkpoint,
+        batch_trials=batch_trials,
+        workers=workers,
+        devices=devices,
+        storage=storage,
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        system_metrics=system_metrics,
+        data_dir=data_dir,
+        checkpoint_store=checkpoint_store,
+        progress=True,
+        on_start=on_start,
+    )
     outcome = result.outcome
     assert outcome is not None  # a search's result says what it did
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
@@ -243,14 +222,6 @@ def search(
             local = not (tracking_uri or "").startswith(("http://", "https://"))
             click.echo(f"learning curves: {url}" + (" (after 'adamtune ui')" if local else ""), err=True)
     click.echo("Next: adamtune summary", err=True)
-
-
-def _log_line(display: dict[str, Any], line: str) -> None:
-    """A line above the live display when there is one, else on stderr."""
-    if "bar" in display:
-        display["bar"].log(line)
-    else:
-        click.echo(line, err=True)
 
 
 @click.command()
