@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adamtune.core.errors import ConfigError
+
 if TYPE_CHECKING:
     import optuna
     import pandas
@@ -151,7 +153,7 @@ class SearchResult:
 
         fmt = check_format(fmt)
         if fmt == "table":
-            raise _config_error("snippet formats are torch, keras, json and toml ('table' is for the terminal)")
+            raise ConfigError("snippet formats are torch, keras, json and toml ('table' is for the terminal)")
         return FORMATTERS[fmt](recommendation(self.study))
 
     def trials_dataframe(self, **kwargs: Any) -> pandas.DataFrame:
@@ -239,7 +241,7 @@ def search(
     from adamtune.tasks import check_task_name
 
     if workers < 1:
-        raise _config_error(f"workers must be at least 1, got {workers}")
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     if task is not None:
         check_task_name(task)
     overrides = {
@@ -316,12 +318,6 @@ def load(study: str | None = None, *, storage: str = DEFAULT_STORAGE, task: str 
 
     found = find_study(open_storage(storage, create=False), task, study)
     return SearchResult(found.study_name, storage)
-
-
-def _config_error(message: str) -> Exception:
-    from adamtune.core.errors import ConfigError
-
-    return ConfigError(message)
 
 
 class _Display:
