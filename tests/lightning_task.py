@@ -1,6 +1,6 @@
 """A user's Lightning training as a loop task (``tests.lightning_task:task``, used by tests/training/test_lightning.py).
 
-This is what the README's Lightning section shows: an ordinary ``LightningModule`` plus the three
+This is what the Lightning guide (docs/guides/lightning.md) shows: an ordinary ``LightningModule`` plus the three
 adamtune additions (``configure_optimizers``, ``trainer_options``, ``AdamtuneCallback``).
 """
 
