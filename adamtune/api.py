@@ -4,23 +4,12 @@
 and returns a :class:`SearchResult`; ``adamtune.load(...)`` returns the same object for a study that is
 already in a storage. The command line calls the same functions (``adamtune.cli``); errors are the same
 :class:`~adamtune.core.errors.AdamtuneError` subclasses, which the command line turns into exit codes.
-
-Example::
-
-    import adamtune
-
-    result = adamtune.search("digits", n_trials=30, storage="sqlite:///adamtune.db")
-    print(result.recommendation)          # the recommended settings, or None (Adam's defaults)
-    print(result.verify(seeds=5)["verdict"])
-    print(result.snippet("torch"))
-
-This module imports neither torch nor MLflow until a search or a verification runs.
+:func:`search` shows an example. This module imports neither torch nor MLflow until a search or a
+verification runs.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +20,7 @@ from adamtune.core.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
     import pandas
+    import rich.table
 
     from adamtune.confirm.stage import ConfirmRun
     from adamtune.core.config import StudySpec
@@ -40,15 +30,13 @@ if TYPE_CHECKING:
 #: The study database a search uses when none is given (a SQLite file in the working directory).
 DEFAULT_STORAGE = "sqlite:///adamtune.db"
 
-log = logging.getLogger("adamtune")
-
 
 @dataclass
 class SearchResult:
     """An adamtune study in a storage, read on demand: its recommendation, confirmation, summary and trials.
 
-    Returned by :func:`search` and :func:`load`. Every property reads the study database again, so a
-    result stays current while other workers add trials.
+    Returned by :func:`search` and :func:`load`. Every property and method reads the study database again,
+    so a result stays current while other workers add trials.
 
     Attributes:
         study_name: The Optuna study's name.
@@ -60,20 +48,34 @@ class SearchResult:
     study_name: str
     storage: str
     outcome: SearchOutcome | None = field(default=None, repr=False)
+    _opened = None  # the opened study database (on first use, then reused): not a dataclass field
+
+    def _open_storage(self) -> Any:
+        if self._opened is None:
+            from adamtune.storage.backends import open_storage
+
+            self._opened = open_storage(self.storage, create=False)
+        return self._opened
 
     @property
     def study(self) -> optuna.Study:
-        """The Optuna study (opened anew on each access)."""
-        from adamtune.storage.backends import open_storage
+        """The Optuna study, loaded anew on each access.
+
+        Raises:
+            StorageError: the storage cannot be opened, or no longer holds the study.
+        """
         from adamtune.storage.study import load_study
 
-        return load_study(self.study_name, open_storage(self.storage, create=False))
+        return load_study(self.study_name, self._open_storage())
 
     def summary(self, *, importance: bool = True) -> dict[str, Any]:
         """The study's summary: the same object as one row of ``adamtune summary --json``.
 
         Args:
             importance: Compute the settings' importance (the slowest part); False leaves it None.
+
+        Returns:
+            The summary, whose shape ``docs/reference/json.md`` documents.
         """
         from adamtune.report.summary import summarize
 
@@ -81,10 +83,12 @@ class SearchResult:
 
     @property
     def recommendation(self) -> dict[str, Any] | None:
-        """The recommended settings (``lr``, ``beta1``, ``beta2``, ``epsilon``, ``decay`` and any extra
-        dimension of the space) when the confirmation stage found a finalist better than Adam's defaults
-        with confidence; None when the recommendation is Adam's defaults or nothing is recommendable yet.
-        ``summary()["rule_text"]`` says which rule chose."""
+        """The recommended settings, or None for Adam's defaults or when nothing is recommendable yet.
+
+        ``lr``, ``beta1``, ``beta2``, ``epsilon``, ``decay`` and any extra dimension of the space, when the
+        confirmation stage found a finalist better than Adam's defaults with confidence
+        (``summary()["rule_text"]`` says which rule chose).
+        """
         row = self.summary(importance=False)
         if row["rule"] == "defaults" or row["recommended"] is None:
             return None
@@ -92,8 +96,10 @@ class SearchResult:
 
     @property
     def confirmation(self) -> dict[str, Any] | None:
-        """The confirmation stage as ``summary --json`` shows it (finalists, seeds, folds, intervals, the
-        decision); None when the study was not confirmed."""
+        """The confirmation stage as ``summary --json`` shows it, or None when the study was not confirmed.
+
+        Its finalists, seeds, folds, intervals and the decision.
+        """
         return self.summary(importance=False)["confirmation"]
 
     def verify(
@@ -105,6 +111,7 @@ class SearchResult:
         tracking_uri: str | None = None,
         data_dir: str | Path | None = None,
         on_run: Callable[[str, Any], None] | None = None,
+        on_tracking_error: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Train the recommendation and Adam's defaults on fresh seeds and compare them on the test split.
 
@@ -118,14 +125,16 @@ class SearchResult:
             tracking_uri: The MLflow tracking store (default: MLflow's own default).
             data_dir: The dataset cache (default: the user cache directory).
             on_run: Called with ``("recommended" | "default", run)`` after each training.
+            on_tracking_error: Called with a message when the MLflow run cannot be written (the result is
+                stored on the study all the same); default: a warning in the log.
 
         Returns:
-            The same object as ``adamtune verify --json``.
+            The same object as ``adamtune verify --json`` (``docs/reference/json.md``).
 
         Raises:
-            ConfigError: bad ``seeds`` or ``device``.
-            StorageError: the study has no complete trial yet.
-            DataError: the task's dataset is missing and cannot be downloaded.
+            ConfigError: Bad ``seeds`` or ``device``.
+            StorageError: The study has no complete trial yet.
+            DataError: The task's dataset is missing and cannot be downloaded.
         """
         from adamtune.report.verify import check_seeds, run_verify
 
@@ -138,15 +147,22 @@ class SearchResult:
             tracking=tracking,
             tracking_uri=tracking_uri,
             on_run=on_run,
+            on_tracking_error=on_tracking_error,
         )
         return result.as_dict()
 
     def snippet(self, fmt: str = "torch") -> str:
         """The recommendation as text to paste: ``torch`` or ``keras`` code, or ``json``/``toml`` data.
 
+        Args:
+            fmt: ``torch``, ``keras``, ``json`` or ``toml`` (as ``adamtune recommend --format``).
+
+        Returns:
+            The text ``adamtune recommend --format FMT`` prints.
+
         Raises:
-            ConfigError: an unknown format.
-            StorageError: the study has no complete trial yet.
+            ConfigError: An unknown format.
+            StorageError: The study has no complete trial yet.
         """
         from adamtune.report.export import FORMATTERS, check_format
         from adamtune.report.summary import recommendation
@@ -156,8 +172,29 @@ class SearchResult:
             raise ConfigError("snippet formats are torch, keras, json and toml ('table' is for the terminal)")
         return FORMATTERS[fmt](recommendation(self.study))
 
+    def table(self) -> rich.table.Table:
+        """The recommendation next to Adam's defaults as a table: what ``adamtune recommend`` prints.
+
+        Returns:
+            A `rich <https://rich.readthedocs.io>`_ table; print it with ``rich.print`` (a notebook shows it).
+
+        Raises:
+            StorageError: The study has no complete trial yet.
+        """
+        from adamtune.report.export import render_recommendation
+        from adamtune.report.summary import recommendation
+
+        return render_recommendation(recommendation(self.study))
+
     def trials_dataframe(self, **kwargs: Any) -> pandas.DataFrame:
-        """The study's trials as a pandas DataFrame (``optuna.Study.trials_dataframe``; needs pandas)."""
+        """The study's trials as a pandas DataFrame (needs pandas).
+
+        Args:
+            **kwargs: Passed to ``optuna.Study.trials_dataframe`` (``attrs``, ``multi_index``).
+
+        Returns:
+            One row per trial.
+        """
         return self.study.trials_dataframe(**kwargs)
 
 
@@ -210,15 +247,30 @@ def search(
         study: The study's name (default: the task's name).
         storage: The study database's SQLAlchemy URL.
         config: A study file (TOML) to start from.
-        epochs, batch_size, objective, sampler, pruner, seed: Override the study file.
-        confirm, confirm_top, confirm_seeds, confirm_folds, confirm_budget: The confirmation stage (see
-            ``adamtune search --help``).
-        checkpoint_every, keep_best_checkpoint, checkpoint_store: Trial checkpoints.
+        epochs: Epochs per trial.
+        batch_size: The batch size.
+        objective: The validation metric to optimise, e.g. ``val_mae`` (default: the task's objective).
+        sampler: The Optuna sampler: ``tpe`` (default), ``random``, ``qmc``, ``cmaes`` or ``gp``.
+        pruner: The Optuna pruner: ``hyperband`` (default), ``median``, ``sha`` or ``none``.
+        seed: Makes a one-worker search reproducible.
+        confirm: Confirm the finalists against Adam's defaults on fresh seeds after the trials (default: on).
+        confirm_top: Finalists the confirmation stage trains again on fresh seeds (default 3).
+        confirm_seeds: Most fresh seeds per finalist and for Adam's defaults (default 5).
+        confirm_folds: Confirm each seed on a fresh split of the training + validation rows, where the task
+            allows (default: on); False reuses the task's validation rows (seeds only).
+        confirm_budget: Most the confirmation stage trains, as a share of the epochs the search trials
+            trained (default 0.4).
+        checkpoint_every: Checkpoint each trial every this many epochs so that a retry resumes (0: never;
+            default: every epoch for trials expected to take over a minute, else never).
+        keep_best_checkpoint: Keep the final checkpoint of the best complete trial.
         batch_trials: Trials a worker trains at once as one vectorised model.
         workers: Worker processes (1: this process, with a trainer process where a core is spare).
         devices: ``auto``, or a list such as ``cuda:0,cuda:1`` or ``cpu``.
-        tracking, tracking_uri, system_metrics: MLflow tracking (each trial's curves).
-        data_dir: The dataset cache.
+        tracking: Log every trial to MLflow (its curves).
+        tracking_uri: The MLflow tracking store (default: MLflow's own default).
+        system_metrics: Record CPU, GPU and memory use in each trial's MLflow run.
+        data_dir: The dataset cache (default: the user cache directory).
+        checkpoint_store: Where trial checkpoints go: a directory or ``s3://bucket/prefix``.
         progress: Show a live progress display on stderr, with a line per finished trial and confirmation
             run above it, as ``adamtune search`` does (off by default: a notebook gets log lines).
         on_start: Called with the final study settings and the number of trials already done.
@@ -232,10 +284,23 @@ def search(
         The study's :class:`SearchResult` (its ``outcome`` says what this search did).
 
     Raises:
-        ConfigError: bad settings (unknown task, bad ranges, a malformed study file), before anything is
-            written.
-        TaskError, DataError, DeviceError, StorageError, TrackingError: as ``adamtune search`` reports them.
+        ConfigError: Bad settings (unknown task, bad ranges, a malformed study file); nothing is written.
+        TaskError: A task that cannot be imported or is malformed.
+        DataError: The task's dataset is missing and cannot be downloaded.
+        DeviceError: A device in ``devices`` that this machine does not have.
+        StorageError: The study database cannot be opened or written.
+        TrackingError: The MLflow tracking store is unusable.
         KeyboardInterrupt: Ctrl-C or SIGTERM, after running trials were recorded as failed.
+
+    Example:
+        ```python
+        import adamtune
+
+        result = adamtune.search("digits", n_trials=30, storage="sqlite:///adamtune.db")
+        print(result.recommendation)  # the recommended settings, or None (Adam's defaults)
+        print(result.verify(seeds=5)["verdict"])
+        print(result.snippet("torch"))
+        ```
     """
     from adamtune.core.config import build_spec
     from adamtune.tasks import check_task_name
@@ -269,6 +334,7 @@ def search(
     # One worker trains in a trainer process where a core is spare; it starts first, so that its imports
     # (torch, the task, the data) overlap this process's (Optuna, the study database).
     with start_trainer(spec.task, data_path, devices, workers, spec.batch_trials) as trainer:
+        from adamtune.launch.display import SearchDisplay
         from adamtune.launch.search import run_search
         from adamtune.trials.worker import WorkerOptions
 
@@ -282,7 +348,7 @@ def search(
             seed=seed,
             checkpoint_store=checkpoint_store,
         )
-        hooks = _Display(progress, on_start, on_trial, on_log, on_progress, on_confirm_run)
+        hooks = SearchDisplay(progress, on_start, on_trial, on_log, on_progress, on_confirm_run)
         try:
             outcome = run_search(
                 spec,
@@ -302,97 +368,28 @@ def search(
 
 
 def load(study: str | None = None, *, storage: str = DEFAULT_STORAGE, task: str | None = None) -> SearchResult:
-    """The :class:`SearchResult` of a study already in ``storage``.
+    """The :class:`SearchResult` of a study already in ``storage``, found by name or by task.
+
+    The same lookup as the ``--study`` and ``--task`` options of ``adamtune summary``, ``recommend``,
+    ``verify`` and ``report``.
 
     Args:
-        study: The study's name; default: the study of ``task``, or the storage's only adamtune study.
+        study: The study's name; it wins over ``task``.
         storage: The study database's SQLAlchemy URL.
-        task: Find the study by its task instead of its name.
+        task: Without ``study``: the study named like the task, else the only study of that task. With
+            neither: the storage's only adamtune study.
+
+    Returns:
+        The study's result (its ``outcome`` is None).
 
     Raises:
-        StorageError: the storage cannot be opened, or holds no such study (the message lists those it
-            holds).
+        StorageError: The storage cannot be opened, holds no such study (the message lists those it
+            holds), or several studies match.
     """
     from adamtune.report.studies import find_study
     from adamtune.storage.backends import open_storage
 
-    found = find_study(open_storage(storage, create=False), task, study)
-    return SearchResult(found.study_name, storage)
-
-
-class _Display:
-    """A search's callbacks: the caller's, plus the live progress display when asked for."""
-
-    def __init__(
-        self,
-        progress: bool,
-        on_start: Callable[[StudySpec, int], None] | None,
-        on_trial: Callable[[Any, Any], None] | None,
-        on_log: Callable[[str], None] | None,
-        on_progress: Callable[[Counts, float | None], None] | None,
-        on_confirm_run: Callable[[ConfirmRun], None] | None,
-    ) -> None:
-        self.wanted = progress
-        self.bar: Any = None
-        self.spec: StudySpec | None = None
-        self._on_start, self._on_trial, self._on_log = on_start, on_trial, on_log
-        self._on_progress, self._on_confirm_run = on_progress, on_confirm_run
-
-    def start(self, spec: StudySpec, already: int) -> None:
-        self.spec = spec
-        if self._on_start is not None:
-            self._on_start(spec, already)
-        if self.wanted:
-            from adamtune.report.progress import SearchProgress
-
-            self.bar = SearchProgress(spec.study_name, spec.n_trials, spec.objective).__enter__()
-
-    def trial(self, study: Any, trial: Any) -> None:
-        if self.bar is not None and self.spec is not None:
-            from adamtune.report.trial_lines import describe_trial
-
-            self.bar.log(describe_trial(trial))
-            if self.bar.add(trial, self.spec.direction):  # else counted without reading the study
-                self._update_from(study)
-        if self._on_trial is not None:
-            self._on_trial(study, trial)
-
-    def _update_from(self, study: Any) -> None:
-        from adamtune.launch.search import best_value
-        from adamtune.storage.outcomes import count_trials
-
-        try:
-            trials = study.get_trials(deepcopy=False)
-        except Exception:  # the database is away for a moment: the worker retries; the display waits
-            return
-        assert self.spec is not None
-        self.bar.update(count_trials(trials), best_value(trials, self.spec.direction))
-
-    def log(self, line: str) -> None:
-        if self._on_log is not None:
-            self._on_log(line)
-        elif self.bar is not None:
-            self.bar.log(line)
-        elif self.wanted:  # a terminal display was asked for: its lines before it starts go to stderr
-            print(line, file=sys.stderr, flush=True)
-        else:
-            log.info(line)
-
-    def progress(self, counts: Counts, best: float | None) -> None:
-        if self.bar is not None:
-            self.bar.update(counts, best)
-        if self._on_progress is not None:
-            self._on_progress(counts, best)
-
-    def confirm_run(self, run: ConfirmRun) -> None:
-        if self.wanted:
-            from adamtune.report.trial_lines import describe_confirm_run
-
-            self.log(describe_confirm_run(run))
-        if self._on_confirm_run is not None:
-            self._on_confirm_run(run)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+    opened = open_storage(storage, create=False)
+    result = SearchResult(find_study(opened, task, study).study_name, storage)
+    result._opened = opened  # the commands that load a study read it at once: one opening serves both
+    return result

@@ -70,7 +70,7 @@ def ui(tracking_uri: str | None, host: str, port: int, study_name: str | None) -
 
 @click.command()
 @click.option("--task", help="Only the studies of this task (or the study of this name).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (documented in docs/reference/json.md).")
 @storage_option
 @handle_errors
 def summary(task: str | None, as_json: bool, storage: str) -> None:
@@ -83,6 +83,7 @@ def summary(task: str | None, as_json: bool, storage: str) -> None:
     from adamtune.report.studies import summarize_storage
     from adamtune.storage.backends import open_storage
 
+    # Every study of the storage (or of --task): each row is the summary adamtune.load(...).summary() gives.
     rows = summarize_storage(open_storage(storage, create=False), task)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
@@ -94,13 +95,6 @@ def summary(task: str | None, as_json: bool, storage: str) -> None:
     console = Console()
     for row in rows:
         console.print(render_summary(row))
-
-
-def _find_study(storage: str, task: str | None, study_name: str | None) -> Any:
-    from adamtune.report.studies import find_study
-    from adamtune.storage.backends import open_storage
-
-    return find_study(open_storage(storage, create=False), task, study_name)
 
 
 @click.command()
@@ -122,26 +116,26 @@ def recommend(task: str | None, study_name: str | None, fmt: str, storage: str) 
     adamtune recommend --task digits --format torch   # needs `model`; defines optimizer, scheduler
     adamtune recommend --task digits --format json > adam.json
     """
-    from adamtune.report.export import FORMATTERS, check_format
-    from adamtune.report.summary import recommendation
+    from adamtune.api import load
+    from adamtune.report.export import check_format
 
-    fmt = check_format(fmt)
-    row = recommendation(_find_study(storage, task, study_name))
+    fmt = check_format(fmt)  # before the study is read, as any bad option
+    result = load(study_name, storage=storage, task=task)
     if fmt != "table":
-        click.echo(FORMATTERS[fmt](row), nl=False)
+        click.echo(result.snippet(fmt), nl=False)
         return
     from rich.console import Console
 
-    from adamtune.report.export import render_recommendation
-
-    Console().print(render_recommendation(row))
+    Console().print(result.table())
 
 
 @click.command()
 @study_options
 @click.option("--seeds", default=5, show_default=True, metavar="N", help="Fresh seeds per setting (at least 2).")
 @click.option("--device", default="auto", show_default=True, help="auto (first CUDA GPU, else cpu), cpu, cuda:N, mps.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (shape documented in the README).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON (documented in docs/reference/json.md)."
+)
 @click.option("--tracking/--no-tracking", default=True, show_default=True, help="Log a 'verify' run to MLflow.")
 @click.option(
     "--tracking-uri",
@@ -168,12 +162,11 @@ def verify(
     Full epochs of the study, no pruning. Reports mean ± std of each, the paired and Welch t-tests, and a
     verdict; stores the result on the study (shown by 'adamtune summary') and logs an MLflow run 'verify'.
     """
+    from adamtune.api import load
     from adamtune.report.verify import check_seeds
 
-    check_seeds(seeds)
-    from adamtune.report.verify import run_verify
-
-    study = _find_study(storage, task, study_name)
+    check_seeds(seeds)  # before the study is read, as any bad option
+    result = load(study_name, storage=storage, task=task)
 
     def on_run(which: str, run: Any) -> None:
         note = " (diverged)" if run.diverged else ""
@@ -183,22 +176,21 @@ def verify(
     def on_tracking_error(message: str) -> None:
         click.echo(f"Warning: {message}; the result is stored on the study", err=True)
 
-    result = run_verify(
-        study,
-        seeds=seeds,
+    record = result.verify(
+        seeds,
         device=device,
-        data_dir=data_dir,
         tracking=tracking,
         tracking_uri=tracking_uri,
+        data_dir=data_dir,
         on_run=on_run,
         on_tracking_error=on_tracking_error,
     )
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(json.dumps(record, indent=2))
         return
     from adamtune.report.verify_result import render_result
 
-    click.echo(render_result(result))
+    click.echo(render_result(record))
 
 
 @click.command()
@@ -215,16 +207,17 @@ def verify(
 @handle_errors
 def report(task: str | None, study_name: str | None, out_dir: Path, top: int, storage: str) -> None:
     """Write a study's plots (PNG + interactive HTML) and one index.html page into --out."""
+    from adamtune.api import load
     from adamtune.report.html import write_report
 
-    files = write_report(_find_study(storage, task, study_name), out_dir, top=top)
+    files = write_report(load(study_name, storage=storage, task=task).study, out_dir, top=top)
     for name, reason in files.skipped.items():
         click.echo(f"skipped {name}: {reason}", err=True)
     click.echo(str(files.index))
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (documented in docs/reference/json.md).")
 @storage_option
 @handle_errors
 def studies(as_json: bool, storage: str) -> None:
@@ -266,7 +259,7 @@ def cleanup(study_name: str, tracking: bool, tracking_uri: str | None, system_me
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (shape documented in the README).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (documented in docs/reference/json.md).")
 @handle_errors
 def tasks(as_json: bool) -> None:
     """List the built-in tasks: dataset, model, sizes and default epochs.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -197,17 +198,22 @@ def _p_text(p: float | None) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
-def render_result(result: VerifyResult) -> str:
-    """The result as a few aligned lines of text (``adamtune verify`` without ``--json``)."""
-    record = result.as_dict()
-    n = len(result.seeds)
+def render_result(result: VerifyResult | Mapping[str, Any]) -> str:
+    """The result as a few aligned lines of text (``adamtune verify`` without ``--json``).
+
+    ``result`` is a :class:`VerifyResult` or its JSON object (:meth:`VerifyResult.as_dict`, what
+    ``adamtune.SearchResult.verify`` returns).
+    """
+    record = result.as_dict() if isinstance(result, VerifyResult) else result
+    n = len(record["seeds"])
+    wd = "weight_decay" in record["params"]
     lines = [
-        f"verify {result.study} (task {result.task}): trial {result.trial} against "
-        f"{defaults_label('weight_decay' in result.params)}, "
-        f"{n} seeds x {result.epochs} epochs, test split, {result.device}",
-        f"{'':16}{'recommended':>22}{'AdamW default' if 'weight_decay' in result.params else 'Adam default':>22}",
+        f"verify {record['study']} (task {record['task']}): trial {record['trial']} against "
+        f"{defaults_label(wd)}, {n} seeds x {record['epochs']} epochs, test split, {record['device']}",
+        f"{'':16}{'recommended':>22}{'AdamW default' if wd else 'Adam default':>22}",
     ]
-    for metric in result.metric_names:
+    metric_names = [name for name in record["recommended"] if name != "diverged"]  # as VerifyResult.metric_names
+    for metric in metric_names:
         cells = []
         for arm in ("recommended", "default"):
             stats = record[arm][metric]
