@@ -35,14 +35,14 @@ DEFAULT_STORAGE = "sqlite:///adamtune.db"
 class SearchResult:
     """An adamtune study in a storage, read on demand: its recommendation, confirmation, summary and trials.
 
-    Returned by :func:`search` and :func:`load`. Every property and method reads the study database again,
-    so a result stays current while other workers add trials.
+    Returned by [search][adamtune.api.search] and [load][adamtune.api.load]. Every property and method
+    reads the study database again, so a result stays current while other workers add trials.
 
     Attributes:
         study_name: The Optuna study's name.
         storage: The storage URL the study lives in.
         outcome: What the search that returned this result did (trials run, finished, target, seconds);
-            None for a result from :func:`load`.
+            None for a result from [load][adamtune.api.load].
     """
 
     study_name: str
@@ -281,7 +281,7 @@ def search(
         on_confirm_run: Called with each confirmation run this process finished.
 
     Returns:
-        The study's :class:`SearchResult` (its ``outcome`` says what this search did).
+        The study's [SearchResult][adamtune.api.SearchResult] (its ``outcome`` says what this search did).
 
     Raises:
         ConfigError: Bad settings (unknown task, bad ranges, a malformed study file); nothing is written.
@@ -368,7 +368,7 @@ def search(
 
 
 def load(study: str | None = None, *, storage: str = DEFAULT_STORAGE, task: str | None = None) -> SearchResult:
-    """The :class:`SearchResult` of a study already in ``storage``, found by name or by task.
+    """The [SearchResult][adamtune.api.SearchResult] of a study already in ``storage``, found by name or by task.
 
     The same lookup as the ``--study`` and ``--task`` options of ``adamtune summary``, ``recommend``,
     ``verify`` and ``report``.

@@ -1,16 +1,22 @@
 """Errors that reach the user as one line.
 
 Every failure a user can cause or fix (bad input, a missing dataset, an unreachable database) is raised
-as an :class:`AdamtuneError`. The message is the whole user-facing text: it names the problem and the
-fix. ``cli/main.py`` turns these into ``Error: <message>`` on stderr and a non-zero exit code; nothing below
-the CLI prints tracebacks for them. Each subclass carries the exit code the CLI uses for it.
+as an ``AdamtuneError``. The message is the whole user-facing text: it names the problem and the
+fix. The command line (``cli/main.py``) prints it as ``Error: <message>`` on stderr, without a traceback,
+and exits with the class's ``exit_code``.
 """
 
 from __future__ import annotations
 
 
 class AdamtuneError(Exception):
-    """Base class: a problem the user can fix, described in one line."""
+    """Base class: a problem the user can fix, described in one line.
+
+    Catch it to handle every error adamtune reports to a user; ``str(error)`` is the message.
+
+    Attributes:
+        exit_code: The exit status of ``adamtune`` for this error (each subclass sets its own).
+    """
 
     exit_code: int = 1
 

@@ -30,10 +30,20 @@ from typing import Any
 class Fold:
     """One confirmation seed's fresh split of the pooled training + validation data.
 
+    A confirmation run of a task declared ``LoopTask(folds=True)`` gets one as ``trial.fold``; adamtune
+    creates it.
+
     Attributes:
-        index: position of this fold among the stage's seeds (0-based).
-        count: how many folds the stage may draw (its ``--confirm-seeds``).
-        seed: the seed that draws the split (the confirmation run's seed).
+        index: Position of this fold among the stage's seeds (0-based).
+        count: How many folds the stage may draw (its ``--confirm-seeds``).
+        seed: The seed that draws the split (the confirmation run's seed).
+
+    Example:
+        ```python
+        pool = train_rows + val_rows
+        if trial.fold is not None:  # a confirmation run: a fresh split of the pooled rows
+            train_idx, val_idx = trial.fold.split(len(pool), val_size=len(val_rows), labels=pool_labels)
+        ```
     """
 
     index: int
@@ -46,11 +56,11 @@ class Fold:
         """Split ``n`` pooled rows (training first, then validation) into this fold's training and validation.
 
         Args:
-            n: the number of pooled rows (``len(train) + len(val)``).
-            val_size: rows to validate on (an int), or a fraction of ``n`` (a float in (0, 1)); default the
-                built-in tasks' rule, :func:`validation_size`. Pass your own
-                validation split's length to keep its size.
-            labels: the ``n`` pooled class labels, to stratify (classification); None for a plain split.
+            n: The number of pooled rows (``len(train) + len(val)``).
+            val_size: Rows to validate on (an int), or a fraction of ``n`` (a float in (0, 1)); default the
+                built-in tasks' rule, ``validation_size``. Pass your own validation split's length to
+                keep its size.
+            labels: The ``n`` pooled class labels, to stratify (classification); None for a plain split.
 
         Returns:
             ``(train_indices, val_indices)``: sorted row indices into the pooled data, disjoint, covering all.
@@ -61,10 +71,16 @@ class Fold:
         return split_indices(n, _resolve_size(n, val_size), self.seed, labels)
 
     def as_dict(self) -> dict[str, int]:
+        """The fold as plain data: ``{"index", "count", "seed"}`` (what ``from_dict`` reads)."""
         return {"index": self.index, "count": self.count, "seed": self.seed}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Fold:
+        """The fold that ``as_dict`` wrote.
+
+        Args:
+            values: A mapping with ``index``, ``count`` and ``seed``.
+        """
         return cls(int(values["index"]), int(values["count"]), int(values["seed"]))
 
 
@@ -77,6 +93,11 @@ def validation_size(n_train: int, fraction: float = VAL_FRACTION, max_size: int 
 
     At least one sample goes to each side when ``n_train >= 2``; 0 when ``n_train < 2``. For the full
     datasets: CIFAR-10 50,000 -> 5,000; MNIST 60,000 -> 5,000; IMDB 25,000 -> 2,500.
+
+    Args:
+        n_train: The number of samples to split.
+        fraction: The share that validates.
+        max_size: The most samples that validate.
     """
     if n_train < 2:
         return 0
@@ -99,6 +120,12 @@ def split_indices(n: int, val_size: int, seed: int, labels: Sequence[Any] | Any 
     Stratified: each class gets ``val_size * count / n`` validation rows, rounded down, and the rows left
     over go to the classes with the largest remainders (ties: the smaller label first), so a class's share
     is kept to within one row; within each class the rows are a seeded random choice.
+
+    Args:
+        n: The number of rows.
+        val_size: Rows to validate on, 1 to ``n - 1``.
+        seed: The seed of the draw (NumPy's ``RandomState``, the same on every host).
+        labels: ``n`` class labels to stratify by; None for a plain split.
 
     Returns:
         ``(train_indices, val_indices)``, each sorted.

@@ -66,6 +66,11 @@ class Split:
         return len(self.y)
 
     def to(self, device: torch.device | str) -> Split:
+        """This split with both tensors on ``device``.
+
+        Args:
+            device: A torch device or its name.
+        """
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -78,20 +83,35 @@ class TaskData:
     test: Split
 
     def to(self, device: torch.device | str) -> TaskData:
-        """Copy every split to ``device`` (a no-op for tensors already there)."""
+        """Copy every split to ``device`` (a no-op for tensors already there).
+
+        Args:
+            device: A torch device or its name.
+        """
         return TaskData(self.train.to(device), self.val.to(device), self.test.to(device))
 
     def sizes(self) -> dict[str, int]:
+        """The number of samples of each split, by name (``train``, ``val``, ``test``)."""
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy, in float32 even under mixed precision."""
+    """Mean cross-entropy, in float32 even under mixed precision.
+
+    Args:
+        logits: The model's outputs, one row of class scores per sample.
+        targets: The integer class labels.
+    """
     return F.cross_entropy(logits if logits.dtype == torch.float32 else logits.float(), targets)
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of the batch whose arg-max class is the label."""
+    """Fraction of the batch whose arg-max class is the label.
+
+    Args:
+        logits: The model's outputs, one row of class scores per sample.
+        targets: The integer class labels.
+    """
     return (logits.argmax(dim=1) == targets).float().mean()
 
 
@@ -101,7 +121,37 @@ def _classification_metrics() -> dict[str, MetricFn]:
 
 @dataclass(frozen=True)
 class Task:
-    """A dataset, a model and their training defaults. See the module docstring for the contract."""
+    """A dataset, a model and their training defaults: a task the built-in trainer trains.
+
+    adamtune owns the loop (batches, the optimizer, evaluation); see the module docstring for the contract.
+
+    Args:
+        name: The task's name (``--task``, the default study name).
+        description: One line for ``adamtune tasks``.
+        load_data: ``load_data(data_dir) -> TaskData``, called once per training process; deterministic.
+        make_model: ``make_model() -> nn.Module``, a freshly initialised model on the CPU.
+        default_epochs: Epochs per trial unless the study says otherwise.
+        default_batch_size: The batch size unless the study says otherwise.
+        loss: ``loss(outputs, targets)``, a scalar mean loss (default: cross-entropy).
+        prepare: ``prepare(x)`` maps a stored batch to model input on the device (e.g. uint8 to float).
+        augment: ``augment(x, generator)``, a batched on-device training augmentation using ``generator``.
+        param_groups: ``param_groups(model)``, the optimizer's parameter groups (default: weight decay on
+            parameters of two or more dimensions only).
+        dataset: The dataset, in words, for ``adamtune tasks``.
+        model: The model, in words, for ``adamtune tasks``.
+        extra: Further notes for ``adamtune tasks`` (e.g. where the data comes from).
+        metrics: Bare metric names to ``fn(outputs, targets)``, each the mean over the batch (default:
+            ``accuracy``); ``loss`` is always measured.
+        objective: The bare metric a study optimises (default ``loss``).
+        direction: The objective's direction, ``"minimize"`` or ``"maximize"``.
+        directions: Directions of further metrics whose names adamtune does not know.
+        folds: Confirm on fresh folds of the pooled training + validation rows; False keeps the task's own
+            validation rows (seeds only), e.g. where rows are not exchangeable.
+
+    Raises:
+        ValueError: Bad defaults, a metric named ``loss`` or badly, an unknown direction, or an objective
+            that is not one of the metrics.
+    """
 
     name: str
     description: str
@@ -148,5 +198,9 @@ class Task:
         return ("loss", *self.metrics)
 
     def direction_of(self, metric: str) -> str | None:
-        """The direction of bare ``metric`` (None: unknown; see :func:`adamtune.core.metrics.direction_of`)."""
+        """The direction of bare ``metric`` (None: unknown; see ``adamtune.core.metrics.direction_of``).
+
+        Args:
+            metric: A bare metric name, e.g. ``accuracy``.
+        """
         return direction_of(metric, self.objective, self.direction, self.directions)

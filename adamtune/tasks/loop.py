@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoopData:
-    """What a :class:`LoopTask`'s ``data`` function returned, held by the worker for every trial.
+    """What a ``LoopTask``'s ``data`` function returned, held by the worker for every trial.
 
     ``to(device)`` returns it unchanged: the user's ``fit`` moves its own batches to ``trial.device``.
     """
@@ -61,15 +61,60 @@ class LoopData:
     value: Any = None
 
     def to(self, device: object) -> LoopData:
+        """This data, unchanged (``fit`` moves its own batches).
+
+        Args:
+            device: The worker's device (unused).
+        """
         return self
 
     def sizes(self) -> dict[str, int]:
+        """No sizes: adamtune does not know the user's data."""
         return {}
 
 
 @dataclass(frozen=True)
 class LoopTask:
-    """A task trained by the user's ``fit(trial)``. See the module docstring for the contract."""
+    """A task trained by the user's ``fit(trial)``: your own training loop, tuned by adamtune.
+
+    See the module docstring for the contract; pass it to [adamtune.search][adamtune.api.search] as ``"module:name"``.
+
+    Args:
+        name: The task's name (the default study name).
+        fit: ``fit(trial)``: trains one model with ``trial.params`` and calls ``trial.report(...)`` once per
+            epoch (see [TrialContext][adamtune.training.context.TrialContext]).
+        objective: The bare name of the reported metric the study optimises (``"mae"`` is stored as
+            ``val_mae``).
+        direction: The objective's direction, ``"minimize"`` or ``"maximize"``.
+        default_epochs: Epochs per trial unless the study says otherwise (``trial.n_epochs``).
+        default_batch_size: The batch size unless the study says otherwise (``trial.batch_size``).
+        metrics: Further reported metrics that ``--objective`` may choose.
+        directions: Directions of further metrics whose names adamtune does not know.
+        data: ``data(data_dir)``, called once per training process; its result is ``trial.data``.
+        description: One line for listings.
+        dataset: The dataset, in words.
+        model: The model, in words.
+        extra: Further notes, by name.
+        folds: ``fit`` honours ``trial.fold`` (confirmation runs on fresh splits of the pooled rows).
+
+    Raises:
+        ValueError: A missing name, a ``fit`` or ``data`` that is not callable, bad defaults, metric names
+            or directions.
+
+    Example:
+        ```python
+        import adamtune
+
+        def fit(trial: adamtune.TrialContext) -> None:
+            model = Net().to(trial.device)
+            optimizer, scheduler = trial.make_optimizer(model)
+            for epoch in trial.epochs():
+                ...  # train; scheduler.step() after every optimizer.step()
+                trial.report(loss=val_loss, mae=val_mae)
+
+        task = adamtune.LoopTask(name="mine", fit=fit, objective="mae", direction="minimize")
+        ```
+    """
 
     name: str
     fit: Callable[[TrialContext], None]
@@ -114,9 +159,17 @@ class LoopTask:
         return tuple(dict.fromkeys((self.objective, *self.metrics)))
 
     def direction_of(self, metric: str) -> str | None:
-        """The direction of bare ``metric`` (None: unknown)."""
+        """The direction of bare ``metric`` (None: unknown).
+
+        Args:
+            metric: A bare metric name, e.g. ``mae``.
+        """
         return direction_of(metric, self.objective, self.direction, self.directions)
 
     def load_data(self, data_dir: Path) -> LoopData:
-        """Call the task's ``data`` function once (per worker process); its result becomes ``trial.data``."""
+        """Call the task's ``data`` function once (per worker process); its result becomes ``trial.data``.
+
+        Args:
+            data_dir: The dataset cache directory, passed to ``data``.
+        """
         return LoopData(self.data(data_dir) if self.data is not None else None)

@@ -1,56 +1,10 @@
-"""``TrialContext``: the one seam between adamtune and training code.
+"""``TrialContext``: the one seam between adamtune and training code (its contract: the class docstring).
 
-Every way a trial trains talks to a context: a user's ``fit(trial)`` (:class:`adamtune.LoopTask`), the
-built-in trainer (through a small adapter in ``runner.py``) and the Lightning callback. The context hands
-out what adamtune decided (the Adam settings, seed, device, split, epochs, batch size) and takes back
-what training measured; adamtune's side of it (``objective.py`` in a search, ``runner.py`` for
-confirmation and ``verify``) turns the reports into Optuna intermediate values, pruning decisions,
-MLflow curves and the trial's result. This module imports neither torch, optuna nor mlflow.
-
-For the user
-------------
-``trial.params`` (:class:`~adamtune.core.space.AdamParams`), ``trial.batch_size``, ``trial.n_epochs``,
-``trial.number`` (None outside a search trial), ``trial.seed`` (already applied to torch, ``random``
-and numpy when fit starts), ``trial.device`` (a device name such as ``"cpu"`` or ``"cuda:1"``),
-``trial.split`` (``"val"`` in the search and confirmation, ``"test"`` in verify), ``trial.data`` (what
-the task's ``data`` function returned, loaded once per worker), ``trial.fold`` (an
-:class:`adamtune.core.folds.Fold` in confirmation runs of a task declared ``LoopTask(folds=True)``: train and
-validate on ``trial.fold.split(...)`` of your pooled training + validation rows; None in search trials,
-in ``verify`` and for tasks that do not declare it) and ``trial.checkpoint_dir`` (a per-trial directory,
-created on first use).
-
-* ``trial.make_optimizer(model_or_parameters)`` -> ``(optimizer, scheduler)``: the sampled Adam/AdamW
-  and its learning-rate schedule, from :func:`adamtune.training.optim.make_optimizer`. Call
-  ``scheduler.step()`` after every ``optimizer.step()``.
-* ``for epoch in trial.epochs():`` yields 1..``n_epochs`` (one pass, per trial), and ends early once
-  the trial was stopped.
-* ``trial.report(**metrics)`` once per epoch: metrics measured on ``trial.split``, stored with its
-  prefix (``loss=`` -> ``val_loss``). It must include the task's objective. It may raise
-  :class:`TrialPruned` or :class:`TrialDiverged` (both :class:`StopTrial`): let them propagate. If
-  ``fit`` catches them anyway, the trial still ends pruned or diverged: later ``epochs()`` iterations stop
-  and later reports raise again.
-* ``trial.log(**metrics)`` records metrics that belong to no split (``train_loss=``, ``lr=``) under
-  their own names, sent with the epoch's next ``report`` (logged after the last report: dropped).
-* ``trial.report_initial(**metrics)`` (optional, before the first epoch): the untrained model's metrics
-  on ``trial.split``. They are the reference of the blow-up rule and the score of a diverged trial.
-
-Epoch numbers: inside ``trial.epochs()`` a report belongs to the current epoch (a second report in the
-same epoch is an error: put every metric in one call); outside it, to the epoch after the last report.
-
-Divergence (the same rule as the built-in trainer's, see ``train.py``): a trial diverges at the epoch
-whose report (or pending ``log``) holds a non-finite value, or whose ``loss`` exceeds
-:data:`DIVERGENCE_FACTOR` times the reference loss: the ``report_initial`` loss when given, else the
-first epoch's (a reference that is not positive and finite switches this second rule off). A diverged
-trial scores its objective as the untrained model's (``report_initial``) when given, else the worst
-finite value it reported, else the worst possible (±inf): training that blew up is worth no more than
-no training.
-
-Checkpoints and resuming: ``trial.checkpoint(model=model, optimizer=optimizer, ...)``, before
-``trial.epochs()``, makes a loop resumable; ``context_checkpoints.py`` says what is saved, when, and how a
-retried trial resumes.
-
-The context's parts: the exceptions it raises (``stops.py``), its checkpoints (``context_checkpoints.py``)
-and its side of a run trained in a trainer process (``context_relay.py``).
+A user's ``fit(trial)``, the built-in trainer (``runner.py``) and the Lightning callback all train through a
+context; adamtune's side of it (``objective.py``, ``runner.py``) turns the reports into Optuna values, pruning
+decisions, MLflow curves and the trial's result. Its parts: ``stops.py`` (the exceptions it raises),
+``context_checkpoints.py`` and ``context_relay.py`` (a run trained in a trainer process). This module
+imports neither torch, optuna nor mlflow.
 """
 
 from __future__ import annotations
@@ -84,7 +38,35 @@ ResumeHook = Callable[[int, list[tuple[int, dict[str, float]]]], None]
 
 
 class TrialContext(CheckpointMixin, RelayMixin):
-    """One training run's settings and its reports. See the module docstring for the contract."""
+    """One training run's settings and its reports: what a task's ``fit(trial)`` receives.
+
+    adamtune creates it; its arguments are its attributes (``trial.params``...). ``fit`` calls
+    ``make_optimizer``, loops ``for epoch in trial.epochs():`` and calls ``report`` once per epoch,
+    which may raise ``TrialPruned`` or ``TrialDiverged`` (``StopTrial``): let them propagate
+    (caught, the trial ends all the same). ``checkpoint`` makes the loop resumable.
+
+    A trial diverges at a report (or pending ``log``) with a non-finite value, or whose ``loss`` exceeds
+    ``DIVERGENCE_FACTOR`` times the reference: the ``report_initial`` loss, else the first epoch's.
+    It then scores as the untrained model, else its worst finite report, else ±inf (as in ``train.py``).
+
+    Args:
+        params: The trial's Adam settings (``AdamParams``).
+        n_epochs: The epochs to train.
+        batch_size: The batch size.
+        seed: The run's seed, already applied to torch, ``random`` and numpy when ``fit`` starts.
+        device: A device name such as ``"cpu"`` or ``"cuda:1"``.
+        objective: The study's objective, bare (``mae``) or stored (``val_mae``).
+        direction: ``"minimize"`` or ``"maximize"``.
+        split: Where reports are measured: ``"val"`` in the search and confirmation, ``"test"`` in verify.
+        number: The Optuna trial's number (None outside a search trial).
+        checkpoint_dir: The trial's scratch directory (default: a temporary one, see ``checkpoint_dir``).
+        data: What the task's ``data`` function returned, loaded once per worker.
+        on_epoch: adamtune's side of each report (``EpochHook``).
+        checkpoints: The run's checkpoint store (``checkpoint.TrialCheckpoints``; None: no checkpoints).
+        checkpoint_every: Epochs between checkpoints (0: never; None: automatic).
+        on_resume: adamtune's side of a restored checkpoint (``ResumeHook``).
+        fold: A confirmation run's [Fold][adamtune.core.folds.Fold] (``LoopTask(folds=True)`` only; else None).
+    """
 
     def __init__(
         self,
@@ -151,10 +133,7 @@ class TrialContext(CheckpointMixin, RelayMixin):
 
     @property
     def checkpoint_dir(self) -> Path:
-        """This trial's own scratch directory (created on first use) for the loop's own files.
-
-        adamtune's checkpoints do not go here: they go to the checkpoint store (see :meth:`checkpoint`).
-        """
+        """This trial's scratch directory for the loop's own files, created on first use (not for checkpoints)."""
         if self._checkpoint_dir is None:
             import tempfile
 
@@ -163,18 +142,17 @@ class TrialContext(CheckpointMixin, RelayMixin):
         return self._checkpoint_dir
 
     def make_optimizer(self, model_or_parameters: Any) -> tuple[Any, Any]:
-        """``(optimizer, scheduler)`` for this trial's Adam settings.
+        """``(optimizer, scheduler)``: the sampled Adam/AdamW; call ``scheduler.step()`` after every step.
 
-        Built by :func:`adamtune.training.optim.make_optimizer`.
+        Args:
+            model_or_parameters: A model or its parameters (see ``adamtune.training.optim.make_optimizer``).
         """
         from adamtune.training.optim import make_optimizer
 
         return make_optimizer(model_or_parameters, self.params)
 
     def epochs(self) -> Iterator[int]:
-        """Yield the epochs to train, 1..``n_epochs``; stop early once the trial was pruned or diverged.
-
-        A resumed trial (see ``context_checkpoints.py``) restores its checkpoint first and starts after it.
+        """Yield the epochs to train, 1..``n_epochs`` (after a resumed checkpoint's); stop once the trial stopped.
 
         Raises:
             RuntimeError: iterated a second time in one trial.
@@ -199,9 +177,14 @@ class TrialContext(CheckpointMixin, RelayMixin):
             self._current = None
 
     def report(self, **metrics: Any) -> None:
-        """Record this epoch's metrics on ``trial.split``; may stop the trial (see the module docstring).
+        """Record this epoch's metrics on ``trial.split``; may stop the trial.
 
-        Values may be Python numbers, numpy scalars or one-element tensors.
+        Inside ``trial.epochs()`` a report belongs to the current epoch (once per epoch: put every metric in
+        one call); outside it, to the epoch after the last report.
+
+        Args:
+            **metrics: Bare names (``loss=``, ``mae=``, stored as ``val_loss``...) including the objective;
+                Python numbers, numpy scalars or one-element tensors.
 
         Raises:
             TrialPruned, TrialDiverged: adamtune ends the trial here (do not catch them).
@@ -212,16 +195,21 @@ class TrialContext(CheckpointMixin, RelayMixin):
     def report_initial(self, **metrics: Any) -> None:
         """Record the untrained model's metrics on ``trial.split`` (optional, before the first epoch).
 
+        Args:
+            **metrics: As for ``report``: the reference of the blow-up rule, a diverged trial's score.
+
         Raises:
-            ValueError, TypeError: as for :meth:`report`, or called after an epoch was reported.
+            ValueError, TypeError: as for ``report``, or called after an epoch was reported.
         """
         if self._history or self._initial is not None:
             raise ValueError("trial.report_initial(...) goes before the first epoch's report, once")
         self._initial = self._split_metrics(metrics, "trial.report_initial")
 
     def log(self, **metrics: Any) -> None:
-        """Record metrics of no split (e.g. ``train_loss=``, ``lr=``), stored under their own names with the
-        epoch's next report.
+        """Record metrics of no split, stored under their own names with the epoch's next report.
+
+        Args:
+            **metrics: E.g. ``train_loss=``, ``lr=`` (logged after the last report: dropped).
 
         Raises:
             ValueError, TypeError: a bad name (``val_``/``test_`` prefixes are for reports) or value.
@@ -234,6 +222,7 @@ class TrialContext(CheckpointMixin, RelayMixin):
 
     @property
     def stopped(self) -> bool:
+        """True once the run was pruned or diverged."""
         return self._stop is not None
 
     @property
@@ -272,15 +261,29 @@ class TrialContext(CheckpointMixin, RelayMixin):
         return last >= untrained if self.direction == "minimize" else last <= untrained
 
     def report_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        """:meth:`report` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning)."""
+        """``report`` for an explicit ``epoch`` (integrations whose loop counts epochs, e.g. Lightning).
+
+        Args:
+            epoch: The epoch (1-based) the metrics belong to.
+            metrics: The epoch's metrics by bare name.
+        """
         self._report(epoch, metrics)
 
     def prune(self, epoch: int) -> None:
-        """Stop the trial as pruned at ``epoch`` (adamtune's side decided after the report); raises TrialPruned."""
+        """Stop the trial as pruned at ``epoch`` (decided after the report): raises ``TrialPruned``.
+
+        Args:
+            epoch: The epoch whose report was the last.
+        """
         self._stop_as(TrialPruned(f"pruned at epoch {epoch}"), "pruned", None)
 
     def mark_diverged(self, epoch: int, reason: str) -> None:
-        """Stop the trial as diverged at ``epoch`` (a trainer that detected it itself); raises TrialDiverged."""
+        """Stop the trial as diverged at ``epoch`` (detected by a trainer): raises ``TrialDiverged``.
+
+        Args:
+            epoch: The epoch that diverged.
+            reason: What diverged, for the message.
+        """
         self._stop_as(TrialDiverged(f"diverged at epoch {epoch}: {reason}"), "diverged", epoch)
 
     def result(self) -> tuple[float, dict[str, float]]:
@@ -311,7 +314,7 @@ class TrialContext(CheckpointMixin, RelayMixin):
         return last[name], {k: v for k, v in last.items() if k.startswith(prefix)}
 
     def curves(self) -> Curves:
-        """The reported epochs as :class:`adamtune.core.curves.Curves`."""
+        """The reported epochs as ``adamtune.core.curves.Curves``."""
         from adamtune.core.curves import Curves, EpochMetrics
 
         curves = Curves(epochs=[EpochMetrics(epoch, dict(m)) for epoch, m in self._history])

@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointMixin:
-    """:meth:`checkpoint`, :meth:`capture_state` and the context's resume and save steps (see the module
-    docstring). The attributes below are the context's, set by ``TrialContext.__init__``."""
+    """``checkpoint``, ``capture_state`` and the context's resume and save steps.
+
+    See the module docstring. The attributes below are the context's, set by ``TrialContext.__init__``.
+    """
 
     number: int | None
     n_epochs: int
@@ -63,7 +65,12 @@ class CheckpointMixin:
         """Register ``objects`` (by name) to save in this trial's checkpoints and restore when it resumes.
 
         Each is a ``torch.Generator`` or has ``state_dict()`` and ``load_state_dict()`` (a model, an
-        optimizer, a scheduler, a ``GradScaler``...). Call before ``trial.epochs()``.
+        optimizer, a scheduler, a ``GradScaler``...). Call before ``trial.epochs()``. In a search trial with
+        a checkpoint store, their states, the RNGs' and the curve are saved every ``checkpoint_every``
+        epochs; a retry of the trial restores them and ``trial.epochs()`` continues after the saved epoch.
+
+        Args:
+            **objects: The objects by name, e.g. ``model=model, optimizer=optimizer, scheduler=scheduler``.
 
         Raises:
             RuntimeError: called after ``trial.epochs()`` started.

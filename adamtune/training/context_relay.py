@@ -47,8 +47,18 @@ class RelayMixin:
         return self._checkpoint_dir
 
     def forward_report(self, epoch: int, record: Mapping[str, float], diverged: bool) -> bool:
-        """A report of this run's context in the trainer process (already checked there): kept in the
-        curve and given to adamtune's hook; returns the hook's prune answer."""
+        """A report of this run's context in the trainer process (already checked there).
+
+        Kept in the curve and given to adamtune's hook.
+
+        Args:
+            epoch: The reported epoch.
+            record: Its metrics, by stored name.
+            diverged: The epoch diverged (the hook's answer is then ignored).
+
+        Returns:
+            The hook's prune answer.
+        """
         self._history.append((epoch, dict(record)))
         self._last_epoch = epoch
         if self._on_epoch is None:
@@ -56,14 +66,22 @@ class RelayMixin:
         return bool(self._on_epoch(epoch, record, diverged)) and not diverged
 
     def forward_resume(self, epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
-        """The trainer process restored a checkpoint of ``epoch`` with this curve."""
+        """The trainer process restored a checkpoint of ``epoch`` with this curve.
+
+        Args:
+            epoch: The restored checkpoint's epoch.
+            history: Its curve, ``(epoch, metrics)`` pairs.
+        """
         self._history, self._last_epoch, self.resumed_from_epoch = list(history), epoch, epoch
         if self._on_resume is not None:
             self._on_resume(epoch, list(history))
 
     def snapshot(self) -> dict[str, Any]:
-        """This run's outcome as plain data (what :meth:`adopt` takes): state, curve, untrained metrics,
-        resume and checkpoint counts. Holds no data, hook, model or store, so it pickles."""
+        """This run's outcome as plain data (what ``adopt`` takes).
+
+        Its state, curve, untrained metrics, resume and checkpoint counts. Holds no data, hook, model or
+        store, so it pickles.
+        """
         return {
             "state": self.state,
             "diverged_epoch": self.diverged_epoch,
@@ -79,7 +97,11 @@ class RelayMixin:
         }
 
     def adopt(self, snapshot: Mapping[str, Any]) -> None:
-        """Take over the outcome of the same run trained elsewhere (:meth:`snapshot` of its context there)."""
+        """Take over the outcome of the same run trained elsewhere.
+
+        Args:
+            snapshot: The ``snapshot`` of its context there.
+        """
         self.state, self.diverged_epoch = snapshot["state"], snapshot["diverged_epoch"]
         self._history = [(int(e), dict(m)) for e, m in snapshot["history"]]
         self._initial = dict(snapshot["initial"]) if snapshot["initial"] is not None else None

@@ -56,9 +56,14 @@ class AdamtuneCallback(pl.Callback):
     """Reports a ``Trainer``'s validation metrics to ``trial`` each validation run; stops stopped trials.
 
     Args:
-        trial: the trial context ``fit`` received.
-        monitor: the logged metric that is the trial's objective (default ``val_<objective>``); it must
+        trial: The trial context ``fit`` received.
+        monitor: The logged metric that is the trial's objective (default ``val_<objective>``); it must
             be logged in every validation run. Other ``val_``-prefixed logged metrics are reported too.
+
+    Example:
+        ```python
+        trainer = lightning.Trainer(**trainer_options(trial), callbacks=[AdamtuneCallback(trial)])
+        ```
     """
 
     def __init__(self, trial: TrialContext, monitor: str | None = None) -> None:
@@ -67,6 +72,15 @@ class AdamtuneCallback(pl.Callback):
         self.monitor = monitor or f"val_{trial.objective}"
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Report the validation run's metrics as the epoch's (Lightning calls this; not the sanity check).
+
+        Args:
+            trainer: The ``Trainer`` running ``fit``; its ``should_stop`` is set once the trial stopped.
+            pl_module: The module being trained (unused).
+
+        Raises:
+            ValueError: The monitored metric was not logged in validation.
+        """
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:  # not trainer.validate()
             return
         if self.trial.stopped:
@@ -87,7 +101,11 @@ class AdamtuneCallback(pl.Callback):
 
 
 def validation_metrics(logged: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``val_``/``val/``-prefixed entries of ``logged``, by bare name (``val_mae`` -> ``mae``)."""
+    """The ``val_``/``val/``-prefixed entries of ``logged``, by bare name (``val_mae`` -> ``mae``).
+
+    Args:
+        logged: What the module logged (``trainer.callback_metrics``).
+    """
     metrics = {}
     for name, value in logged.items():
         for prefix in VALIDATION_PREFIXES:
@@ -99,15 +117,30 @@ def validation_metrics(logged: Mapping[str, Any]) -> dict[str, Any]:
 def configure_optimizers(trial: TrialContext, model_or_parameters: Any) -> dict[str, Any]:
     """What ``LightningModule.configure_optimizers`` returns for the trial's Adam settings.
 
-    The schedule is stepped every optimizer step (``interval="step"``), as ``adamtune.optim`` defines it.
+    The schedule is stepped every optimizer step (``interval="step"``), as adamtune's decay is defined.
+
+    Args:
+        trial: The trial context ``fit`` received.
+        model_or_parameters: The ``LightningModule`` (``self``) or its parameters.
+
+    Returns:
+        ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": "step", "frequency": 1}}``.
+
+    Example:
+        ```python
+        def configure_optimizers(self):
+            return adamtune.configure_optimizers(self.trial, self)
+        ```
     """
     optimizer, scheduler = trial.make_optimizer(model_or_parameters)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
 
 def quiet_lightning() -> None:
-    """Silence what Lightning prints for every ``Trainer`` (available accelerators, tips, "fit stopped"):
-    in a search those lines would repeat for every trial. Its warnings stay."""
+    """Silence what Lightning prints for every ``Trainer`` (available accelerators, tips, "fit stopped").
+
+    In a search those lines would repeat for every trial. Its warnings stay.
+    """
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -115,7 +148,14 @@ def quiet_lightning() -> None:
 def trainer_options(trial: TrialContext) -> dict[str, Any]:
     """``Trainer`` keyword arguments for ``trial``: its epochs and device, and nothing adamtune records itself.
 
-    Also quiets Lightning's per-run info lines (:func:`quiet_lightning`).
+    No logger, checkpointing, progress bar or model summary (adamtune records the run in MLflow); pass your
+    own values after ``**`` to override. Also quiets Lightning's per-run info lines (``quiet_lightning``).
+
+    Args:
+        trial: The trial context ``fit`` received.
+
+    Returns:
+        ``max_epochs``, ``accelerator`` and ``devices`` for the trial's device, and the switches above.
     """
     quiet_lightning()
     device = str(trial.device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class StopTrial(Exception):
-    """Raised by :meth:`TrialContext.report` when adamtune ends the trial. Let it propagate out of ``fit``."""
+    """Raised by ``TrialContext.report`` when adamtune ends the trial. Let it propagate out of ``fit``."""
 
 
 class TrialPruned(StopTrial):
@@ -17,4 +17,7 @@ class TrialPruned(StopTrial):
 
 
 class TrialDiverged(StopTrial):
-    """A reported metric was non-finite or the loss blew up (see the docstring of ``context.py``)."""
+    """A reported metric was non-finite or the loss blew up.
+
+    The rule is described on [TrialContext][adamtune.training.context.TrialContext].
+    """
