@@ -145,7 +145,7 @@ def search(
     """Create or resume a study and run trials until it holds --n-trials finished ones, then confirm.
 
     The confirmation stage trains the top finalists and Adam's defaults again on fresh seeds and
-    recommends a finalist only if it is better with confidence (see the README's decision rule).
+    recommends a finalist only if it is better with confidence (see docs/guides/recommendation.md).
 
     \b
     adamtune search --task digits --workers 2 --devices cpu

@@ -176,7 +176,7 @@ def _arm_status(dropped_after: int | None, decided: bool) -> str:
 
 
 def stage_as_dict(state: StageState, extras: Iterable[str] = ()) -> dict[str, Any]:
-    """The documented ``confirmation`` object of ``summary --json`` (see the README)."""
+    """The documented ``confirmation`` object of ``summary --json`` (docs/reference/json.md)."""
     from adamtune.confirm.ranking import settings_dict
     from adamtune.core.space import AdamParams
 

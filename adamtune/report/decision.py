@@ -1,6 +1,7 @@
 """Which rule chose a study's recommendation (confirmed, defaults or search), and that rule in one sentence.
 
-The README's decision rule: :func:`choose` picks the recommendation from the ranked candidates, the
+The decision rule (docs/guides/recommendation.md): :func:`choose` picks the recommendation from the ranked
+candidates, the
 baseline and the confirmation stage; :func:`rule_text` says which rule chose it (summaries, the HTML
 report, ``adamtune search``'s closing lines). The candidates and their scores are in
 :mod:`adamtune.confirm.ranking`.
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def choose(
     ranked: list[Candidate], baseline: Candidate | None, stage: StageState, defaults: AdamParams = BASELINE
 ) -> tuple[str, Candidate | None]:
-    """The recommendation and the rule that chose it (the README's decision rule).
+    """The recommendation and the rule that chose it (docs/guides/recommendation.md).
 
     * ``confirmed``: the confirmation stage is decided and its best finalist's gain interval lies above
       zero: that finalist.

@@ -103,7 +103,7 @@ class StudySummary:
         return bool(self.verify and self.recommended and self.verify.get("trial") == self.recommended.trial)
 
     def as_dict(self) -> dict[str, Any]:
-        """The documented JSON shape of one ``adamtune summary --json`` row (see the README).
+        """The documented JSON shape of one ``adamtune summary --json`` row (docs/reference/json.md).
 
         ``recommended`` is the settings as a flat object (null when nothing is recommendable yet);
         ``score``/``baseline_score`` are late-epoch means (the ranking rule), ``value``/``baseline_value``

@@ -6,7 +6,7 @@ entities below (same fields and order as MLflow's :class:`mlflow.entities.Metric
 MLflow's on the tracker's writer thread, where MLflow is imported.
 
 Until December 2026 the client could also run in a helper process. ``bench/processes.py`` measured what
-that bought on top of the trainer process: 0.967x on the README's command and 1.000x on trials of several
+that bought on top of the trainer process: 0.967x on the quick-start command and 1.000x on trials of several
 seconds (2-core VM, 2026-12-05), under the 3% that would justify a second process protocol; it was removed.
 """
 
