@@ -1,8 +1,7 @@
 """Which rule chose a study's recommendation (confirmed, defaults or search), and that rule in one sentence.
 
 The decision rule (docs/guides/recommendation.md): :func:`choose` picks the recommendation from the ranked
-candidates, the
-baseline and the confirmation stage; :func:`rule_text` says which rule chose it (summaries, the HTML
+candidates, the baseline and the confirmation stage; :func:`rule_text` says which rule chose it (summaries, the HTML
 report, ``adamtune search``'s closing lines). The candidates and their scores are in
 :mod:`adamtune.confirm.ranking`.
 """
