@@ -33,6 +33,15 @@ class TaskError(AdamtuneError):
     exit_code = 2
 
 
+class ContractError(TaskError, ValueError):
+    """A task's own training code broke its contract with adamtune.
+
+    ``fit`` returned without calling ``trial.report``, or reported without the study's objective. The same
+    code breaks it on every trial, so a search stops at the first one (a ``ValueError`` too, as
+    ``trial.report`` documents).
+    """
+
+
 class StorageError(AdamtuneError):
     """The study database URL is unusable, unreachable, or the study does not exist."""
 

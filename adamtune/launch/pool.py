@@ -4,7 +4,9 @@
 cores each), forked from a fork server that imported torch, optuna, MLflow and adamtune once
 (:func:`worker_context`; never a fork of this process, whose threads and databases are open), so a worker
 starts without re-paying those imports. Each process joins the study by name (``worker.join_study``) and
-runs the worker loop; its log lines come back through a queue. A process killed by a signal is started
+runs the worker loop; its log lines come back through a queue (a failed trial's traceback is printed
+once for the whole search, ``failures.FailureLog.relay``; a task's broken contract ends the search as
+that one error, :attr:`PoolResult.contract_error`). A process killed by a signal is started
 again (at most ``MAX_WORKER_RESTARTS`` times); Ctrl-C or SIGTERM here is forwarded as SIGTERM, and the
 workers fail and re-queue their running trials before exiting.
 """
@@ -22,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from adamtune.core.errors import AdamtuneError
+from adamtune.core.errors import AdamtuneError, ContractError
 from adamtune.core.signals import Interrupts
 from adamtune.launch.worker_setup import join_study
 from adamtune.storage.optuna_adapter import RDB_MODELS_MODULE
 from adamtune.training.devices import cpu_cores
+from adamtune.trials.failures import FailureLog
 from adamtune.trials.worker import INTERRUPTED_EXIT, Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: How many killed worker processes one local search starts again (beyond that it goes on narrower).
 MAX_WORKER_RESTARTS = 3
+
+#: The log record attribute of a worker's ContractError (the parent raises it instead of printing it).
+CONTRACT_RECORD_KEY = "adamtune_contract"
 
 
 class WorkerFailed(AdamtuneError):
@@ -91,7 +97,7 @@ def _process_main(options: WorkerOptions, log_queue: Any) -> None:
         worker.handle_sigint = False
         worker.run()
     except AdamtuneError as exc:
-        log.error("%s", exc)
+        log.error("%s", exc, extra={CONTRACT_RECORD_KEY: str(exc)} if isinstance(exc, ContractError) else None)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = INTERRUPTED_EXIT
@@ -107,10 +113,12 @@ def _process_main(options: WorkerOptions, log_queue: Any) -> None:
 
 @dataclass(frozen=True)
 class PoolResult:
-    """Exit codes of a pool's workers, in the order of their plans."""
+    """Exit codes of a pool's workers, in the order of their plans, and the message of the first
+    :class:`ContractError` that stopped one (not printed: the caller raises it, one line for the search)."""
 
     plans: list[WorkerOptions]
     exit_codes: list[int | None]
+    contract_error: str | None = None
 
     def failures(self) -> list[str]:
         """One description per worker that did not exit 0."""
@@ -216,6 +224,8 @@ def run_pool(
 
     processes = [make_process(plan) for plan in plans]
     restarts = [0]
+    failure_log = FailureLog()  # one traceback for the whole search, whichever worker's trial failed first
+    contract: list[str] = []
 
     def replace_killed() -> None:
         """Start a new process for each worker killed by a signal (SIGKILL, the OOM killer, a crash).
@@ -243,7 +253,11 @@ def run_pool(
                 record = log_queue.get_nowait()
             except Exception:  # queue.Empty, or a closed queue
                 return
-            emit(record.getMessage())
+            broken = getattr(record, CONTRACT_RECORD_KEY, None)
+            if broken is not None:
+                contract.append(broken)
+                continue
+            emit(failure_log.relay(record))
 
     display_failing = [False]
 
@@ -276,7 +290,7 @@ def run_pool(
         finally:
             poll()
             log_queue.close()
-    return PoolResult(plans, [process.exitcode for process in processes])
+    return PoolResult(plans, [process.exitcode for process in processes], contract[0] if contract else None)
 
 
 def _stop(processes: list[Any], drain: Callable[[], None], stop_seconds: float) -> None:

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.core.config import StudySpec
+from adamtune.core.errors import ContractError
 from adamtune.data.download import default_data_dir
 from adamtune.launch.pool import WorkerFailed
 from adamtune.launch.worker_setup import make_worker, open_tracker
@@ -110,6 +111,8 @@ def run_search(
     Raises:
         ConfigError, DeviceError, TaskError, DataError, StorageError, TrackingError: bad input, before
             anything is written.
+        ContractError: the task's ``fit`` broke its contract (reported nothing, or not the objective); the
+            worker stopped at that trial, recorded as failed.
         WorkerFailed: a worker process exited with an error or was killed (the others ran on).
         KeyboardInterrupt: Ctrl-C or SIGTERM; running trials were recorded as failed.
     """
@@ -173,6 +176,8 @@ def run_search(
             result = run_pool(plan_workers(options, device_list), on_poll=watcher.poll, on_log=on_log)
             ran, stage_started = watcher.seen_since_start, watcher.target_reached
             failures = result.failures()
+            if result.contract_error is not None:  # the task's fit broke its contract: that one line, not a list
+                raise ContractError(result.contract_error)
             if failures:
                 counts = count_trials(study.get_trials(deepcopy=False))
                 raise WorkerFailed(

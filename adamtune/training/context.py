@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adamtune.core.errors import ContractError
 from adamtune.core.metrics import SPLITS, bare_name, check_metric_name
 from adamtune.training.context_checkpoints import CheckpointMixin
 from adamtune.training.context_relay import RelayMixin
@@ -307,7 +308,8 @@ class TrialContext(CheckpointMixin, RelayMixin):
             return worst, {name: worst}
         if not self._history:
             raise RuntimeError(
-                f"fit returned without reporting any epoch: call trial.report({self.objective}=...) once per epoch"
+                f"fit() returned without reporting any epoch: call trial.report({self.objective}=...) once per epoch, "
+                "in the loop over trial.epochs()"
             )
         last = self._history[-1][1]
         prefix = f"{self.split}_"
@@ -327,10 +329,12 @@ class TrialContext(CheckpointMixin, RelayMixin):
 
     def _split_metrics(self, metrics: Mapping[str, Any], where: str) -> dict[str, float]:
         if not metrics:
-            raise ValueError(f"{where}() needs metrics, e.g. {where}({self.objective}=...)")
+            raise ContractError(f"{where}() needs metrics, e.g. {where}({self.objective}=...)")
         if self.objective not in metrics:
-            raise ValueError(
-                f"{where}(...) must include the objective {self.objective!r}; got {', '.join(sorted(metrics))}"
+            got = ", ".join(f"{name}=..." for name in metrics)
+            raise ContractError(
+                f"{where}({got}) must include the objective {self.objective!r} (stored as "
+                f"{self.objective_name}): report it every epoch, e.g. {where}({self.objective}=..., {got})"
             )
         stored = {}
         for name, value in metrics.items():
@@ -345,7 +349,7 @@ class TrialContext(CheckpointMixin, RelayMixin):
         if epoch is None:
             epoch = self._current if self._current is not None else self._last_epoch + 1
         if epoch <= self._last_epoch:
-            raise ValueError(
+            raise ContractError(
                 f"trial.report was called twice for epoch {epoch}: report once per epoch, with every metric in one call"
             )
         record = {**self._pending_log, **stored}

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adamtune.core.errors import TaskError
+from adamtune.core.errors import ContractError
 from adamtune.core.folds import Fold
 from adamtune.core.metrics import SPLITS, on_split
 from adamtune.core.space import AdamParams
@@ -164,7 +164,8 @@ def train_once(
 
     Raises:
         ValueError: an unknown ``split``, or a ``fold`` with ``split`` other than ``val``.
-        TaskError: a loop task's ``fit`` reported nothing. Anything ``fit`` raises propagates.
+        ContractError: a loop task's ``fit`` reported nothing, or not the objective. Anything else ``fit``
+            raises propagates.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -246,13 +247,16 @@ def _loop_once(
         run_in_context(task, data, context)
     except TrialDiverged:
         pass
+    except ContractError as exc:
+        if context.state != "diverged":
+            raise ContractError(f"task {task.name!r}: {exc}") from None
     except Exception:
         if context.state != "diverged":
             raise
     try:
         _, metrics = context.result()
-    except RuntimeError as exc:
-        raise TaskError(f"task {task.name!r}: {exc}") from None
+    except RuntimeError as exc:  # fit reported nothing
+        raise ContractError(f"task {task.name!r}: {exc}") from None
     curves = context.curves()
     curves.seconds = time.perf_counter() - started
     return RunOutcome(seed, split, metrics, context.state == "diverged", curves)

@@ -17,7 +17,8 @@ know which trainer they have.
 
 Errors raised by training code in a trainer process reach this side as :class:`TrainingError`, with the
 original type name and traceback; :func:`describe_failure` gives both for any exception, so a failed
-trial's log line and its recorded traceback read the same either way.
+trial's log line and its recorded traceback read the same either way. Tracebacks start at the first frame
+outside adamtune (:func:`format_traceback`): the user's ``fit``, not the plumbing that called it.
 
 This module imports neither torch, optuna nor mlflow.
 """
@@ -29,6 +30,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from adamtune.core.errors import AdamtuneError
 
 if TYPE_CHECKING:
     from adamtune.core.folds import Fold
@@ -119,12 +122,26 @@ class TrainerLost(Exception):
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:
     """``(type name, traceback text)`` of an exception raised by training, wherever it ran ("" when the
-    traceback would only show adamtune's own plumbing: a lost trainer process)."""
+    traceback would only show adamtune's own plumbing: a lost trainer process; or an AdamtuneError, whose
+    message is the whole story, e.g. a ``fit`` that broke its contract)."""
     if isinstance(exc, TrainingError):
         return exc.kind, exc.traceback_text
-    if isinstance(exc, TrainerLost):
+    if isinstance(exc, (TrainerLost, AdamtuneError)):
         return type(exc).__name__, ""
-    return type(exc).__name__, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return type(exc).__name__, format_traceback(exc)
+
+
+#: adamtune's own source files start with this (frames of its plumbing, left out of a user's traceback).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback from its first frame outside adamtune (the user's code that raised it, and what
+    that called, adamtune's ``trial.report`` included); whole when every frame is adamtune's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 class Trainer(Protocol):

@@ -46,7 +46,6 @@ closing its end of the socket ends the trainer process.
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from adamtune.core import errors
 from adamtune.core.folds import Fold
 from adamtune.core.space import AdamParams
-from adamtune.training.trainer import TrainingError
+from adamtune.training.trainer import TrainingError, format_traceback
 
 if TYPE_CHECKING:
     from adamtune.training.context import TrialContext
@@ -147,7 +146,7 @@ def encode_failure(exc: BaseException) -> tuple[str, str, str]:
     """``(type name, message, traceback)``; an AdamtuneError's message is its whole text (no traceback)."""
     if isinstance(exc, errors.AdamtuneError):
         return type(exc).__name__, str(exc), ""
-    return type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return type(exc).__name__, str(exc), format_traceback(exc)
 
 
 def decode_failure(failure: tuple[str, str, str]) -> Exception:
@@ -172,4 +171,4 @@ def raise_outcome(outcome: tuple[Any, ...] | None, context: TrialContext | None)
     if kind == "aborted":
         raise TrainingError("Aborted", "the run was stopped by the worker", "")
     _, name, text, trace = outcome
-    raise TrainingError(name, text, trace)
+    raise decode_failure((name, text, trace))  # an AdamtuneError (a broken fit contract) keeps its class

@@ -23,7 +23,9 @@ What each outcome becomes (see ``outcomes.py`` for the bookkeeping):
   nothing), or an interruption (KeyboardInterrupt/SIGTERM), propagates after the MLflow run is closed
   as failed; Optuna records the trial as FAIL. The traceback is recorded once, on the trial (user
   attribute ``adamtune.error``) and in the MLflow run (tag ``adamtune.traceback``); the worker logs it
-  once and goes on with the next trial.
+  once and goes on with the next trial. A ``fit`` that broke its contract (reported nothing, or not the
+  objective) fails with a one-line :class:`~adamtune.core.errors.ContractError` naming the task, which stops
+  the worker (``failures.py``).
 
 The baseline trial (enqueued first in a new study) trains with exactly Adam's defaults and is never
 pruned, so every result can be compared with a full-length baseline curve.
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from adamtune.core.config import StudySpec
-from adamtune.core.errors import TaskError
+from adamtune.core.errors import ContractError
 from adamtune.core.metrics import bare_name
 from adamtune.core.space import AdamParams, baseline_for, suggest
 from adamtune.storage.attr_keys import (
@@ -146,9 +148,12 @@ class Objective:
             self.training().run(started.context, meanwhile=started.writer.flush)
         except Exception as exc:
             if started.context.state == "running":  # the task's own error, not adamtune stopping it
-                self.fail(started, exc)
+                error = self._contract_error(exc) if isinstance(exc, ContractError) else exc
+                self.fail(started, error)
                 if not is_requeued_error(exc) and started.checkpoints is not None:
                     started.checkpoints.remove_all()
+                if error is not exc:
+                    raise error from None
                 raise
         except BaseException as exc:  # an interruption: the worker re-queues the trial, which resumes
             self.fail(started, exc)
@@ -252,7 +257,7 @@ class Objective:
         first, when asked).
 
         Raises:
-            optuna.TrialPruned: the trial was pruned. TaskError: a loop task reported nothing.
+            optuna.TrialPruned: the trial was pruned. ContractError: a loop task reported nothing.
         """
         trial, context, run, checkpoints, resumed, writer = (
             started.trial,
@@ -282,8 +287,8 @@ class Objective:
             return value
         try:
             value, _ = context.result()
-        except RuntimeError as exc:
-            error = TaskError(f"task {self.spec.task!r}: {exc}")
+        except RuntimeError as exc:  # fit reported nothing
+            error = self._contract_error(exc)
             self.fail(started, error)
             raise error from None
         writer.set_attrs({STATE_ATTR: "complete"})
@@ -292,6 +297,10 @@ class Objective:
         finish_run(run, "complete", curves, trial, writer, value=value, extra_tags=resumed())
         writer.flush_at_end()
         return value
+
+    def _contract_error(self, exc: Exception) -> ContractError:
+        """``exc`` (the task broke its contract: see ``context.py``) as one line naming the task."""
+        return ContractError(f"task {self.spec.task!r}: {exc}")
 
     def _keep_if_best(
         self,

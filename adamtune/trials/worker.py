@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from adamtune.core.errors import ContractError
 from adamtune.core.signals import Interrupts
 from adamtune.storage.admission import admission_lock
 from adamtune.storage.attr_keys import RUN_ID_ATTR, SETTINGS_ATTR
@@ -53,7 +54,7 @@ from adamtune.storage.optuna_adapter import storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 from adamtune.storage.stale_trials import RetryStaleTrial, requeue_trial
 from adamtune.trials.admission import Admission, admit
-from adamtune.trials.failures import FailureStreak, log_failure
+from adamtune.trials.failures import FailureLog, FailureStreak
 from adamtune.trials.waiting import WAIT_POLL_SECONDS, WaitPauses
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class Worker:
     #: The trials this worker admitted and has not yet told: failed and re-queued if it is interrupted
     #: anywhere between their admission and their end (``_release_held``).
     _held: list[optuna.Trial] = field(default_factory=list, init=False, repr=False)
+    #: The lines of this worker's failed trials: the first traceback in full, then one line each.
+    _failure_log: FailureLog = field(default_factory=FailureLog, init=False, repr=False)
 
     def run(self, on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
         """Run trials until the study holds its target number of finished ones, then the confirmation stage.
@@ -140,6 +143,8 @@ class Worker:
         Raises:
             TooManyFailures: ``failures.MAX_CONSECUTIVE_FAILURES`` trials in a row raised exceptions (database
                 outages excluded).
+            ContractError: the task's ``fit`` broke its contract (reported nothing, or not the objective); the
+                trial it ran is recorded as failed.
             StorageError: the database stayed unreachable for longer than the retry budget.
             KeyboardInterrupt: SIGTERM (or Ctrl-C), after the running trial was recorded as FAIL.
         """
@@ -263,8 +268,9 @@ class Worker:
                 raise
             except Exception as exc:
                 error = exc
-                if not is_transient_db_error(exc):
-                    log_failure(f"trial {trial.number} failed", exc)
+                # a broken contract is its own one-line error: it stops the worker once the trial is told
+                if not is_transient_db_error(exc) and not isinstance(exc, ContractError):
+                    self._failure_log.log(f"trial {trial.number}", exc)
             with interrupts.critical():
                 if error is not None and is_transient_db_error(error):
                     # The database went away under the trial (a restart, a network cut): that says nothing
