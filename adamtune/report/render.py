@@ -115,6 +115,10 @@ def render_summary(row: StudySummary) -> Any:
     return Group(table, finalists)
 
 
+#: What the confirmation table's status column can say (``confirm.stored`` gives the finalists' own).
+STATUSES = ("baseline", "recommended", "unconfirmed", "kept", "dropped", "racing", "not raced")
+
+
 def render_confirmation(row: StudySummary) -> Any:
     """A rich table of the finalists: search-time vs confirmed score, gain, interval, seeds; None if none."""
     conf = row.confirmation
@@ -138,9 +142,12 @@ def render_confirmation(row: StudySummary) -> Any:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    for name in ("arm", "search", "confirmed", "gain", "95% CI", "n"):
+    # Numbers and statuses are never broken; on a narrow terminal the interval wraps at its " to " instead.
+    for name in ("arm", "search", "confirmed", "gain"):
         table.add_column(name, justify="left" if name == "arm" else "right", no_wrap=True)
-    table.add_column("status", overflow="fold")
+    table.add_column("95% CI", justify="right")
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=max(len(status) for status in STATUSES))
     confirmed = base["confirmed_score"]
     table.add_row(
         "defaults",
@@ -152,7 +159,7 @@ def render_confirmation(row: StudySummary) -> Any:
         "baseline",
     )
     for f in conf["finalists"]:
-        interval = f"{f['interval'][0]:+.2g}..{f['interval'][1]:+.2g}" if f["interval"] else "-"
+        interval = f"{f['interval'][0]:+.2g} to {f['interval'][1]:+.2g}" if f["interval"] else "-"
         status = f["status"]
         if f["trial"] == conf.get("recommended_trial"):
             status = "recommended"
