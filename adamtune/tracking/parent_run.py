@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adamtune.tracking.client import NICENESS, Metric, Param, RunTag
-from adamtune.tracking.trial_run import BATCH_LIMIT
+from adamtune.tracking.trial_run import BATCH_LIMIT, RunMaker
 from adamtune.tracking.writer import _first_line, _now_ms, _Op, is_retryable
 
 if TYPE_CHECKING:
@@ -93,13 +93,22 @@ def study_progress(
 
 
 def open_parent_run(
-    tracker: Tracker, study: optuna.Study, spec: StudySpec, storage_url: str | None, reopen: bool
+    tracker: Tracker,
+    study: optuna.Study,
+    spec: StudySpec,
+    storage_url: str | None,
+    reopen: bool,
+    maker: RunMaker | None = None,
 ) -> str:
-    """Find the study's parent run in the tracker's store, or create it (see ``Tracker.attach``); its id."""
+    """Find the study's parent run in the tracker's store, or create it (see ``Tracker.attach``); its id.
+
+    A caller that tries again after a failure passes the same ``maker`` each time, so that a parent the
+    store made on a try whose answer was lost is reused, not made twice (``trial_run.py``).
+    """
     run_id = _existing_parent(tracker, study)
     created = run_id is None
     if run_id is None:
-        run_id = _create_parent(tracker, study, spec, storage_url)
+        run_id = _create_parent(tracker, study, spec, storage_url, maker or RunMaker())
         study.set_user_attr(PARENT_RUN_ATTR, run_id)
     if created or reopen:
         tracker.client.log_batch(run_id, tags=settings_tags(spec))
@@ -123,13 +132,15 @@ def _existing_parent(tracker: Tracker, study: optuna.Study) -> str | None:
     return str(run_id)
 
 
-def _create_parent(tracker: Tracker, study: optuna.Study, spec: StudySpec, storage_url: str | None) -> str:
+def _create_parent(
+    tracker: Tracker, study: optuna.Study, spec: StudySpec, storage_url: str | None, maker: RunMaker
+) -> str:
     tags = {"adamtune.study": study.study_name, "adamtune.role": "study", "adamtune.host": tracker.host}
     if storage_url:
         from adamtune.storage.backends import redact_url
 
         tags["adamtune.storage"] = redact_url(storage_url)
-    run = tracker.client.create_run(tracker.experiment_id, run_name=study.study_name, tags=tags)
+    run = maker.create(tracker.client, tracker.experiment_id, tags, run_name=study.study_name)
     params = {
         "task": spec.task,
         "objective": spec.objective,

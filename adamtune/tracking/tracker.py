@@ -21,9 +21,9 @@ Layout in MLflow
   Adam params, ``seed``, ``epochs``, ``batch_size``; per-epoch metrics (step = epoch, from 1);
   ``final_<metric>`` and ``objective_value`` when it ends; tags ``adamtune.study``,
   ``adamtune.trial_number``, ``adamtune.state`` (complete/pruned/diverged/failed),
-  ``adamtune.stopped_epoch``, device, host and worker; with ``system_metrics``, ``system/*`` metrics
-  (``system_metrics.py``). The run id is stored on the Optuna trial as ``mlflow.run_id`` whenever it is
-  known before the trial ends (see "Failure").
+  ``adamtune.stopped_epoch``, device, host, worker, ``adamtune.run_key`` (made once: ``trial_run.py``);
+  with ``system_metrics``, ``system/*`` metrics (``system_metrics.py``). The run id is stored on the
+  Optuna trial as ``mlflow.run_id`` whenever it is known before the trial ends (see "Failure").
 
 The parent run's own calls (finding or creating it, its progress metrics, its plots and
 ``recommendation.json``, the context a search runs in) are in ``parent_run.py``.
@@ -85,7 +85,7 @@ from adamtune.tracking.progress import ProgressBuffer
 from adamtune.tracking.stale import close_orphan_runs
 from adamtune.tracking.store import open_store, use_http_defaults
 from adamtune.tracking.system_metrics import start_monitor, stop_monitor
-from adamtune.tracking.trial_run import TrialRun
+from adamtune.tracking.trial_run import RunMaker, TrialRun
 from adamtune.tracking.writer import RunHandle, Writer, _first_line, _now_ms, _Op, describe_error, is_retryable
 
 if TYPE_CHECKING:
@@ -261,8 +261,12 @@ class Tracker:
             self.parent.resolve(run_id)
             return run_id
 
+        maker = RunMaker()  # one parent, however often the writer tries (trial_run.py)
+
         def open_parent(_client: Any, _run_id: str | None) -> None:
-            self._or_give_up(lambda: self.parent.resolve(open_parent_run(self, study, spec, storage_url, reopen)))
+            self._or_give_up(
+                lambda: self.parent.resolve(open_parent_run(self, study, spec, storage_url, reopen, maker))
+            )
 
         self.writer.submit(_Op("open the study's parent run", open_parent, on_drop=lambda: self.parent.resolve(None)))
         return None
@@ -334,11 +338,12 @@ class Tracker:
         run_tags = {"adamtune.host": self.host, "adamtune.role": "trial", **{k: str(v) for k, v in tags.items()}}
         param_list = [(k, param_text(v)) for k, v in params.items()]
         started = _now_ms()  # the run's times are the trial's, even when the writer creates it late
+        maker = RunMaker()  # one run, however often the writer tries (a lost answer: trial_run.py)
 
         def create(client: Any, _: str | None) -> None:
             if self.parent.run_id is not None:  # known by now: the writer runs calls in order
                 run_tags[PARENT_TAG] = self.parent.run_id
-            run = client.create_run(self.experiment_id, start_time=started, run_name=run_name, tags=run_tags)
+            run = maker.create(client, self.experiment_id, run_tags, start_time=started, run_name=run_name)
             handle.resolve(run.info.run_id)
             if self.system_metrics:
                 self._start_system_metrics(handle)

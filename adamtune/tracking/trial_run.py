@@ -17,6 +17,14 @@ happens after the trial ended, :meth:`TrialRun.when_created` lets the objective 
 and ``adamtune.trial_number``, so the run of trial *n* is found with the filter
 ``tags."adamtune.trial_number" = 'n'`` in the study's experiment, and the trial of a run from its tags.
 
+Creating a run happens once, however often the writer tries (:class:`RunMaker`). A store that goes down
+while it answers ``create_run`` (a server killed, a connection reset, a timeout) may have made the run
+all the same; the writer then tries the call again, which would make a second run of the same trial. So
+each run carries a key of its own, the tag ``adamtune.run_key`` (a random id chosen before the first
+try), and a try after a failed one first looks the run up by that key and reuses it if the store made
+it. MLflow has no client-chosen run id to make ``create_run`` itself idempotent. The look-up costs one
+more call, only on a retry.
+
 MLflow is never imported here: the training thread keeps metrics, params and tags as plain tuples
 ``(key, value, timestamp, step)`` / ``(key, value)``; the call that sends them wraps them in the light
 entities of ``tracking/client.py``, which the tracker's client turns into MLflow's on its writer thread.
@@ -26,6 +34,7 @@ So trial 0 trains while MLflow is still being imported.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +54,30 @@ TAG_LIMIT = 100
 RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
 #: How long a trial waits at its end for its run id while the store is healthy (seconds).
 RUN_ID_WAIT_SECONDS = 5.0
+#: The tag holding the key a run is made with, by which a retried creation finds it (see the module doc).
+RUN_KEY_TAG = "adamtune.run_key"
+
+
+class RunMaker:
+    """Creates one MLflow run at most once, however often the call that creates it is tried.
+
+    Make one per run, before its first try, and call :meth:`create` from every try (on the writer's
+    thread): a try after one that failed looks the run up by its key first (see the module doc).
+    """
+
+    def __init__(self) -> None:
+        self.key = uuid.uuid4().hex
+        self.tried = False
+
+    def create(self, client: Any, experiment_id: str | None, tags: Mapping[str, str], **options: Any) -> Any:
+        """The run (MLflow's ``Run``): made with ``tags`` plus its key, or the one an earlier try made."""
+        if self.tried:
+            query = f"tags.`{RUN_KEY_TAG}` = '{self.key}'"
+            found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+            if found:
+                return found[0]
+        self.tried = True
+        return client.create_run(experiment_id, tags={**tags, RUN_KEY_TAG: self.key}, **options)
 
 
 class TrialRun:

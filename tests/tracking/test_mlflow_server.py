@@ -16,18 +16,22 @@ from typing import Any
 import optuna
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from adamtune.core.config import build_spec
 from adamtune.launch.search import run_search
 from adamtune.report.summary import summarize
 from adamtune.storage.attr_keys import RUN_ID_ATTR
 from adamtune.storage.outcomes import count_trials, trial_state
+from adamtune.tracking import client as tracking_client
 from adamtune.tracking import tracker as tracking
 from adamtune.tracking import writer as tracking_writer
 from adamtune.tracking.parent_run import PARENT_RUN_ATTR, PARENT_TAG
 from adamtune.tracking.store import experiment_name
 from adamtune.trials.worker import WorkerOptions
 from tests.servers import START_SECONDS, MlflowServer
+from tests.tracking.test_run_creation import ANSWER_LOST
 
 pytestmark = pytest.mark.slow
 
@@ -139,6 +143,44 @@ def test_a_server_that_stops_and_comes_back_loses_no_trial(
         assert trial.datetime_start.timestamp() - 1 <= run.info.start_time / 1000 <= run.info.end_time / 1000
         assert run.info.end_time / 1000 <= trial.datetime_complete.timestamp() + 1
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_run_whose_create_answer_is_lost_is_made_once(
+    server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outage test's rare failure, made certain: the server makes a run but its answer is lost.
+
+    A test double around the tracker client's real ``create_run`` sends it to the server and then raises
+    the error MLflow raises when the connection drops before the answer (retryable), once per run: the
+    study's parent run (made by the deferred attach), each trial's run and each confirmation run. The
+    writer tries each again, and each run exists once (``trial_run.RunMaker``).
+    """
+    server.ensure_up()
+    monkeypatch.setattr(tracking_writer, "INITIAL_BACKOFF_SECONDS", 0.05)
+    lost: list[str] = []
+    real = tracking_client.LocalClient.__getattr__
+
+    def create_run(self: Any, *args: Any, run_name: str, **kwargs: Any) -> Any:
+        run = real(self, "create_run")(*args, run_name=run_name, **kwargs)
+        if run_name not in lost:
+            lost.append(run_name)
+            raise MlflowException(ANSWER_LOST, error_code=INTERNAL_ERROR)
+        return run
+
+    monkeypatch.setattr(tracking_client.LocalClient, "create_run", create_run, raising=False)
+    study = search(tmp_path, "lost", 3, server.url)
+
+    assert {"lost", "baseline", "trial-1", "trial-2"} <= set(lost)  # the parent's and every trial's answer
+    client = MlflowClient(server.url)
+    experiment = client.get_experiment_by_name(experiment_name("lost"))
+    names = [r.info.run_name for r in client.search_runs([experiment.experiment_id], max_results=500)]
+    assert sorted(names) == sorted(lost)  # every run once, confirmation runs included
+    runs = runs_by_trial(client, "lost")
+    assert sorted(runs) == [0, 1, 2]
+    for trial in study.trials:
+        (run,) = runs[trial.number]
+        assert run.info.run_id == trial.user_attrs[RUN_ID_ATTR] and run.info.status == "FINISHED"
+        assert run.data.tags[PARENT_TAG] == study.user_attrs[PARENT_RUN_ATTR]
 
 
 def test_a_server_gone_for_good_does_not_stop_the_search(
