@@ -26,7 +26,11 @@ def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
 
     * SQLite: an exclusive ``flock`` on ``<database>.lock`` next to the database file (all workers of a
       SQLite study share one machine).
-    * PostgreSQL: a transaction-level advisory lock keyed by the study name, on its own connection.
+    * PostgreSQL: a transaction-level advisory lock keyed by the study name, on its own connection
+      (``pg_advisory_xact_lock``: it holds through PgBouncer's transaction pooling). The second
+      connection, on which the trial is counted and created, is taken from the pool before the lock:
+      a worker never waits for a free slot on a full server while it holds the study's lock (the
+      others would wait for it, each holding a connection, see ``connections.py``).
     * Other servers: no lock; counts are then exact only up to one trial per concurrently starting worker.
 
     ``storage`` is an ``RDBStorage`` or the cache Optuna wraps around it (``storage_of(study)``).
@@ -55,6 +59,8 @@ def admission_lock(storage: Any, study_name: str) -> Iterator[None]:
     if dialect == "postgresql":
         key = int.from_bytes(hashlib.sha256(f"adamtune:{study_name}".encode()).digest()[:8], "big", signed=True)
         with storage.engine.connect() as connection:
+            with storage.engine.connect():
+                pass  # opened (a refusal waited out) and back in the pool, idle, for the counting and creating
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             try:
                 yield

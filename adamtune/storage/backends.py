@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adamtune.core.errors import StorageError
+from adamtune.storage.connections import server_engine_kwargs
 from adamtune.storage.db_errors import first_line
 from adamtune.storage.rdb import StudyStorage
 from adamtune.storage.stale_trials import MAX_RETRIES, RetryStaleTrial, heartbeat_settings
@@ -117,13 +118,11 @@ def _retry_lost_race(action: Callable[[], T], lost_race: Callable[[Exception], b
 
 
 def engine_kwargs_for(url: str) -> dict[str, Any]:
-    """SQLAlchemy engine options per backend (busy timeout for SQLite, liveness checks for servers)."""
+    """SQLAlchemy engine options per backend: a busy timeout for SQLite; for a server, at most two
+    connections per process, refused connections waited out, liveness checks (``connections.py``)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 300}
-    if url.startswith("postgres"):
-        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
-    return kwargs
+    return server_engine_kwargs(url)
 
 
 def open_storage(url: str, *, create: bool = True) -> StudyStorage:

@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from adamtune.storage import rdb_rows, rdb_writes
+from adamtune.storage.connections import for_this_process
 from adamtune.storage.optuna_adapter import rdb_models, session_scope, trial_id_of
 from adamtune.storage.rdb_shared import SharedReads
 
@@ -88,6 +89,10 @@ class StudyStorage(SharedReads):
         state = super().__getstate__()
         state.pop("_adamtune", None)  # a lock and this process's reads: not for another process
         return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # the connections opened in this process carry its own pid in their name (connections.py)
+        super().__setstate__({**state, "engine_kwargs": for_this_process(state.get("engine_kwargs") or {})})
 
     def get_study_id_from_name(self, study_name: str) -> int:
         known = self._st().study_ids
