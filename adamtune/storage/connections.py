@@ -171,9 +171,6 @@ class BoundedPool(QueuePool):
     and wakes early when another user of this process returns a connection, which it then takes.
     """
 
-    #: Log where SQLAlchemy's own pools log (not under ``adamtune``, whose INFO lines a worker prints).
-    _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
-
     def connect(self) -> Any:
         deadline: float | None = None
         delay = FIRST_DELAY_SECONDS
@@ -210,6 +207,12 @@ class BoundedPool(QueuePool):
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
             if self.checkedin() > idle:
                 return
+
+
+# SQLAlchemy names a pool's logger after its class, which puts this one under ``adamtune``, whose INFO lines
+# a worker prints; the pool's own INFO lines (connections made, recycled) are SQLAlchemy's, kept quiet as
+# SQLAlchemy keeps its own pools' (WARNING unless the user configures that logger).
+logging.getLogger(f"{BoundedPool.__module__}.{BoundedPool.__qualname__}").setLevel(logging.WARNING)
 
 
 def _begin_wait(reason: str, delay: float, budget: float) -> None:
