@@ -23,8 +23,8 @@ repeats the smaller N with every trial tracked to a real ``mlflow server``.
 ``--growth T`` runs one study of T trials with 16 workers and compares the database time per trial of its
 last 20 finished trials with that of trials 11-30 (goal: at most 2x).
 
-Before each N it checks the memory left against the previous run's peak resident memory per worker, and
-stops (saying so) where N more would not fit.
+Before each N it checks the memory left against the previous run's peak memory per worker (its unique
+pages: USS, so the shared libraries count once), and stops (saying so) where N more would not fit.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def sample_memory(pids: list[int], stop: threading.Event, peak: list[float]) -> 
         for pid in pids:
             try:
                 process = psutil.Process(pid)
-                total += process.memory_info().rss + sum(c.memory_info().rss for c in process.children(True))
+                for member in (process, *process.children(True)):
+                    total += member.memory_full_info().uss  # its own pages: shared libraries counted once
             except psutil.Error:
                 pass
         peak[0] = max(peak[0], total / 2**20)
