@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from file_modules import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -40,14 +40,6 @@ INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"://[^/@\s:]+:([^/@\s]*)@")
 NO_DEFAULT = re.compile(r"\$\{\w+(:?\?[^}]*)?\}")  # ${VAR} or ${VAR:?error}: a value must come from .env
-
-
-def load_module(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 entrypoint = load_module("adamtune_docker_entrypoint", ROOT / "docker" / "entrypoint.py")

@@ -10,7 +10,6 @@ make. The Slurm scripts pass ``bash -n`` and run for real with stand-ins for ``s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from file_modules import load_module
 
 from adamtune.cli.main import cli
 
@@ -36,14 +36,6 @@ CREATE_STUDY = SLURM / "create-study.sh"
 SCHEMA_VERSIONS = ("1.29.0", None)
 K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")  # what the kubelet expands in command and args
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]*@")
-
-
-def load_module(name: str, path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 entrypoint = load_module("adamtune_docker_entrypoint_deploy", ROOT / "docker" / "entrypoint.py")
