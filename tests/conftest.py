@@ -47,14 +47,19 @@ def _admin_connection():  # type: ignore[no-untyped-def]
     return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
 
 
-def _fresh_database(purpose: str) -> Iterator[str]:
-    """Create a PostgreSQL database, yield its SQLAlchemy URL, drop it (skip or fail when unreachable)."""
+def postgres_admin():  # type: ignore[no-untyped-def]
+    """An autocommit admin connection; skips the test when the server is unreachable, or fails it in CI."""
     try:
-        admin = _admin_connection()
+        return _admin_connection()
     except Exception as exc:  # server down or psycopg missing
         if os.environ.get("ADAMTUNE_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL is required (ADAMTUNE_REQUIRE_POSTGRES=1) but unreachable: {exc}")
         pytest.skip(f"PostgreSQL unreachable: {exc}")
+
+
+def _fresh_database(purpose: str) -> Iterator[str]:
+    """Create a PostgreSQL database, yield its SQLAlchemy URL, drop it (skip or fail when unreachable)."""
+    admin = postgres_admin()
     name = f"adamtune_{purpose}_{uuid.uuid4().hex[:12]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')

@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from adamtune.cli.main import cli
@@ -145,7 +144,6 @@ def test_loop_task_example_runs_to_a_summary_and_a_verify(workdir: Path) -> None
 
 
 def test_lightning_example_runs_to_a_summary_and_a_verify(workdir: Path) -> None:
-    pytest.importorskip("lightning")
     (workdir / "mylightning.py").write_text(page_block("docs/guides/lightning.md", "python", "# mylightning.py"))
     record = search_summary_verify("mylightning:task", "--epochs", "2")
     assert record["metric"] == "test_mae" and set(record["recommended"]) == {"test_mae", "test_loss", "diverged"}

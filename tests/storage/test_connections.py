@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from adamtune.core.errors import ConfigError
 from adamtune.storage.backends import engine_kwargs_for, open_storage
 from adamtune.storage.connections import MAX_CONNECTIONS, PGBOUNCER_ENV, BoundedPool, refusal_reason
-from tests.conftest import POSTGRES_ADMIN_URL, _admin_connection
+from tests.conftest import POSTGRES_ADMIN_URL, _admin_connection, postgres_admin
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REFUSED_LINE = re.compile(r"database refused a connection \((.+)\); retrying in \d+s, for up to \d+s")
@@ -188,12 +188,7 @@ def limited_role_url() -> Iterator[tuple[str, str]]:
     """A database owned by a role of this test with ``CONNECTION LIMIT 3``: its SQLAlchemy URL and the role."""
     role = f"adamtune_limited_{uuid.uuid4().hex[:10]}"
     database = f"adamtune_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = _admin_connection()
-    except Exception as exc:
-        if os.environ.get("ADAMTUNE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required (ADAMTUNE_REQUIRE_POSTGRES=1) but unreachable: {exc}")
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    admin = postgres_admin()
     with admin:
         admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 3')
         try:
