@@ -21,3 +21,10 @@ HOST_ATTR = "adamtune.host"
 WORKER_ATTR = "adamtune.worker"
 #: Marks a confirmation run (``confirm.ARM_ATTR``): never re-queued, the stage plans it again.
 CONFIRM_ARM_ATTR = "adamtune.confirm.arm"
+#: A warm-started trial (``launch/warm_start.py``): ``{"params": AdamParams.as_dict(), "origin": "..."}``; it
+#: trains with exactly these settings, whatever dimensions the space searches.
+WARM_ATTR = "adamtune.warm_start"
+#: The dimensions a trial's space searched (an auto space grows with the budget); the rest were at the defaults.
+SEARCHED_ATTR = "adamtune.searched"
+#: A repeat of the baseline on another seed, which measures the seed noise for the stop rule (``--stop-when-converged``).
+NOISE_PROBE_ATTR = "adamtune.noise_probe"
