@@ -10,7 +10,7 @@ verification runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,6 +202,10 @@ def search(
     task: str | None = None,
     *,
     n_trials: int | None = None,
+    timeout: str | float | None = None,
+    space: str | None = None,
+    warm_start: str | Sequence[str] | None = None,
+    stop_when_converged: bool | None = None,
     study: str | None = None,
     storage: str = DEFAULT_STORAGE,
     config: str | Path | None = None,
@@ -244,6 +248,15 @@ def search(
         task: A built-in task name (``adamtune tasks``) or ``module:name`` of your ``Task``/``LoopTask``;
             may be left out when ``config`` names it.
         n_trials: The study's trial target (default: the study file's, 30 for built-in tasks).
+        timeout: A time budget for the whole search, confirmation included: seconds or a duration such as
+            ``"15m"`` or ``"2h"``. With ``n_trials`` the first reached ends the search; alone, it replaces
+            the study file's trial target.
+        space: ``"auto"`` searches lr alone, adding beta1, epsilon, beta2 and decay as the budget grows;
+            ``"full"`` every dimension of the study file's space (default: the study file's, auto for
+            built-in tasks).
+        warm_start: Earlier studies (``NAME`` or ``URL#NAME``, a list or comma-separated) whose confirmed
+            recommendations and top trials this study evaluates first.
+        stop_when_converged: End the trial phase early once more search is unlikely to pay.
         study: The study's name (default: the task's name).
         storage: The study database's SQLAlchemy URL.
         config: A study file (TOML) to start from.
@@ -311,6 +324,10 @@ def search(
         check_task_name(task)
     overrides = {
         "n_trials": n_trials,
+        "timeout": timeout,
+        "space": space,
+        "warm_start": list(warm_start) if isinstance(warm_start, (list, tuple)) else warm_start,
+        "stop_when_converged": stop_when_converged,
         "epochs": epochs,
         "batch_size": batch_size,
         "objective": objective,

@@ -19,6 +19,7 @@ from adamtune.cli.options import (
     storage_option,
     tracking_options,
 )
+from adamtune.core.budget import TIMED_TRIAL_CAP
 from adamtune.core.config import PRUNER_NAMES, SAMPLER_NAMES
 from adamtune.report.trial_lines import describe_confirm_run, describe_trial, outcome_lines
 from adamtune.tasks import BUILTIN_TASKS, check_task_name
@@ -34,6 +35,31 @@ from adamtune.tasks import BUILTIN_TASKS, check_task_name
 @click.option("--study", "study_name", envvar="ADAMTUNE_STUDY", help="Study name; default: the task name.")
 @click.option(
     "--n-trials", type=click.IntRange(min=1), envvar="ADAMTUNE_N_TRIALS", help="Finished trials the study should hold."
+)
+@click.option(
+    "--timeout",
+    metavar="DURATION",
+    help="Time budget of the whole search, confirmation included, e.g. 90s, 15m, 2h, 1h30m; with --n-trials the "
+    "first reached ends it, alone it replaces the study file's trial target.",
+)
+@click.option(
+    "--space",
+    "space_mode",
+    type=click.Choice(["auto", "full"]),
+    help="auto: search lr alone, then add beta1, epsilon, beta2, decay as the budget grows; full: every dimension "
+    "of the study file's [space] (default: the study file's, auto for built-in tasks).",
+)
+@click.option(
+    "--warm-start",
+    metavar="STUDY[,STUDY...]",
+    help="Evaluate earlier studies' confirmed recommendations and top trials first: NAME (this database) or "
+    "URL#NAME (another one); see 'adamtune studies --task T'.",
+)
+@click.option(
+    "--stop-when-converged/--no-stop-when-converged",
+    default=None,
+    help="End the trial phase early once more search is unlikely to pay: the best stopped improving and the top "
+    "trials lie within the seed noise (measured on 2 extra runs of the defaults).",
 )
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per trial (overrides the study file).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (overrides the study file).")
@@ -119,6 +145,10 @@ def search(
     config: Path | None,
     study_name: str | None,
     n_trials: int | None,
+    timeout: str | None,
+    space_mode: str | None,
+    warm_start: str | None,
+    stop_when_converged: bool | None,
     epochs: int | None,
     batch_size: int | None,
     objective: str | None,
@@ -165,7 +195,7 @@ def search(
         click.echo(
             f"study {final_spec.study_name!r} (task {final_spec.task}, {final_spec.epochs} epochs, "
             f"{final_spec.sampler}/{final_spec.pruner}) in {redact_url(storage)}: "
-            f"{already} of {final_spec.n_trials} trials done",
+            f"{already} {budget_words(final_spec)} done",
             err=True,
         )
         final["spec"] = final_spec
@@ -175,6 +205,10 @@ def search(
         config=config,
         study=study_name,
         n_trials=n_trials,
+        timeout=timeout,
+        space=space_mode,
+        warm_start=warm_start,
+        stop_when_converged=stop_when_converged,
         epochs=epochs,
         batch_size=batch_size,
         objective=objective,
@@ -203,9 +237,11 @@ def search(
     outcome = result.outcome
     assert outcome is not None  # a search's result says what it did
     best = f"{outcome.best_value:.4g}" if outcome.best_value is not None else "none yet"
+    ended = {"time": " when the time budget ended the trials", "converged": " when the search converged"}
     click.echo(
         f"study {outcome.study_name!r}: {outcome.finished}/{outcome.target} finished trials "
-        f"({outcome.ran} run now), best search-time {final['spec'].objective} {best}.",
+        f"({outcome.ran} run now){ended.get(outcome.ended or '', '')}, best search-time "
+        f"{final['spec'].objective} {best}.",
         err=True,
     )
     if outcome.summary is not None:
@@ -289,7 +325,7 @@ def worker(
     counts = count_trials(runner.study.get_trials(deepcopy=False))
     click.echo(
         f"worker {name} on {resolved} joined study {study_name!r} in {redact_url(storage)}: "
-        f"{counts.finished} of {runner.n_trials} trials done",
+        f"{counts.finished} {'trials' if runner.n_trials >= TIMED_TRIAL_CAP else f'of {runner.n_trials} trials'} done",
         err=True,
     )
     runner.on_confirm_run = lambda run: click.echo(describe_confirm_run(run), err=True)
@@ -304,3 +340,11 @@ def worker(
 
     for line in outcome_lines(summarize(runner.study, importance=False)):
         click.echo(line, err=True)
+
+
+def budget_words(spec: Any) -> str:
+    """``of 30 trials``, ``trials, time budget 2h00m`` or ``of 30 trials, time budget 1m00s``."""
+    from adamtune.core.budget import TIMED_TRIAL_CAP, format_duration
+
+    trials = "trials" if spec.n_trials >= TIMED_TRIAL_CAP else f"of {spec.n_trials} trials"
+    return trials if spec.timeout is None else f"{trials} (time budget {format_duration(spec.timeout)})"

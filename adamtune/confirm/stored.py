@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ class StageState:
     search_seconds: float  # the search trials' time, measured the same way, summed over workers
     search_epochs: int = 0  # epochs the finished search trials trained (what the budget is a share of)
     budget: int | None = None  # the most runs the stage may train (``confirm.stage_budget``)
+    trials_done: bool = False  # the study holds its trial target (a time budget or the stop rule may lower it)
 
     @property
     def started(self) -> bool:
@@ -93,7 +95,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
     """Read the stage of ``study`` (read-only: a missing confirmation study is an empty stage)."""
     from optuna.trial import TrialState
 
-    from adamtune.storage.attr_keys import SEED_ATTR
+    from adamtune.storage.attr_keys import SEED_ATTR, SETTINGS_ATTR
     from adamtune.storage.study import spec_from_study
     from adamtune.training.runner import split_metric
 
@@ -123,7 +125,10 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
     search_seconds = math.fsum(run_seconds(t) for t in trials if t.state.is_finished())
     search_epochs = sum(trained_epochs(t, spec.objective) for t in trials if t.state.is_finished())
     budget = None if settings.budget is None else stage_budget(search_epochs, spec.epochs or 1, settings.budget)
-    plan = plan_stage(finalists, results, seeds, spec.direction, budget)
+    stored = study.user_attrs.get(SETTINGS_ATTR) or {}
+    deadline = stored.get("deadline")
+    cut = deadline is not None and time.time() >= float(deadline)  # the time budget ran out: decide as it is
+    plan = plan_stage(finalists, results, seeds, spec.direction, budget, cut)
     return StageState(
         settings,
         spec.direction,
@@ -139,6 +144,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
         search_seconds,
         search_epochs,
         budget,
+        sum(t.state.is_finished() for t in trials) >= int(stored.get("n_trials") or 1 << 62),
     )
 
 

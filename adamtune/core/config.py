@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adamtune.core.budget import TIMED_TRIAL_CAP, parse_duration
 from adamtune.core.confirm_rule import MIN_SEEDS, ConfirmSettings
 from adamtune.core.errors import ConfigError
 from adamtune.core.metrics import KNOWN_DIRECTIONS, bare_name, on_split
@@ -65,7 +66,13 @@ STUDY_KEYS = (
     "checkpoint_every",
     "keep_best_checkpoint",
     "batch_trials",
+    "timeout",
+    "space",
+    "warm_start",
+    "stop_when_converged",
 )
+#: Values of the ``space`` key: ``auto`` grows the searched dimensions with the budget, ``full`` searches them all.
+SPACE_MODES = ("auto", "full")
 #: ``[study]`` keys that size the confirmation stage (``core/confirm_rule.py``), gathered into ``StudySpec.confirm``.
 CONFIRM_KEYS = {
     "confirm": "enabled",
@@ -103,6 +110,9 @@ class StudySpec:
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
     checkpoint_every: int | None = None  # None: automatic (see context.py), 0: never
     keep_best_checkpoint: bool | None = None  # keep the best complete trial's final checkpoint (None: no)
+    timeout: float | None = None  # seconds the whole search may take, confirmation included (None: no limit)
+    warm_start: tuple[str, ...] = ()  # earlier studies whose best settings the new study evaluates first
+    stop_when_converged: bool = False  # end the trial phase once more search is unlikely to pay
 
     def __post_init__(self) -> None:
         if self.objective is not None:
@@ -258,9 +268,15 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
                     f"checkpoint_every in {where} must be a whole number of epochs >= 0 (0: never), got {value!r}"
                 )
             checked[key] = value
-        elif key == "keep_best_checkpoint":
+        elif key == "timeout":
+            checked[key] = parse_duration(value, f"timeout in {where}")
+        elif key == "space":
+            checked[key] = _choice(value, key, SPACE_MODES, where)
+        elif key == "warm_start":
+            checked[key] = _study_list(value, where)
+        elif key in ("keep_best_checkpoint", "stop_when_converged"):
             if not isinstance(value, bool):
-                raise ConfigError(f"keep_best_checkpoint in {where} must be true or false, got {value!r}")
+                raise ConfigError(f"{key} in {where} must be true or false, got {value!r}")
             checked[key] = value
         elif key == "objective":
             if not isinstance(value, str) or not value.replace("_", "a").isalnum():
@@ -277,6 +293,19 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
         else:
             raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(STUDY_KEYS)}")
     return checked
+
+
+def _study_list(value: object, where: str) -> tuple[str, ...]:
+    """Study names (``NAME`` or ``URL#NAME``) from a list or a comma-separated string."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f'warm_start in {where} must be study names such as "digits" or ["a", "b"], got {value!r}')
+    names = tuple(part.strip() for item in items for part in str(item).split(","))
+    if not names or not all(names):
+        raise ConfigError(
+            f"warm_start in {where} has an empty study name: {value!r}; write NAME or URL#NAME, comma-separated"
+        )
+    return names
 
 
 def build_spec(
@@ -311,12 +340,19 @@ def build_spec(
         _check_keys(study_table, STUDY_KEYS, f"[study] of {source}")
         file_values = validate_study_settings(study_table, f"[study] of {source}")
     cli_values = validate_study_settings(dict(overrides or {}), "the command line")
+    if "timeout" in cli_values and "n_trials" not in cli_values:
+        file_values.pop("n_trials", None)  # a time budget alone on the command line replaces the file's budget
     merged = {**file_values, **cli_values}
+    if "timeout" in merged and "n_trials" not in merged:
+        merged["n_trials"] = TIMED_TRIAL_CAP  # as many trials as the time allows
+    space_mode = merged.pop("space", None)
     if task:
         merged["task"] = task
     if "task" not in merged:
         raise ConfigError("no task given: pass --task NAME or a study file whose [study] names a task")
     space = parse_space(space_table, source)
+    # auto by default; a file's explicit [space] is searched as given unless it says space = "auto"
+    space = replace(space, auto=space_mode == "auto" if space_mode else space.auto or not space_table)
     merged.setdefault("objective", None)  # None: the task's objective (StudySpec.with_task)
     confirm = ConfirmSettings(**{CONFIRM_KEYS[k]: merged.pop(k) for k in list(merged) if k in CONFIRM_KEYS})
     return StudySpec(study_name=study_name or merged["task"], space=space, source=source, confirm=confirm, **merged)

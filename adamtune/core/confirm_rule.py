@@ -240,6 +240,7 @@ def plan_stage(
     seeds: Sequence[int],
     direction: str,
     budget: int | None = None,
+    cut: bool = False,
 ) -> Plan:
     """Replay the racing rule (module docstring) over ``results`` ((arm, seed) -> objective on val).
 
@@ -247,6 +248,10 @@ def plan_stage(
     finalists race as can each reach :data:`MIN_CONFIRM_SEEDS` seeds with the baseline within it, and a
     round adds only the seeds the rest of the budget pays for; when it pays for none, the stage is decided
     on the seeds run so far.
+
+    ``cut`` (the study's time budget ran out during the stage): an open round is not waited for; the stage
+    is decided on the last round every arm finished, by the same rule (no recommendation before
+    :data:`MIN_CONFIRM_SEEDS` seeds).
 
     Deterministic: the same finalists, results, seeds and budget give the same plan, whoever computes it.
     With no finalist (no complete trial besides the baseline, or a budget too small for one), the stage is
@@ -271,6 +276,8 @@ def plan_stage(
         needed = tuple((arm, s) for arm in arms for s in used if (arm, s) not in results)
         if needed:
             states = _states(finalists, alive, dropped, results, seeds[:done], direction)
+            if cut:
+                return _cut_plan(seeds, done, states + unraced, results, notes)
             return Plan(seeds, n, needed, False, states + unraced, best=_best(states), notes=notes)
         baseline = [results[(BASELINE_ARM, s)] for s in used]
         standing = {f.arm: _arm_state(f, results, used, baseline, direction) for f in alive}
@@ -351,3 +358,19 @@ def _states(
 def _best(states: Sequence[ArmState]) -> ArmState | None:
     scored = [s for s in states if s.gain is not None and s.dropped_after is None]
     return max(scored, key=lambda s: s.gain.mean) if scored else None  # type: ignore[union-attr]
+
+
+def _cut_plan(
+    seeds: tuple[int, ...],
+    done: int,
+    states: tuple[ArmState, ...],
+    results: Mapping[tuple[str, int], float],
+    notes: tuple[str, ...],
+) -> Plan:
+    """The plan decided on the ``done`` seeds of the last round every arm finished (the time ran out)."""
+    best = _best(states)
+    enough = done >= min(MIN_CONFIRM_SEEDS, len(seeds))
+    confirmed = best is not None and best.gain is not None and best.gain.low > 0 and enough
+    baseline = tuple(results[(BASELINE_ARM, s)] for s in seeds[:done])
+    note = f"the time budget ended the stage: decided on the {done} seed(s) every arm finished"
+    return Plan(seeds, done, (), True, states, baseline, best, best if confirmed else None, (*notes, note))

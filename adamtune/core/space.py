@@ -138,9 +138,15 @@ def _default_dimensions() -> dict[str, Dimension]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The dimensions of an Adam search, keyed by name (all of :data:`DIMENSIONS`)."""
+    """The dimensions of an Adam search, keyed by name (all of :data:`DIMENSIONS`).
+
+    ``auto`` True: the space grows with the budget (``space = "auto"``): each trial searches the
+    dimensions :func:`adamtune.core.budget.auto_dimensions` picks for the study's budget
+    (:meth:`searching`), the other sampled ones stay at the defaults.
+    """
 
     dimensions: dict[str, Dimension] = field(default_factory=_default_dimensions)
+    auto: bool = False
 
     def __getitem__(self, name: str) -> Dimension:
         return self.dimensions[name]
@@ -159,9 +165,18 @@ class SearchSpace:
         """True when weight decay is sampled or fixed above 0 (an AdamW study)."""
         return "weight_decay" in self.extra_dimensions()
 
+    def searching(self, names: tuple[str, ...] | list[str]) -> SearchSpace:
+        """This space with only ``names`` sampled: every other sampled dimension fixed at the baseline's value."""
+        baseline = baseline_for(self)
+        dims = {
+            name: dim if not dim.is_sampled or name in names else Dimension(name, value=getattr(baseline, name))
+            for name, dim in self.dimensions.items()
+        }
+        return SearchSpace(dims)
+
     def to_dict(self) -> dict[str, Any]:
         """A TOML/JSON-ready form that :func:`parse_space` reads back to an equal space."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"auto": True} if self.auto else {}
         for name in DIMENSIONS:
             dim = self.dimensions[name]
             if dim.value is not None:
@@ -267,7 +282,12 @@ def parse_space(table: Mapping[str, Any], source: str) -> SearchSpace:
             names the key and ``source``.
     """
     dims = _default_dimensions()
+    auto = table.get("auto", False)
+    if not isinstance(auto, bool):
+        raise ConfigError(f"[space].auto in {source} must be true or false, got {auto!r}")
     for name, entry in table.items():
+        if name == "auto":
+            continue
         if name not in DIMENSIONS:
             raise ConfigError(f"unknown key [space].{name} in {source}; valid keys: {', '.join(DIMENSIONS)}")
         if name == "amsgrad":
@@ -276,7 +296,7 @@ def parse_space(table: Mapping[str, Any], source: str) -> SearchSpace:
             dims[name] = _parse_steps(name, entry, source)
         else:
             dims[name] = _parse_continuous(name, entry, source)
-    return SearchSpace(dims)
+    return SearchSpace(dims, auto)
 
 
 def _parse_amsgrad(entry: Any, where: str) -> Dimension:

@@ -23,7 +23,9 @@ from adamtune.core.config import StudySpec
 from adamtune.core.errors import ContractError
 from adamtune.data.download import default_data_dir
 from adamtune.launch.pool import WorkerFailed
+from adamtune.launch.warm_start import enqueue_warm_starts, read_warm_starts
 from adamtune.launch.worker_setup import make_worker, open_tracker
+from adamtune.storage.attr_keys import SETTINGS_ATTR
 from adamtune.storage.backends import open_storage
 from adamtune.storage.outcomes import Counts, count_trials, trial_state
 from adamtune.storage.stale_trials import heartbeat_settings
@@ -56,6 +58,8 @@ class SearchOutcome:
     stage_seconds: float | None = None
     #: ``(tracking URI, experiment id)`` of the study's runs in MLflow when this search tracked them.
     experiment: tuple[str, str] | None = None
+    #: What ended the trial phase before ``spec.n_trials``: ``"time"`` (the time budget) or ``"converged"``.
+    ended: str | None = None
 
 
 def check_checkpoint_store(options: WorkerOptions) -> None:
@@ -145,12 +149,16 @@ def run_search(
     else:
         data = task.load_data(options.data_dir or default_data_dir())
     options = replace(options, seed=spec.seed if spec.seed is not None else options.seed)
+    # earlier studies' best settings, read (read-only) before anything is written: a bad name writes nothing
+    warm_starts = read_warm_starts(spec.warm_start, options.storage_url) if spec.warm_start else []
     with removed_if_new(sqlite_files(options.storage_url)):
         storage = open_storage(options.storage_url)
         # One worker trains here: MLflow opens on the tracker's thread while trial 0 starts. With more,
         # the workers look for the study's parent run, so it is made before they start.
         tracker = open_tracker(spec.study_name, options, defer_open=workers == 1)
     study = create_or_resume(spec, storage, seed=options.seed)
+    if warm_starts:
+        enqueue_warm_starts(study, spec.space, warm_starts)
     if tracker is not None:  # the study's MLflow parent run, before any worker looks for it
         tracker.attach(study, storage_url=options.storage_url, reopen=True)
     already = count_trials(study.get_trials(deepcopy=False)).finished
@@ -189,16 +197,18 @@ def run_search(
     ended = time.monotonic()
     stage_started = stage_started if stage_started is not None else ended
     trials = study.get_trials(deepcopy=False)
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
     return SearchOutcome(
         spec.study_name,
         ran,
         count_trials(trials).finished,
-        spec.n_trials,
+        int(settings.get("n_trials") or spec.n_trials),
         best_value(trials, spec.direction),
         summarize(study, importance=False),
         stage_started - started,
         ended - stage_started,
         _tracked_experiment(tracker),
+        (settings.get("ended") or {}).get("reason"),
     )
 
 
@@ -264,7 +274,6 @@ class FinishedTrialWatcher:
                     self.on_confirm_run(confirm_run_of(trial, self.study))
 
     def _target(self) -> int:
-        from adamtune.storage.attr_keys import SETTINGS_ATTR
 
         return int((self.study.user_attrs.get(SETTINGS_ATTR) or {}).get("n_trials") or 0) or 1 << 62
 

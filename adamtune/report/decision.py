@@ -33,8 +33,13 @@ def choose(
       weight decay; scored with the baseline's values).
     * ``search``: no decided stage (confirmation off, not run yet, in progress, or no finalist): the best
       search-time score, which summaries flag as unconfirmed.
+
+    A study that holds its trials with no finalist (no trial but the baseline completed, e.g. a time budget
+    too short for more) keeps the defaults: there is nothing to confirm.
     """
     plan = stage.plan
+    if stage.settings.enabled and stage.trials_done and not stage.finalists and baseline is not None:
+        return "defaults", replace(baseline, params=defaults)
     if stage.settings.enabled and stage.finalists and plan.decided:
         if plan.recommended is not None:
             number = plan.recommended.finalist.trial
@@ -50,6 +55,8 @@ def rule_text(row: StudySummary) -> str:
     """One sentence saying which rule chose the recommendation, with the confirmed gain and interval."""
     conf = row.confirmation or {}
     metric = conf.get("metric", row.objective)
+    if row.rule == "defaults" and not conf.get("finalists"):
+        return "Adam's defaults: no trial besides the defaults completed, so there was nothing to confirm"
     if row.rule in ("confirmed", "defaults"):
         best = next((f for f in conf["finalists"] if f["trial"] == conf["best_candidate"]), None)
         folds = conf.get("validation") == "folds"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +22,11 @@ from adamtune.core.confirm_rule import ConfirmSettings
 from adamtune.core.errors import ConfigError, StorageError
 from adamtune.core.space import baseline_optuna_params
 from adamtune.storage.algorithms import make_pruner, make_sampler
-from adamtune.storage.attr_keys import BASELINE_ATTR, SETTINGS_ATTR, SPEC_ATTR
+from adamtune.storage.attr_keys import BASELINE_ATTR, NOISE_PROBE_ATTR, SETTINGS_ATTR, SPEC_ATTR
 from adamtune.storage.db_errors import first_line
+
+#: Repeats of the baseline on other seeds that ``--stop-when-converged`` adds, to measure the seed noise.
+NOISE_PROBES = 2
 
 
 def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None = None) -> optuna.Study:
@@ -66,12 +70,31 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
             settings["checkpoint_every"] = spec.checkpoint_every
         if spec.keep_best_checkpoint:
             settings["keep_best_checkpoint"] = True
+        if spec.timeout is not None:  # the deadline lives in the study: every worker, on any machine, obeys it
+            settings["timeout"] = spec.timeout
+            settings["deadline"] = time.time() + spec.timeout
+        if spec.stop_when_converged:
+            settings["stop_when_converged"] = True
+            _enqueue_noise_probes(study, spec)
         study.set_user_attr(SETTINGS_ATTR, settings)
     except ConfigError:
         raise
     except Exception as exc:
         raise StorageError(f"study database error for {spec.study_name!r}: {first_line(exc)}") from None
     return study
+
+
+def _enqueue_noise_probes(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue repeats of the baseline (other seeds: each trial has its own) until the study holds
+    ``1 + NOISE_PROBES`` baseline trials that did not fail: their spread is the seed noise of the stop rule."""
+    from optuna.trial import TrialState
+
+    baselines = [
+        t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR) and t.state != TrialState.FAIL
+    ]
+    for _ in range(1 + NOISE_PROBES - len(baselines)):
+        attrs = {BASELINE_ATTR: True, NOISE_PROBE_ATTR: True}
+        study.enqueue_trial(baseline_optuna_params(spec.space), user_attrs=attrs)
 
 
 @contextlib.contextmanager
@@ -155,6 +178,8 @@ def spec_from_study(study: optuna.Study) -> StudySpec:
         checkpoint_every=settings.get("checkpoint_every"),
         keep_best_checkpoint=settings.get("keep_best_checkpoint"),
         batch_trials=int(settings.get("batch_trials", 1)),
+        timeout=settings.get("timeout"),
+        stop_when_converged=bool(settings.get("stop_when_converged", False)),
         space=parse_space(stored["space"], source),
         source=source,
     )

@@ -21,18 +21,20 @@ import logging
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
 from adamtune.storage.admission import admission_lock
+from adamtune.storage.attr_keys import SETTINGS_ATTR
 from adamtune.storage.db_errors import is_transient_db_error, with_db_retry
 from adamtune.storage.optuna_adapter import backend_of, storage_of, trial_id_of
 from adamtune.storage.outcomes import count_trials
 from adamtune.storage.rdb import StudyStorage
 from adamtune.storage.rdb_writes import NoFreePlace
+from adamtune.trials.budget_check import TrialBudget, check_budget, end_trial_phase
 
 if TYPE_CHECKING:
     from adamtune.core.signals import Interrupts
@@ -40,6 +42,12 @@ if TYPE_CHECKING:
     from adamtune.storage.outcomes import Counts
 
 log = logging.getLogger(__name__)
+
+#: How the log names what ended a trial phase early (``budget_check.TrialBudget.ended``).
+ENDED_BY = {
+    "time": "the time budget is down to what the confirmation stage needs",
+    "converged": "the search converged (--stop-when-converged: more search is unlikely to pay)",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Admission:
     trial: optuna.Trial | None = None
     done: bool = False
     more: tuple[optuna.Trial, ...] = ()  # further trials admitted with ``trial`` (batched workers)
+    budget: TrialBudget = field(default_factory=TrialBudget)  # the time budget's phase end, the auto space's size
 
     @property
     def trials(self) -> list[optuna.Trial]:
@@ -65,6 +74,8 @@ def admit(
     batch_trials: int,
     stale_check: StaleCheck,
     held: list[optuna.Trial],
+    epochs: int = 1,
+    direction: str = "minimize",
 ) -> Admission:
     """Under the admission lock: fail stale trials, count, create up to ``batch_trials`` trials in free places.
 
@@ -75,7 +86,9 @@ def admit(
     after the longer grace period, so a dead worker's trial is found at most one interval later. Each new
     trial gets its first heartbeat in the transaction that creates it (``rdb.first_heartbeats``; otherwise
     right after, still under the lock), and its settings are drawn by the sampler here
-    (:func:`_draw_settings`), from the trials this admission read.
+    (:func:`_draw_settings`), from the trials this admission read. A time budget or the stop rule may end
+    the trial phase here (``budget_check.py``: the stored target is lowered to the trials finished or
+    running); ``epochs`` and ``direction`` are the study's, for their estimates.
     """
     storage = storage_of(study)
     backend = backend_of(storage)
@@ -91,8 +104,14 @@ def admit(
         counts = count_trials(trials)
         if counts.finished >= target:
             return Admission(counts, target, done=True)
+        settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+        budget = check_budget(trials, counts, target, settings, epochs, direction)
+        if budget.ended is not None:
+            target = end_trial_phase(study, settings, counts, budget.ended)
+            log.info("%s: no new trials", ENDED_BY[budget.ended])
+            return Admission(counts, target, done=counts.finished >= target, budget=budget)
         if counts.finished + counts.running >= target:
-            return Admission(counts, target)
+            return Admission(counts, target, budget=budget)
         running_before = {trial_id_of(t) for t in trials if t.state == TrialState.RUNNING}
         asked: list[optuna.Trial] = []
         # The storage checks the target again in each creating transaction: a lost lock (its connection
@@ -120,7 +139,7 @@ def admit(
         for trial in asked:  # retried on its own: repeating the whole admission would create more trials
             if trial_id_of(trial) not in beaten:
                 with_db_retry(lambda t=trial: storage.record_heartbeat(trial_id_of(t)), "recording a heartbeat")
-        return Admission(counts, target, asked[0], more=tuple(asked[1:]))
+        return Admission(counts, target, asked[0], more=tuple(asked[1:]), budget=budget)
 
 
 def _draw_settings(study: optuna.Study, trial: optuna.Trial) -> None:

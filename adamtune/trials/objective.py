@@ -43,9 +43,8 @@ import re
 import socket
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,7 @@ import optuna
 from adamtune.core.config import StudySpec
 from adamtune.core.errors import ContractError
 from adamtune.core.metrics import bare_name
-from adamtune.core.space import AdamParams, baseline_for, suggest
+from adamtune.core.space import AdamParams
 from adamtune.storage.attr_keys import (
     BASELINE_ATTR,
     CURVES_ATTR,
@@ -62,6 +61,7 @@ from adamtune.storage.attr_keys import (
     DIVERGED_EPOCH_ATTR,
     HOST_ATTR,
     PARAMS_ATTR,
+    SEARCHED_ATTR,
     SEED_ATTR,
     STATE_ATTR,
     WORKER_ATTR,
@@ -72,6 +72,7 @@ from adamtune.tasks.loop import LoopTask
 from adamtune.training.checkpoint import BEST_ATTR, RESUMED_ATTR, TrialCheckpoints, lineage_of
 from adamtune.training.context import TrialContext
 from adamtune.training.trainer import InlineTrainer, Trainer, describe_failure
+from adamtune.trials.budget_check import TrialBudget, trial_settings
 from adamtune.trials.lineage import (
     earlier_trials,
     is_requeued_error,
@@ -135,6 +136,9 @@ class Objective:
     keep_best_checkpoint: bool = False
     checkpoint_location: str | None = None
     trainer: Trainer | None = None
+    #: The study's budget found by the latest admission (``budget_check.py``): the auto space's size, the
+    #: end of the trial phase; set by the worker before each trial.
+    budget: TrialBudget = field(default_factory=TrialBudget)
 
     def training(self) -> Trainer:
         """Where this objective's runs train: ``trainer``, else this process (made once)."""
@@ -176,13 +180,7 @@ class Objective:
         # batches where the pruner decides and when the trial ends.
         writer = TrialWriter(trial, spec.epochs)
         writer.defer_params()
-        with warnings.catch_warnings():
-            # The baseline is enqueued at Adam's defaults, which may lie outside a study's range (lr in
-            # [1, 10]): Optuna warns about that fixed value; the baseline trains with the defaults anyway.
-            warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
-            params = suggest(trial, spec.space)
-        if is_baseline:
-            params = baseline_for(spec.space)
+        params, searched = trial_settings(trial, spec.space, self.budget)
         attrs = system_attrs(trial)
         lineage = lineage_of(trial.number, attrs)
         earlier = earlier_trials(trial, attrs)
@@ -192,6 +190,7 @@ class Objective:
             {
                 SEED_ATTR: seed,
                 PARAMS_ATTR: params.as_dict(),
+                SEARCHED_ATTR: searched,
                 DEVICE_ATTR: self.device,
                 HOST_ATTR: host,
                 WORKER_ATTR: self.worker,
@@ -212,7 +211,8 @@ class Objective:
                     writer.report(value, epoch)
                 return False
             writer.report(value, epoch)
-            return not is_baseline and writer.should_prune(epoch)
+            # at a time budget's end of the trial phase, running trials stop (pruned) for the confirmation
+            return not is_baseline and (writer.should_prune(epoch) or self.budget.time_is_up())
 
         def on_resume(epoch: int, history: list[tuple[int, dict[str, float]]]) -> None:
             for number, metrics in history:  # the pruner and the MLflow run see the whole curve

@@ -197,6 +197,7 @@ class Worker:
                 continue
             waiting_since = None
             pauses.reset()
+            self.objective.budget = admission.budget
             for trial, error in self._run_admitted(admission, interrupts):
                 ran += 1
                 if on_trial is not None:
@@ -237,6 +238,7 @@ class Worker:
     def _admit(self, interrupts: Interrupts) -> Admission:
         """The admission step (:func:`~adamtune.trials.admission.admit`): under the study's admission lock, create
         up to ``batch_trials`` trials in free places (held until told), or say wait or stop."""
+        spec = getattr(self.objective, "spec", None)
         return admit(
             self.study,
             interrupts,
@@ -244,6 +246,8 @@ class Worker:
             batch_trials=self.batch_trials,
             stale_check=self._stale_check,
             held=self._held,
+            epochs=(spec.epochs if spec else None) or 1,
+            direction=(spec.direction if spec else None) or "minimize",
         )
 
     def _run_trial(self, trial: optuna.Trial, interrupts: Interrupts) -> tuple[FrozenTrial, Exception | None]:
