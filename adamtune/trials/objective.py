@@ -241,7 +241,9 @@ class Objective:
             checkpoint_every=self.checkpoint_every,
             on_resume=on_resume,
         )
-        context.prune_epochs = frozenset() if is_baseline else writer.decision_epochs()
+        # with a time budget every epoch asks: the trial phase's end may come at any of them
+        timed = self.budget.phase_end is not None
+        context.prune_epochs = frozenset() if is_baseline else None if timed else writer.decision_epochs()
         resumed = resume_tags(context, earlier)
         return StartedTrial(trial, context, run, writer, time.perf_counter(), checkpoints, resumed)
 
