@@ -26,5 +26,5 @@ CONFIRM_ARM_ATTR = "adamtune.confirm.arm"
 WARM_ATTR = "adamtune.warm_start"
 #: The dimensions a trial's space searched (an auto space grows with the budget); the rest were at the defaults.
 SEARCHED_ATTR = "adamtune.searched"
-#: A repeat of the baseline on another seed, which measures the seed noise for the stop rule (``--stop-when-converged``).
+#: A repeat of the baseline on another seed: measures the seed noise for the stop rule (``--stop-when-converged``).
 NOISE_PROBE_ATTR = "adamtune.noise_probe"
