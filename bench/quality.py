@@ -30,6 +30,7 @@ Tasks:
 
 Tracking is off (``--no-tracking``) to keep the bench short; torch runs with ``--threads`` threads.
 Usage: ``python bench/quality.py [--searches 8] [--tasks digits,cancer] [--rules folds,seeds]``.
+``python bench/quality.py --budget [options]`` runs ``bench/budget.py`` instead (auto vs full space by budget).
 """
 
 from __future__ import annotations
@@ -214,7 +215,15 @@ def _median_max(shares: list[float]) -> str:
 
 
 def main() -> None:
+    if "--budget" in sys.argv[1:]:  # the budget bench (bench/budget.py) with its own options
+        from budget import main as budget_main
+
+        budget_main([arg for arg in sys.argv[1:] if arg != "--budget"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--budget", action="store_true", help="run bench/budget.py instead (its options: bench/budget.py --help)"
+    )
     parser.add_argument("--searches", type=int, default=8, help="independent searches per task")
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     parser.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, from {', '.join(RULES)}")
