@@ -1,6 +1,7 @@
 """The studies of a storage: finding the one a command is about, summarising them all, listing them.
 
-``adamtune summary`` (every study), ``adamtune studies`` (the listing) and the commands that take
+``adamtune summary`` (every study), ``adamtune studies`` (the listing, ``--task`` for one task's),
+``adamtune tasks`` (the studies per task, :func:`task_studies`) and the commands that take
 ``--task``/``--study`` (the one study) look studies up here. Reads only the study database.
 """
 
@@ -90,10 +91,36 @@ def find_study(storage: Any, task: str | None = None, study_name: str | None = N
     raise StorageError(f"several studies match ({listing}); {need}pass --study NAME")
 
 
-def list_studies(storage: Any) -> list[dict[str, Any]]:
+def task_studies(storage: Any) -> dict[str, list[str]]:
+    """The names of the adamtune studies in ``storage`` by task, sorted (studies of other tools left out).
+
+    Reads the studies' attributes only (``BaseStorage.get_all_studies``, one query per table), never their
+    trials: ``adamtune tasks`` stays fast on a database of large studies.
+
+    Raises:
+        StorageError: the database fails.
+    """
+    from adamtune.core.confirm_rule import CONFIRMS_ATTR
+    from adamtune.storage.db_errors import first_line
+
+    try:
+        frozen = storage.get_all_studies()
+    except Exception as exc:
+        raise StorageError(f"cannot list studies: {first_line(exc)}") from None
+    by_task: dict[str, list[str]] = {}
+    for study in frozen:
+        spec = study.user_attrs.get(SPEC_ATTR)
+        if CONFIRMS_ATTR in study.user_attrs or not isinstance(spec, dict) or not spec.get("task"):
+            continue
+        by_task.setdefault(str(spec["task"]), []).append(study.study_name)
+    return {task: sorted(names) for task, names in sorted(by_task.items())}
+
+
+def list_studies(storage: Any, task: str | None = None) -> list[dict[str, Any]]:
     """Every study in ``storage`` with its trial counts: the documented ``adamtune studies --json`` rows.
 
-    Studies not made by adamtune are listed too, with ``"adamtune": false`` and null task/objective.
+    Studies not made by adamtune are listed too, with ``"adamtune": false`` and null task/objective; with
+    ``task``, only the adamtune studies of that task (their trials are not read for the others).
     """
     from adamtune.core.confirm_rule import CONFIRMS_ATTR
 
@@ -102,6 +129,8 @@ def list_studies(storage: Any) -> list[dict[str, Any]]:
         study = _load(name, storage)
         if CONFIRMS_ATTR in study.user_attrs:
             continue  # a study's confirmation runs: part of that study, not one of its own
+        if task is not None and (study.user_attrs.get(SPEC_ATTR) or {}).get("task") != task:
+            continue
         trials = study.get_trials(deepcopy=False)
         spec = study.user_attrs.get(SPEC_ATTR) or {}
         settings = study.user_attrs.get(SETTINGS_ATTR) or {}
