@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from adamtune.cli.options import (
+    DEFAULT_STORAGE,
     data_dir_option,
     handle_errors,
     storage_option,
@@ -217,20 +218,27 @@ def report(task: str | None, study_name: str | None, out_dir: Path, top: int, st
 
 
 @click.command()
+@click.option("--task", help="Only the adamtune studies of this task (to warm-start a related study from).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (documented in docs/reference/json.md).")
 @storage_option
 @handle_errors
-def studies(as_json: bool, storage: str) -> None:
-    """List the studies in the storage with their task and trial counts."""
+def studies(task: str | None, as_json: bool, storage: str) -> None:
+    """List the studies in the storage with their task and trial counts (--task: only that task's).
+
+    \b
+    adamtune studies --task digits                  # the studies a new digits search can warm-start from
+    adamtune search --task digits --study digits-2 --warm-start digits
+    """
     from adamtune.report.studies import list_studies
     from adamtune.storage.backends import open_storage
 
-    rows = list_studies(open_storage(storage, create=False))
+    rows = list_studies(open_storage(storage, create=False), task)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("no study in this storage; run 'adamtune search --task TASK' first")
+        what = f"of task {task} " if task else ""
+        click.echo(f"no study {what}in this storage; run 'adamtune search --task {task or 'TASK'}' first")
     for row in rows:
         counts = row["trials"]
         best = f", best score {row['best_score']:.4g}" if row["best_score"] is not None else ""
@@ -240,6 +248,18 @@ def studies(as_json: bool, storage: str) -> None:
             f"{row['study']}: {what}; {counts['complete']} complete, {counts['pruned']} pruned, "
             f"{counts['diverged']} diverged, {counts['failed']} failed{best}{verified}"
         )
+    if task and rows:
+        click.echo(f"warm-start a new study from them: {warm_start_hint(task, [row['study'] for row in rows])}")
+
+
+def warm_start_hint(task: str, names: list[str]) -> str:
+    """The command that starts a new study of ``task`` from its existing studies ``names`` (the first three).
+
+    Names a new ``--study`` when the task's default study (named like the task) exists: without it, the
+    search would resume that study instead of starting one.
+    """
+    new = f" --study {task}-2" if task in names else ""
+    return f"adamtune search --task {task}{new} --warm-start {','.join(names[:3])}"
 
 
 @click.command()
@@ -260,12 +280,20 @@ def cleanup(study_name: str, tracking: bool, tracking_uri: str | None, system_me
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (documented in docs/reference/json.md).")
+@click.option(
+    "--storage",
+    envvar="ADAMTUNE_STORAGE",
+    metavar="URL",
+    help="Also count each task's studies in this study database [env ADAMTUNE_STORAGE]; default: "
+    f"{DEFAULT_STORAGE} when that file exists (read only: nothing is created).",
+)
 @handle_errors
-def tasks(as_json: bool) -> None:
-    """List the built-in tasks: dataset, model, sizes and default epochs.
+def tasks(as_json: bool, storage: str | None) -> None:
+    """List the built-in tasks: dataset, model, sizes and default epochs (and each task's studies).
 
     JSON rows: name, description, dataset, model, default_epochs, default_batch_size, and extra (an object
-    of task-specific notes, e.g. where the data comes from).
+    of task-specific notes, e.g. where the data comes from); when a study database was read, also studies
+    (the names of that task's adamtune studies, to warm-start a new search from).
     """
     from adamtune.tasks import resolve_task
 
@@ -283,11 +311,37 @@ def tasks(as_json: bool) -> None:
                 "extra": dict(task.extra),
             }
         )
+    by_task = _studies_by_task(storage)
+    if by_task is not None:
+        for entry in described:
+            entry["studies"] = by_task.get(entry["name"], [])
     if as_json:
         click.echo(json.dumps(described, indent=2))
         return
     for entry in described:
         click.echo(f"{entry['name']}: {entry['description']}")
         for key, value in {**entry, **entry["extra"]}.items():
-            if key not in ("name", "description", "extra"):
+            if key not in ("name", "description", "extra", "studies"):
                 click.echo(f"    {key}: {value}")
+        names = entry.get("studies")
+        if names:
+            hint = warm_start_hint(entry["name"], names)
+            click.echo(f"    studies: {len(names)} ({', '.join(names)}); start from them: {hint}")
+
+
+def _studies_by_task(storage: str | None) -> dict[str, list[str]] | None:
+    """The adamtune studies per task of ``storage`` (default: ./adamtune.db if it exists), or None when there
+    is no database to read. Read-only: a missing SQLite file is no database, never a new one; a database
+    that cannot be read is a warning (the tasks are listed all the same)."""
+    if storage is None:
+        if not Path(DEFAULT_STORAGE.removeprefix("sqlite:///")).is_file():
+            return None  # fast: neither Optuna nor SQLAlchemy is imported
+        storage = DEFAULT_STORAGE
+    from adamtune.core.errors import AdamtuneError
+    from adamtune.launch.warm_start import studies_by_task
+
+    try:
+        return studies_by_task(storage)
+    except AdamtuneError as exc:
+        click.echo(f"Warning: cannot count the studies of each task: {exc}", err=True)
+        return None
