@@ -315,34 +315,15 @@ def search(
         print(result.snippet("torch"))
         ```
     """
-    from adamtune.core.config import build_spec
+    from adamtune.core.config import STUDY_KEYS, build_spec
     from adamtune.tasks import check_task_name
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if task is not None:
         check_task_name(task)
-    overrides = {
-        "n_trials": n_trials,
-        "timeout": timeout,
-        "space": space,
-        "warm_start": list(warm_start) if isinstance(warm_start, (list, tuple)) else warm_start,
-        "stop_when_converged": stop_when_converged,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "objective": objective,
-        "sampler": sampler,
-        "pruner": pruner,
-        "seed": seed,
-        "confirm": confirm,
-        "confirm_top": confirm_top,
-        "confirm_seeds": confirm_seeds,
-        "confirm_folds": confirm_folds,
-        "confirm_budget": confirm_budget,
-        "checkpoint_every": checkpoint_every,
-        "keep_best_checkpoint": keep_best_checkpoint,
-        "batch_trials": batch_trials,
-    }
+    # the arguments named like [study] keys of a study file override the file (validated there)
+    overrides = {key: value for key, value in locals().items() if key in STUDY_KEYS and key != "task"}
     spec = build_spec(task, Path(config) if config is not None else None, study, overrides)
     check_task_name(spec.task)
     data_path = Path(data_dir) if data_dir is not None else None

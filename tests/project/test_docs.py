@@ -73,6 +73,7 @@ RUN = {
     ("docs/guides/own-loop.md", "# myloop.py"),
     ("docs/guides/lightning.md", "# mylightning.py"),
     ("docs/guides/own-task.md", "# mytask.py"),
+    ("docs/guides/budgets.md", "import adamtune"),
 }
 
 
@@ -191,6 +192,11 @@ def test_getting_started_python_example_runs_as_written(workdir: Path) -> None:
     counts = eval(printed[1])  # the summary's trial counts, a dict
     assert sum(counts[k] for k in ("complete", "pruned", "diverged")) == 6
     assert '"lr"' in printed[2]
+
+
+def test_budgets_python_example_runs_as_written(workdir: Path) -> None:
+    printed = run_printing(page_block("docs/guides/budgets.md", "python", "import adamtune"), "budgets")
+    assert printed[0] == "time" and len(printed) == 2
 
 
 def test_the_readme_stays_short() -> None:
