@@ -2,7 +2,9 @@
 
 :class:`SearchDisplay` calls the caller's hooks and, when a progress display was asked for, drives the live
 display on stderr with a line per finished trial and confirmation run above it: what ``adamtune search``
-shows. Nothing heavy is imported until the display starts.
+shows. Each trial's line ends with the stop rule's short verdict (``core/convergence.py``), computed from
+the trials the display has seen: those it was called with and those of its periodic reads of the study,
+so it costs no extra read. Nothing heavy is imported until the display starts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SearchDisplay:
         self.spec: StudySpec | None = None
         self._on_start, self._on_trial, self._on_log = on_start, on_trial, on_log
         self._on_progress, self._on_confirm_run = on_progress, on_confirm_run
+        self._seen: dict[int, Any] = {}  # finished trials by number: what the convergence verdict reads
 
     def start(self, spec: StudySpec, already: int) -> None:
         self.spec = spec
@@ -51,9 +54,10 @@ class SearchDisplay:
         if self.bar is not None and self.spec is not None:
             from adamtune.report.trial_lines import describe_trial
 
-            self.bar.log(describe_trial(trial))
+            self._seen[trial.number] = trial
             if self.bar.add(trial, self.spec.direction):  # else counted without reading the study
                 self._update_from(study)
+            self.bar.log(f"{describe_trial(trial)}  [{self.verdict()}]")
         if self._on_trial is not None:
             self._on_trial(study, trial)
 
@@ -66,7 +70,15 @@ class SearchDisplay:
         except Exception:  # the database is away for a moment: the worker retries; the display waits
             return
         assert self.spec is not None
+        self._seen.update((t.number, t) for t in trials if t.state.is_finished())
         self.bar.update(count_trials(trials), best_value(trials, self.spec.direction))
+
+    def verdict(self) -> str:
+        """The stop rule's short verdict on the trials seen so far (``Convergence.short``)."""
+        from adamtune.report.convergence import trials_convergence
+
+        assert self.spec is not None
+        return trials_convergence(list(self._seen.values()), self.spec.direction).short()
 
     def log(self, line: str) -> None:
         if self._on_log is not None:
