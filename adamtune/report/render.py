@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from adamtune.confirm.ranking import CORE_SETTINGS, LATE_EPOCHS
+from adamtune.core.budget import TIMED_TRIAL_CAP, format_duration
 from adamtune.core.confirm_rule import FIXED_ROWS_NOTE
 from adamtune.core.space import BETAS, defaults_label
 from adamtune.report.decision import rule_text
@@ -66,6 +67,7 @@ def render_summary(row: StudySummary) -> Any:
     if row.devices:
         per_device = ", ".join(f"{d} {sum(c.values())}" for d, c in row.devices.items())
         caption.append(f"trials per device: {per_device}")
+    caption.extend(budget_lines(row))
     caption.append(
         f"search-time score: mean {row.objective} over the last {LATE_EPOCHS} epochs of a complete trial "
         "(one seed); finalists: the best search-time scores"
@@ -175,6 +177,40 @@ def render_confirmation(row: StudySummary) -> Any:
             status,
         )
     return table
+
+
+def ended_line(row: StudySummary) -> str | None:
+    """Why the trial phase ended before its trial target (a time budget, ``--stop-when-converged``), if it did."""
+    ended = row.ended
+    if not ended:
+        return None
+    asked, finished = ended.get("asked"), ended.get("finished")
+    done = "?" if finished is None else str(finished)
+    at = f"at {done} trials" if asked is None or asked >= TIMED_TRIAL_CAP else f"at {done} of {asked} trials"
+    if ended["reason"] == "time":
+        timeout = ended.get("timeout")
+        budget = f"the time budget ({format_duration(float(timeout))})" if timeout else "the time budget"
+        return f"{budget} ended the trial phase {at}"
+    verdict = f": {row.convergence.describe()}" if row.convergence is not None else ""
+    return f"--stop-when-converged ended the trial phase {at}{verdict}"
+
+
+def budget_lines(row: StudySummary) -> list[str]:
+    """What the budget did: the dimensions an auto space searched, why the trial phase ended early (if it
+    did), and whether more search is likely to pay (``core/convergence.py``)."""
+    lines = []
+    space = row.auto_space
+    if space is not None:
+        if space.searched is None:
+            lines.append("space: auto — no finished trial recorded what it searched yet")
+        else:
+            lines.append(f"space: auto — searched {', '.join(space.searched)}; {space.reason}")
+    ended = ended_line(row)
+    if ended is not None:
+        lines.append(ended)
+    if row.convergence is not None and not (row.ended and row.ended.get("reason") == "converged"):
+        lines.append(f"convergence: {row.convergence.describe()}")
+    return lines
 
 
 def verify_lines(row: StudySummary) -> list[str]:

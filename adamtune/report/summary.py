@@ -7,8 +7,8 @@ holds the study file.
 
 The recommendation rule is in :mod:`adamtune.report.decision` (its candidates and their scores in
 :mod:`adamtune.confirm.ranking`); importance and the top-trial range in :mod:`adamtune.report.importance`;
-finding and listing the studies of a storage in :mod:`adamtune.report.studies`; the terminal display in
-:mod:`adamtune.report.render`.
+finding and listing the studies of a storage in :mod:`adamtune.report.studies`; whether more search is
+likely to pay in :mod:`adamtune.report.convergence`; the terminal display in :mod:`adamtune.report.render`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,16 @@ from adamtune.confirm.ranking import (
     settings_dict,
     signed_gain,
 )
+from adamtune.core.budget import TIMED_TRIAL_CAP, auto_reason
+from adamtune.core.config import StudySpec
+from adamtune.core.convergence import Convergence
 from adamtune.core.errors import StorageError
 from adamtune.core.space import BASELINE, AdamParams, baseline_for
+from adamtune.report.convergence import study_convergence
 from adamtune.report.decision import choose, rule_text
 from adamtune.report.importance import RobustRange, param_importance, robust_range
-from adamtune.storage.attr_keys import DEVICE_ATTR
-from adamtune.storage.outcomes import Counts, count_trials
+from adamtune.storage.attr_keys import BASELINE_ATTR, DEVICE_ATTR, SEARCHED_ATTR, SETTINGS_ATTR
+from adamtune.storage.outcomes import FINISHED_STATES, Counts, count_trials, trial_state
 from adamtune.storage.study import spec_from_study
 
 #: Study user attribute holding the latest ``adamtune verify`` result (see ``verify.py``).
@@ -51,6 +55,59 @@ def device_counts(trials: Iterable[FrozenTrial]) -> dict[str, dict[str, int]]:
             continue
         by_device.setdefault(str(trial.user_attrs.get(DEVICE_ATTR, "unknown")), []).append(trial)
     return {device: count_trials(group).as_dict() for device, group in sorted(by_device.items())}
+
+
+# --------------------------------------------------------------------------- the budget: space and early end
+
+
+@dataclass(frozen=True)
+class AutoSpace:
+    """What an auto space searched: the dimensions of the last finished trial, and why the rest were fixed."""
+
+    searched: tuple[str, ...] | None  # None: no finished trial recorded what it searched
+    fixed: tuple[str, ...]
+    budget: int | None  # the trial budget the space was sized for; None while a time budget's is unknown
+    reason: str | None  # ``core.budget.auto_reason``; None with ``searched`` None
+
+    def as_dict(self) -> dict[str, Any]:
+        searched = list(self.searched) if self.searched is not None else None
+        return {"searched": searched, "fixed": list(self.fixed), "budget": self.budget, "reason": self.reason}
+
+
+def trial_phase_ended(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Why the latest search's trial phase ended before its trial target, if it did: the settings' ``ended``
+    (``reason`` ``time`` or ``converged``, ``finished``, ``asked``) with the time budget (``timeout``, s)."""
+    ended = settings.get("ended")
+    if not isinstance(ended, dict) or ended.get("reason") not in ("time", "converged"):
+        return None
+    return {
+        "reason": ended["reason"],
+        "finished": ended.get("finished"),
+        "asked": ended.get("asked"),
+        "timeout": settings.get("timeout"),
+    }
+
+
+def auto_space(spec: StudySpec, trials: Iterable[FrozenTrial], settings: dict[str, Any]) -> AutoSpace | None:
+    """The :class:`AutoSpace` of a study whose space grows with the budget; None for a fixed space."""
+    space = spec.space
+    if not getattr(space, "auto", False):
+        return None
+    sampled = [d.name for d in space.sampled()]
+    ended = trial_phase_ended(settings)
+    target = int(settings.get("n_trials") or 0)
+    budget = ended["finished"] if ended and ended["finished"] is not None else target
+    budget = None if not budget or budget >= TIMED_TRIAL_CAP else int(budget)
+    finished = [
+        t
+        for t in trials
+        if trial_state(t) in FINISHED_STATES and not t.user_attrs.get(BASELINE_ATTR) and SEARCHED_ATTR in t.user_attrs
+    ]
+    if not finished:
+        return AutoSpace(None, (), budget, None)
+    searched = tuple(max(finished, key=lambda t: t.number).user_attrs[SEARCHED_ATTR])
+    fixed = tuple(name for name in sampled if name not in searched)
+    return AutoSpace(searched, fixed, budget, auto_reason(budget, searched, sampled))
 
 
 # --------------------------------------------------------------------------- the summary of one study
@@ -80,6 +137,12 @@ class StudySummary:
     rule: str = "search"
     #: The confirmation stage as ``confirm.stage_as_dict`` (None for summaries built without it).
     confirmation: dict[str, Any] | None = None
+    #: Whether more search is likely to pay (``report.convergence.study_convergence``).
+    convergence: Convergence | None = None
+    #: What an auto space searched and why (None for a fixed space).
+    auto_space: AutoSpace | None = None
+    #: Why the trial phase ended before its target (:func:`trial_phase_ended`), None when it did not.
+    ended: dict[str, Any] | None = None
 
     @property
     def gain(self) -> float | None:
@@ -139,6 +202,9 @@ class StudySummary:
             "rule": self.rule,
             "rule_text": rule_text(self),
             "confirmation": self.confirmation,
+            "convergence": self.convergence.as_dict() if self.convergence else None,
+            "auto_space": self.auto_space.as_dict() if self.auto_space else None,
+            "ended": self.ended,
         }
 
 
@@ -158,6 +224,7 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
     stage = read_stage(study)
     extras = tuple(spec.space.extra_dimensions())
     rule, recommended = choose(ranked, baseline, stage, baseline_for(spec.space))
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
     return StudySummary(
         study=study.study_name,
         task=spec.task,
@@ -177,6 +244,9 @@ def summarize(study: optuna.Study, *, importance: bool = True) -> StudySummary:
         defaults=baseline_for(spec.space),
         rule=rule,
         confirmation=stage_as_dict(stage, extras),
+        convergence=study_convergence(study, trials=trials, stage=stage),
+        auto_space=auto_space(spec, trials, settings),
+        ended=trial_phase_ended(settings),
     )
 
 
