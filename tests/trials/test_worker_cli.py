@@ -91,12 +91,29 @@ def test_bad_heartbeat_settings_are_rejected_before_anything_is_written(
 
 
 def test_worker_for_an_unknown_study_lists_the_existing_ones_and_changes_nothing(workdir: Path) -> None:
-    make_study("sqlite:///adamtune.db")
-    before = (workdir / "adamtune.db").read_bytes()
+    """The refused worker writes nothing: the file's bytes and mtime stay, and its write-ahead log gets no frame.
+
+    The study's own storage is closed before the file is read. While it is open, the study's rows are
+    committed to ``adamtune.db-wal``, not yet to the file, and the last connection to close copies them
+    into the file (SQLite's checkpoint on close): when that was this test's connection, freed by the
+    garbage collector while the worker ran, the file's bytes changed although the worker wrote nothing
+    (pages 2-16: the study's rows; intermittent, as the collector's timing is). Closed, the file alone is
+    the whole database, so any change is the worker's: a write it commits is a frame in the log (its last
+    connection stays open in this process), or, checkpointed, new bytes and mtime in the file.
+    """
+    database, log = workdir / "adamtune.db", workdir / "adamtune.db-wal"
+    storage = open_storage("sqlite:///adamtune.db")
+    create_or_resume(
+        build_spec("synthetic", None, None, {"n_trials": 4, "epochs": 2}).with_task_defaults(5, 100), storage
+    )
+    storage.engine.dispose()  # the last connection: the log is checkpointed into the file and removed
+    assert not log.exists()
+    before = (database.read_bytes(), database.stat().st_mtime_ns)
     result = invoke("worker", "--study", "cifar10", "--no-tracking")
     assert result.exit_code == 3
     assert "no study named 'cifar10' in this storage (studies: synthetic)" in one_line_error(result)
-    assert (workdir / "adamtune.db").read_bytes() == before
+    assert (database.read_bytes(), database.stat().st_mtime_ns) == before
+    assert not log.exists() or log.stat().st_size == 0  # no frame: nothing committed
     assert "mlflow.db" not in listing(workdir)
 
 
