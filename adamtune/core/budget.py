@@ -92,7 +92,7 @@ def auto_reason(budget: int | None, searched: Sequence[str], sampled: Sequence[s
     if not fixed:
         return f"all {len(searched)} dimensions searched (a budget of {budget} trials)"
     thresholds = dict(AUTO_ORDER)
-    joins = ", ".join(f"{name} at {thresholds[name]}" for name in fixed if name in thresholds)
+    joins = ", ".join(f"{name} at {thresholds[name]}" for name in sorted(fixed, key=lambda n: thresholds.get(n, 0)))
     about = f"a budget of about {budget} trials" if budget else "a budget not known yet"
     return f"{', '.join(fixed)} fixed at the defaults for {about}; they join the search at a budget of: {joins} trials"
 

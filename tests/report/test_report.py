@@ -31,6 +31,9 @@ from adamtune.storage.study import create_or_resume
 
 N_TRIALS = 8
 SUMMARY_KEYS = {
+    "auto_space",
+    "convergence",
+    "ended",
     "study",
     "task",
     "objective",
@@ -77,10 +80,11 @@ def copy_storage(url: str, path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A finished 8-trial ``synthetic`` study (3 epochs, no pruner, seeded) plus an empty study beside it."""
+    """A finished 8-trial ``synthetic`` study (3 epochs, no pruner, seeded, every dimension searched) plus an
+    empty study beside it."""
     root = tmp_path_factory.mktemp("report")
     storage = f"sqlite:///{root}/adamtune.db"
-    args = ["--task", "synthetic", "--n-trials", str(N_TRIALS), "--epochs", "3", "--pruner", "none"]
+    args = ["--task", "synthetic", "--n-trials", str(N_TRIALS), "--epochs", "3", "--pruner", "none", "--space", "full"]
     result = invoke("search", *args, "--seed", "1", "--no-tracking", "--storage", storage)
     assert result.exit_code == 0, result.output
     empty = StudySpec(task="synthetic", study_name="empty", epochs=3, batch_size=100)
@@ -307,8 +311,8 @@ def test_studies_lists_every_study_with_counts(searched: dict, tmp_path: Path) -
     )
 
 
-def test_tasks_json_shape() -> None:
-    result = invoke("tasks", "--json")
+def test_tasks_json_shape(workdir: Path) -> None:
+    result = invoke("tasks", "--json")  # in an empty directory: no study database to count studies in
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     keys = {"name", "description", "dataset", "model", "default_epochs", "default_batch_size", "extra"}

@@ -20,7 +20,7 @@ from adamtune.storage.attr_keys import BASELINE_ATTR, NOISE_PROBE_ATTR, SEARCHED
 from adamtune.storage.outcomes import count_trials
 from tests.loop_tasks import write_task
 
-FLAT_TASK = '''
+FLAT_TASK = """
 import torch
 
 import adamtune
@@ -39,7 +39,7 @@ def fit(trial):
 
 task = adamtune.LoopTask(name="flat", fit=fit, data=data, objective="loss", direction="minimize",
                          default_epochs=2, default_batch_size=8)
-'''
+"""
 
 
 def invoke(*args: str) -> Result:
