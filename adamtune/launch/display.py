@@ -48,7 +48,8 @@ class SearchDisplay:
         if self.wanted:
             from adamtune.report.progress import SearchProgress
 
-            self.bar = SearchProgress(spec.study_name, spec.n_trials, spec.objective).__enter__()
+            bar = SearchProgress(spec.study_name, spec.n_trials, spec.objective, timeout=spec.timeout)
+            self.bar = bar.__enter__()
 
     def trial(self, study: Any, trial: Any) -> None:
         if self.bar is not None and self.spec is not None:
@@ -57,7 +58,7 @@ class SearchDisplay:
             self._seen[trial.number] = trial
             if self.bar.add(trial, self.spec.direction):  # else counted without reading the study
                 self._update_from(study)
-            self.bar.log(f"{describe_trial(trial)}  [{self.verdict()}]")
+            self.bar.log(describe_trial(trial) + self.verdict())
         if self._on_trial is not None:
             self._on_trial(study, trial)
 
@@ -74,11 +75,13 @@ class SearchDisplay:
         self.bar.update(count_trials(trials), best_value(trials, self.spec.direction))
 
     def verdict(self) -> str:
-        """The stop rule's short verdict on the trials seen so far (``Convergence.short``)."""
+        """``  [<the stop rule's short verdict>]`` on the trials seen so far (``Convergence.short``), once the
+        seed noise is measured or the rule is on (``--stop-when-converged``); else nothing."""
         from adamtune.report.convergence import trials_convergence
 
         assert self.spec is not None
-        return trials_convergence(list(self._seen.values()), self.spec.direction).short()
+        verdict = trials_convergence(list(self._seen.values()), self.spec.direction)
+        return f"  [{verdict.short()}]" if verdict.noise is not None or self.spec.stop_when_converged else ""
 
     def log(self, line: str) -> None:
         if self._on_log is not None:

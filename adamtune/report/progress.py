@@ -28,9 +28,21 @@ READ_SECONDS = 2.0
 class SearchProgress:
     """A context manager showing a study's progress; call :meth:`update` whenever counts change."""
 
-    def __init__(self, study_name: str, target: int, objective: str, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        study_name: str,
+        target: int,
+        objective: str,
+        console: Console | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """``timeout``: the search's time budget in seconds, if any: the time left counts down to it, and a
+        search given only a time budget (its target the cap ``TIMED_TRIAL_CAP``) shows no trial total."""
+        from adamtune.core.budget import TIMED_TRIAL_CAP
+
         self.console = console or Console(stderr=True)
         self.target = target
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.objective = objective
         self.started = time.monotonic()
         self.start_count: int | None = None
@@ -49,7 +61,8 @@ class SearchProgress:
         self.counts: Counts | None = None
         self.best: float | None = None
         self._read_at = -math.inf
-        self._task = self._progress.add_task("search", total=target, best="-", left="-", running="")
+        total = None if target >= TIMED_TRIAL_CAP else target
+        self._task = self._progress.add_task("search", total=total, best="-", left="-", running="")
 
     def __enter__(self) -> SearchProgress:
         self._progress.start()
@@ -94,10 +107,13 @@ class SearchProgress:
 
     def _left(self, done: int) -> str:
         made = done - (self.start_count or 0)
-        if made <= 0 or done >= self.target:
+        now = time.monotonic()
+        seconds = None if made <= 0 or done >= self.target else (now - self.started) / made * (self.target - done)
+        if self.deadline is not None:  # a time budget: never more than the time left
+            seconds = max(0.0, self.deadline - now) if seconds is None else min(seconds, self.deadline - now)
+        if seconds is None:
             return "-"
-        seconds = (time.monotonic() - self.started) / made * (self.target - done)
-        minutes, secs = divmod(int(seconds), 60)
+        minutes, secs = divmod(int(max(0.0, seconds)), 60)
         return f"{minutes}:{secs:02d}"
 
     def log(self, message: str) -> None:
