@@ -269,7 +269,7 @@ def validate_study_settings(values: Mapping[str, Any], where: str) -> dict[str, 
                 )
             checked[key] = value
         elif key == "timeout":
-            checked[key] = parse_duration(value, f"timeout in {where}")
+            checked[key] = parse_duration(value, "--timeout" if where == "the command line" else f"timeout in {where}")
         elif key == "space":
             checked[key] = _choice(value, key, SPACE_MODES, where)
         elif key == "warm_start":

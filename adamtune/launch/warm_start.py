@@ -205,8 +205,13 @@ def read_warm_starts(sources: Sequence[str], storage_url: str, *, top: int = 3) 
     ordered: list[WarmStart] = []
     found: dict[str, list[WarmStart]] = {}
     for url, studies in by_url.items():  # each database opened once, read, and closed
-        storage = open_source(url)
         database = None if url == storage_url else redact_url(url)
+        storage = open_source(url, missing_ok=database is None)
+        if storage is None:  # plain names, and this study's own database does not exist yet
+            raise StorageError(
+                f"no study named {studies[0][0]!r}: the study database {redact_url(url)} holds no studies yet; "
+                "name a study of another database as URL#STUDY (e.g. sqlite:///old.db#digits)"
+            )
         try:
             for name, label in studies:
                 found[label] = _starts_of(_load_source(name, storage, label, database), label, top)

@@ -59,6 +59,8 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, *, seed: int | None =
                 study.enqueue_trial(baseline_optuna_params(spec.space), user_attrs={BASELINE_ATTR: True})
         else:
             _check_same_definition(spec, stored)
+            if spec.stored_form() != stored:  # only the space's mode differs: the latest search's mode holds
+                study.set_user_attr(SPEC_ATTR, spec.stored_form())
         settings = {
             "n_trials": spec.n_trials,
             "sampler": spec.sampler,
@@ -110,7 +112,14 @@ def quiet_optuna() -> Iterator[None]:
 
 
 def _check_same_definition(spec: StudySpec, stored: dict[str, Any]) -> None:
-    current = spec.stored_form()
+    """Refuse to resume with another task, objective, epochs, batch size or ranges. The space's mode (auto or
+    full) may change: it decides which dimensions new trials search, not what the trials mean."""
+
+    def comparable(form: dict[str, Any]) -> dict[str, Any]:
+        space = {k: v for k, v in (form.get("space") or {}).items() if k != "auto"}
+        return {**form, "space": space}
+
+    current, stored = comparable(spec.stored_form()), comparable(stored)
     different = [key for key in current if json.dumps(current[key]) != json.dumps(stored.get(key))]
     if different:
         raise ConfigError(

@@ -154,3 +154,20 @@ def test_stop_when_converged_measures_the_noise_and_ends_a_flat_search_early(wor
     assert ended["reason"] == "converged" and ended["finished"] < 40
     assert count_trials(trials).finished == ended["finished"]
     assert "when the search converged" in result.stderr
+
+
+def test_a_study_resumes_with_another_space_mode_and_the_new_trials_follow_it(workdir: Path) -> None:
+    task = write_task(workdir, epochs=1)
+    common = ["--task", task, "--study", "mode", "--no-confirm", "--no-tracking", "--pruner", "none"]
+    assert invoke("search", *common, "--n-trials", "2", "--space", "full").exit_code == 0
+    result = invoke("search", *common, "--n-trials", "4", "--space", "auto")
+    assert result.exit_code == 0, result.output
+    study = load("mode")
+    assert [t.user_attrs[SEARCHED_ATTR] for t in study.get_trials()[1:]] == [
+        ["lr", "beta1", "beta2", "epsilon", "decay"],
+        ["lr"],
+        ["lr"],
+    ]
+    assert study.user_attrs["adamtune.spec"]["space"]["auto"] is True
+    different = invoke("search", *common, "--n-trials", "5", "--epochs", "2")
+    assert different.exit_code == 2 and "already exists with a different epochs" in different.output
