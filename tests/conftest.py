@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -110,3 +111,13 @@ def trial_run_id(tracking_uri: str, study_name: str, trial) -> str:  # type: ign
     assert len(found) == 1, (trial.number, found)
     assert trial.user_attrs.get("mlflow.run_id") in (None, found[0])
     return found[0]
+
+
+def copy_storage(url: str, path: Path) -> str:
+    """Copy a SQLite study database (WAL included, via SQLite's backup API) so a test can change it."""
+    source, target = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(path)
+    with source, target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return f"sqlite:///{path}"

@@ -127,7 +127,10 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
     budget = None if settings.budget is None else stage_budget(search_epochs, spec.epochs or 1, settings.budget)
     stored = study.user_attrs.get(SETTINGS_ATTR) or {}
     deadline = stored.get("deadline")
-    cut = deadline is not None and time.time() >= float(deadline)  # the time budget ran out: decide as it is
+    # The time budget cannot pay for another run (one run: the epochs at the trials' seconds per epoch): the
+    # stage is decided as it is. Once true it stays true, so every reader of the study sees the same plan.
+    one_run = search_seconds / max(1, search_epochs) * (spec.epochs or 1)
+    cut = deadline is not None and time.time() + one_run >= float(deadline)
     plan = plan_stage(finalists, results, seeds, spec.direction, budget, cut)
     return StageState(
         settings,

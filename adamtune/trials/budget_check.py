@@ -90,11 +90,12 @@ def check_budget(
 
 def confirm_runs(trials: Sequence[FrozenTrial], settings: ConfirmSettings, trained_epochs: int, epochs: int) -> int:
     """The most runs the confirmation stage will train: the finalists it can have and the baseline, on every
-    seed, within the stage's budget (``confirm_rule.stage_budget``); 0 when confirmation is off."""
-    if not settings.enabled:
-        return 0
+    seed, within the stage's budget (``confirm_rule.stage_budget``); 0 when confirmation is off, or while no
+    trial but the baseline completed: with no finalist the stage trains nothing, so trials may use the time."""
     complete = sum(t.state == TrialState.COMPLETE and not t.user_attrs.get(BASELINE_ATTR) for t in trials)
-    planned = (min(settings.top, max(1, complete)) + 1) * settings.seeds
+    if not settings.enabled or complete == 0:
+        return 0
+    planned = (min(settings.top, complete) + 1) * settings.seeds
     if settings.budget is None:
         return planned
     return min(planned, stage_budget(trained_epochs, epochs, settings.budget))

@@ -9,7 +9,6 @@ trials in a real SQLite file, nothing mocked); a PostgreSQL copy where the serve
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import optuna
@@ -39,22 +38,13 @@ from adamtune.report.summary import summarize
 from adamtune.storage.attr_keys import CURVES_ATTR, PARAMS_ATTR, SEED_ATTR, STATE_ATTR, WARM_ATTR
 from adamtune.storage.backends import open_storage
 from adamtune.storage.study import create_or_resume, spec_from_study
+from tests.conftest import copy_storage
 
 SEEDS = confirm_seeds([], 5)
 
 
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-def copy_storage(url: str, path: Path) -> str:
-    """Copy a SQLite study database (WAL included, via SQLite's backup API) so a test can change it."""
-    source, target = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(path)
-    with source, target:
-        source.backup(target)
-    source.close()
-    target.close()
-    return f"sqlite:///{path}"
 
 
 def fingerprint(path: Path) -> tuple[bytes, int]:
@@ -210,7 +200,7 @@ def test_a_missing_or_broken_database_is_an_error_and_nothing_is_created(sources
     missing = tmp_path / "none.db"
     with pytest.raises(StorageError, match=f"study database {missing} does not exist; check the path"):
         read_warm_starts([f"sqlite:///{missing}#digits"], sources["old"])
-    with pytest.raises(StorageError, match="does not exist"):
+    with pytest.raises(StorageError, match=r"no study named 'digits': the study database .* holds no studies yet"):
         read_warm_starts(["digits"], f"sqlite:///{missing}")
     assert (
         related_studies(f"sqlite:///{missing}", "synthetic") == [] and studies_by_task(f"sqlite:///{missing}") is None

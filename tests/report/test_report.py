@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from adamtune.report.summary import VERIFY_ATTR, summarize
 from adamtune.storage.attr_keys import BASELINE_ATTR, CURVES_ATTR, DEVICE_ATTR, PARAMS_ATTR, STATE_ATTR
 from adamtune.storage.backends import open_storage
 from adamtune.storage.study import create_or_resume
+from tests.conftest import copy_storage
 
 N_TRIALS = 8
 SUMMARY_KEYS = {
@@ -66,16 +66,6 @@ SETTINGS = {"lr", "beta1", "beta2", "epsilon", "decay"}
 
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-def copy_storage(url: str, path: Path) -> str:
-    """Copy a SQLite study database (WAL included, via SQLite's backup API) so a test can change it."""
-    source, target = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(path)
-    with source, target:
-        source.backup(target)
-    source.close()
-    target.close()
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture(scope="module")
