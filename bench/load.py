@@ -128,7 +128,7 @@ class Run:
     peak_connections: int = 0
     error_lines: list[str] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
+    peak_uss_mb: float = 0.0
 
     @property
     def per_minute(self) -> float:
@@ -143,7 +143,7 @@ class Run:
             f"| {self.workers} | {self.per_minute:.0f} | {statistics.median(db) if db else float('nan'):.1f} "
             f"| {p95:.1f} | {self.peak_connections} | {len(self.error_lines)} lines, {bad_exits} exits != 0 "
             f"| {self.finished}/{self.target} finished, {self.failed} failed, {self.running} running: {exact} "
-            f"| {self.peak_rss_mb / max(self.workers, 1):.0f} |"
+            f"| {self.peak_uss_mb / max(self.workers, 1):.0f} |"
         )
 
 
@@ -242,7 +242,7 @@ def run_load(workers: int, per_worker: int, workdir: Path, tracking_uri: str | N
         for thread in threads:
             thread.join()
         monitor.close()
-        run.peak_connections, run.peak_rss_mb = peak[0], memory[0]
+        run.peak_connections, run.peak_uss_mb = peak[0], memory[0]
         ends: list[tuple[float, float]] = []
         for index in range(workers):
             path = workdir / f"timings-{workers}-{index}.json"
@@ -285,14 +285,14 @@ def start_mlflow(workdir: Path) -> tuple[subprocess.Popen, str]:
 def fits_in_memory(workers: int, previous: Run | None) -> bool:
     import psutil
 
-    if previous is None or not previous.peak_rss_mb:
+    if previous is None or not previous.peak_uss_mb:
         return True
-    need = workers * previous.peak_rss_mb / previous.workers
+    need = workers * previous.peak_uss_mb / previous.workers
     available = psutil.virtual_memory().available / 2**20
     if need > 0.8 * available:
         print(
             f"stopped before {workers} workers: they would need about {need:.0f} MiB "
-            f"({previous.peak_rss_mb / previous.workers:.0f} MiB each), {available:.0f} MiB is available"
+            f"({previous.peak_uss_mb / previous.workers:.0f} MiB each), {available:.0f} MiB is available"
         )
         return False
     return True
