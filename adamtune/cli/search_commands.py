@@ -198,6 +198,9 @@ def search(
             f"{already} {budget_words(final_spec)} done",
             err=True,
         )
+        if final_spec.warm_start:
+            sources = ", ".join(redact_url(source) for source in final_spec.warm_start)
+            click.echo(f"warm start from {sources}: their confirmed and best settings run first", err=True)
         final["spec"] = final_spec
 
     result = adamtune.api.search(

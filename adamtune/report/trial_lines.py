@@ -20,6 +20,9 @@ def describe_trial(trial: Any) -> str:
     settings = " ".join(f"{k}={_fmt(params[k])}" for k in shown if k in params and (params[k] or k in shown[:5]))
     value = f" value={trial.value:.4g}" if trial.value is not None and state == "complete" else ""
     notes = ["baseline"] if trial.user_attrs.get("adamtune.baseline") else []
+    warm = trial.user_attrs.get("adamtune.warm_start")
+    if isinstance(warm, dict) and warm.get("origin"):
+        notes.append(f"warm start: {warm['origin']}")
     if "failed_trial" in trial.system_attrs:
         notes.append(f"retry of {trial.system_attrs['failed_trial']}")
     if trial.user_attrs.get("adamtune.resumed_from_epoch"):

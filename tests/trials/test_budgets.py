@@ -171,3 +171,20 @@ def test_a_study_resumes_with_another_space_mode_and_the_new_trials_follow_it(wo
     assert study.user_attrs["adamtune.spec"]["space"]["auto"] is True
     different = invoke("search", *common, "--n-trials", "5", "--epochs", "2")
     assert different.exit_code == 2 and "already exists with a different epochs" in different.output
+
+
+def test_a_warm_started_search_runs_the_earlier_studys_settings_first_and_says_so(workdir: Path) -> None:
+    task = write_task(workdir, epochs=2)
+    common = ["--task", task, "--no-tracking", "--pruner", "none", "--confirm-seeds", "2"]
+    assert invoke("search", *common, "--study", "old", "--n-trials", "5", "--space", "full").exit_code == 0
+    result = invoke("search", *common, "--study", "new", "--n-trials", "3", "--warm-start", "old")
+    assert result.exit_code == 0, result.output
+    assert "warm start from old: their confirmed and best settings run first" in result.stderr
+    assert "trial 1 (warm start: old trial" in result.stderr
+    old = {t.number: t for t in load("old").get_trials()}
+    first = load("new").get_trials()[1]
+    origin = first.user_attrs["adamtune.warm_start"]["origin"]
+    number = int(origin.split(" trial ")[1].split()[0])
+    # the exact settings of the earlier trial, all five, though the new auto space searches lr alone
+    assert first.user_attrs["adamtune.params"] == old[number].user_attrs["adamtune.params"]
+    assert set(first.params) == {"lr"}
