@@ -31,6 +31,7 @@ from adamtune.core.confirm_rule import (
 )
 from adamtune.core.stats import CONFIDENCE
 from adamtune.storage.optuna_adapter import storage_of
+from adamtune.storage.outcomes import count_trials
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def read_stage(study: Any, confirm_study: Any | None = None, settings: ConfirmSe
         search_seconds,
         search_epochs,
         budget,
-        sum(t.state.is_finished() for t in trials) >= int(stored.get("n_trials") or 1 << 62),
+        count_trials(trials).finished >= int(stored.get("n_trials") or 1 << 62),
     )
 
 

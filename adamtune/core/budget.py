@@ -8,7 +8,7 @@ reached ends the search. Pure functions of plain numbers (no Optuna): the worker
 so every worker of the study, on any machine, stops at the same time. The deadline bounds the whole
 search, confirmation included: new trials stop being started once the time left is what the
 confirmation stage needs (:func:`confirm_reserve`, estimated from the trials so far), and trials still
-running at that point are pruned at their next epoch (:func:`trial_phase_end`).
+running at that point are pruned at their next epoch.
 
 **Auto space.** With ``space = "auto"`` (the default for a study without a ``[space]`` table) the
 dimensions searched depend on the budget, in the order of the Deep Learning Tuning Playbook (Godbole et
@@ -119,11 +119,6 @@ def confirm_reserve(
         return 0.0
     waves = math.ceil(runs / max(1, workers))
     return RESERVE_MARGIN * waves * epochs * epoch_seconds
-
-
-def trial_phase_end(deadline: float, reserve: float) -> float:
-    """When the trial phase must end (wall-clock seconds): the deadline less the confirmation's reserve."""
-    return deadline - reserve
 
 
 def expected_trials(

@@ -242,17 +242,24 @@ def baseline_optuna_params(space: SearchSpace) -> dict[str, Any]:
     at the nearest point of the range (the lower bound for 0); the objective trains the baseline with
     the exact defaults regardless, and records the exact values it used.
     """
-    baseline = baseline_for(space)
-    params: dict[str, Any] = {}
+    return optuna_params_of(space, baseline_for(space))
+
+
+def optuna_params_of(space: SearchSpace, params: AdamParams) -> dict[str, Any]:
+    """The Optuna params of ``space``'s sampled dimensions for ``params`` (inverse of :func:`params_from_optuna`),
+    e.g. to enqueue them: betas as ``one_minus_beta*``, each value clipped into the sampling bounds (a 0 that a
+    log scale cannot hold takes the lower bound), ``warmup`` in whole steps, a choice outside the choices the
+    first one."""
+    values: dict[str, Any] = {}
     for dim in space.sampled():
-        default = getattr(baseline, dim.name)
+        value = getattr(params, dim.name)
         if dim.choices:
-            params[dim.name] = default
+            values[dim.name] = value if value in dim.choices else dim.choices[0]
             continue
         low, high = dim.sampling_bounds()
-        internal = dim.to_internal(default)
-        params[dim.optuna_name] = min(max(internal, low), high) if internal > 0 else low
-    return params
+        internal = min(max(dim.to_internal(float(value)), low), high)
+        values[dim.optuna_name] = round(internal) if dim.is_integer else internal
+    return values
 
 
 def params_from_optuna(optuna_params: Mapping[str, Any], space: SearchSpace) -> AdamParams:

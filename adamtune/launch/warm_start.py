@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 
 from adamtune.core.errors import ConfigError, StorageError
-from adamtune.core.space import AdamParams, SearchSpace
+from adamtune.core.space import AdamParams, SearchSpace, optuna_params_of
 from adamtune.storage.attr_keys import WARM_ATTR
 
 #: Separates a source's database URL from its study name: ``sqlite:///old.db#digits`` (split on the last one).
@@ -225,24 +225,6 @@ def read_warm_starts(sources: Sequence[str], storage_url: str, *, top: int = 3) 
     return ordered
 
 
-def optuna_params(space: SearchSpace, params: AdamParams) -> dict[str, Any]:
-    """The Optuna params of ``space``'s sampled dimensions for ``params``, clipped into the sampling bounds.
-
-    Betas become ``one_minus_beta*``; a value a log scale cannot hold (0) or beyond the range takes the
-    nearest bound; ``warmup`` is rounded to whole steps; an ``amsgrad`` outside the choices takes the first.
-    """
-    values: dict[str, Any] = {}
-    for dim in space.sampled():
-        value = getattr(params, dim.name)
-        if dim.choices:
-            values[dim.optuna_name] = value if value in dim.choices else dim.choices[0]
-            continue
-        low, high = dim.sampling_bounds()
-        internal = min(max(dim.to_internal(float(value)), low), high)
-        values[dim.optuna_name] = round(internal) if dim.is_integer else internal
-    return values
-
-
 def warm_origins(study: optuna.Study) -> set[str]:
     """The origins of the warm starts ``study`` already holds (queued, running or finished)."""
     origins = set()
@@ -257,7 +239,7 @@ def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, starts: Sequenc
     """Queue ``starts`` as waiting trials of ``study`` (over ``space``), skipping origins it already holds.
 
     Each trial carries ``WARM_ATTR = {"params": exact settings, "origin": ...}`` (what the objective trains)
-    and the settings clipped into ``space`` as its Optuna params (:func:`optuna_params`).
+    and the settings clipped into ``space`` as its Optuna params (``space.optuna_params_of``).
 
     Returns:
         How many trials were queued.
@@ -274,7 +256,7 @@ def enqueue_warm_starts(study: optuna.Study, space: SearchSpace, starts: Sequenc
             if start.origin in seen:
                 continue
             study.enqueue_trial(
-                optuna_params(space, start.params),
+                optuna_params_of(space, start.params),
                 user_attrs={WARM_ATTR: {"params": start.params.as_dict(), "origin": start.origin}},
                 skip_if_exists=False,
             )

@@ -8,49 +8,19 @@ for the noise. Read-only; no torch, no MLflow.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from adamtune.core.confirm_rule import BASELINE_ARM
-from adamtune.core.convergence import Convergence, check_convergence, seed_noise
-from adamtune.storage.attr_keys import BASELINE_ATTR
-from adamtune.storage.outcomes import trial_state
+from adamtune.core.convergence import Convergence
 
+# The trials' values and seed noise are read as the workers' stop check reads them (one definition).
+from adamtune.trials.budget_check import baseline_values, search_values, trials_convergence
 
-def _value(trial: FrozenTrial) -> float | None:
-    """The trial's objective when it is a usable value: complete, not diverged, finite."""
-    if trial.state != TrialState.COMPLETE or trial_state(trial) != "complete" or trial.value is None:
-        return None
-    return float(trial.value) if math.isfinite(trial.value) else None
-
-
-def search_values(trials: Iterable[FrozenTrial]) -> list[float | None]:
-    """The finished (complete, pruned, failed, diverged) non-baseline trials' values in trial-number order;
-    None for a pruned, failed or diverged one: the values the workers' stop check reads
-    (``trials/budget_check.py``)."""
-    finished = [t for t in trials if not t.user_attrs.get(BASELINE_ATTR) and t.state.is_finished()]
-    return [_value(t) for t in sorted(finished, key=lambda t: t.number)]
-
-
-def baseline_values(trials: Iterable[FrozenTrial]) -> list[float]:
-    """The values of the runs of the defaults among ``trials`` (the baseline and the noise probes)."""
-    values = (_value(t) for t in trials if t.user_attrs.get(BASELINE_ATTR))
-    return [v for v in values if v is not None]
-
-
-def trials_convergence(
-    trials: Sequence[FrozenTrial], direction: str, fallback: Sequence[float] = (), **kwargs: Any
-) -> Convergence:
-    """:func:`~adamtune.core.convergence.check_convergence` of ``trials``: σ from their baseline runs when
-    there are two or more, else from ``fallback`` (other runs of the defaults) when it holds two or more."""
-    noise = seed_noise(baseline_values(trials))
-    if noise is None:
-        noise = seed_noise(fallback)
-    return check_convergence(search_values(trials), direction, noise, **kwargs)
+__all__ = ["baseline_values", "confirm_baseline_values", "search_values", "study_convergence", "trials_convergence"]
 
 
 def confirm_baseline_values(stage: Any) -> list[float]:

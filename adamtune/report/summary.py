@@ -91,7 +91,7 @@ def trial_phase_ended(settings: dict[str, Any]) -> dict[str, Any] | None:
 def auto_space(spec: StudySpec, trials: Iterable[FrozenTrial], settings: dict[str, Any]) -> AutoSpace | None:
     """The :class:`AutoSpace` of a study whose space grows with the budget; None for a fixed space."""
     space = spec.space
-    if not getattr(space, "auto", False):
+    if not space.auto:
         return None
     sampled = [d.name for d in space.sampled()]
     ended = trial_phase_ended(settings)

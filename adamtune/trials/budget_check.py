@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,9 @@ from adamtune.core.budget import (
     confirm_reserve,
     expected_trials,
     mean_trial_seconds,
-    trial_phase_end,
 )
 from adamtune.core.confirm_rule import ConfirmSettings, stage_budget
-from adamtune.core.convergence import check_convergence, seed_noise
+from adamtune.core.convergence import Convergence, check_convergence, seed_noise
 from adamtune.core.space import AdamParams, SearchSpace, baseline_for, suggest
 from adamtune.storage.attr_keys import BASELINE_ATTR, SETTINGS_ATTR, WARM_ATTR
 from adamtune.storage.outcomes import Counts, trial_state
@@ -65,6 +64,9 @@ def check_budget(
     direction: str,
 ) -> TrialBudget:
     """The budget of a study whose trials are ``trials`` (read under the lock) and settings ``settings``."""
+    deadline, stop_rule = settings.get("deadline"), settings.get("stop_when_converged")
+    if deadline is None and not stop_rule:  # a budget of trials alone: nothing to estimate
+        return TrialBudget(expected=target)
     now = time.time()
     finished = [t for t in trials if t.state.is_finished() and t.datetime_start and t.datetime_complete]
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished]  # type: ignore[operator]
@@ -73,13 +75,12 @@ def check_budget(
     workers = counts.running + 1  # this worker and those with a trial running
     phase_end = None
     ended = None
-    deadline = settings.get("deadline")
     if deadline is not None:
         runs = confirm_runs(trials, ConfirmSettings.from_dict(settings.get("confirm")), trained, epochs)
-        phase_end = trial_phase_end(float(deadline), confirm_reserve(epoch_seconds, epochs, runs, workers))
+        phase_end = float(deadline) - confirm_reserve(epoch_seconds, epochs, runs, workers)
         if now >= phase_end:
             ended = "time"
-    if ended is None and settings.get("stop_when_converged") and converged(trials, direction):
+    if ended is None and stop_rule and trials_convergence(trials, direction).converged:
         ended = "converged"
     expected = target
     if phase_end is not None:
@@ -101,21 +102,36 @@ def confirm_runs(trials: Sequence[FrozenTrial], settings: ConfirmSettings, train
     return min(planned, stage_budget(trained_epochs, epochs, settings.budget))
 
 
-def converged(trials: Sequence[FrozenTrial], direction: str) -> bool:
-    """The stop rule (``core/convergence.py``) over the finished trials, with the baseline trials' seed noise."""
-    values: list[float | None] = []
-    baseline: list[float] = []
-    for trial in sorted(trials, key=lambda t: t.number):
-        if not trial.state.is_finished():
-            continue
-        value = trial.value if trial.state == TrialState.COMPLETE and trial_state(trial) == "complete" else None
-        value = value if value is not None and math.isfinite(value) else None
-        if trial.user_attrs.get(BASELINE_ATTR):
-            if value is not None:
-                baseline.append(value)
-        else:
-            values.append(value)
-    return check_convergence(values, direction, seed_noise(baseline)).converged
+def _value(trial: FrozenTrial) -> float | None:
+    """The trial's objective when it is a usable value: complete, not diverged, finite."""
+    if trial.state != TrialState.COMPLETE or trial_state(trial) != "complete" or trial.value is None:
+        return None
+    return float(trial.value) if math.isfinite(trial.value) else None
+
+
+def search_values(trials: Iterable[FrozenTrial]) -> list[float | None]:
+    """The finished (complete, pruned, failed, diverged) non-baseline trials' values in trial-number order;
+    None for a pruned, failed or diverged one: the values the stop rule reads."""
+    finished = [t for t in trials if not t.user_attrs.get(BASELINE_ATTR) and t.state.is_finished()]
+    return [_value(t) for t in sorted(finished, key=lambda t: t.number)]
+
+
+def baseline_values(trials: Iterable[FrozenTrial]) -> list[float]:
+    """The values of the runs of the defaults among ``trials`` (the baseline and the noise probes)."""
+    values = (_value(t) for t in trials if t.user_attrs.get(BASELINE_ATTR))
+    return [v for v in values if v is not None]
+
+
+def trials_convergence(
+    trials: Sequence[FrozenTrial], direction: str, fallback: Sequence[float] = (), **kwargs: Any
+) -> Convergence:
+    """:func:`~adamtune.core.convergence.check_convergence` of ``trials``: σ from their baseline runs when
+    there are two or more, else from ``fallback`` (other runs of the defaults) when it holds two or more.
+    The workers' stop check, ``summary`` and the live display all read the rule through it."""
+    noise = seed_noise(baseline_values(trials))
+    if noise is None:
+        noise = seed_noise(fallback)
+    return check_convergence(search_values(trials), direction, noise, **kwargs)
 
 
 def end_trial_phase(study: optuna.Study, settings: Mapping[str, Any], counts: Counts, reason: str) -> int:
